@@ -1,0 +1,82 @@
+"""Journal schema and its forward migrations, versioned by ``PRAGMA user_version``.
+
+Migration N (1-based) takes a file from user_version N-1 to N. Each runs in its own
+``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash mid-migration leaves
+the file at the previous version, never half-migrated. Append new migrations; never edit old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiosqlite
+import structlog
+
+from kktd.journal.errors import JournalVersionError
+
+log = structlog.get_logger(__name__)
+
+Migration = Sequence[str]
+
+_V1: Migration = (
+    """CREATE TABLE documents (
+        fn TEXT NOT NULL,
+        fd INTEGER NOT NULL,
+        doc_type INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        fields TEXT NOT NULL,
+        journaled_at REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'synced', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL NOT NULL,
+        synced_at REAL,
+        PRIMARY KEY (fn, fd)
+    )""",
+    # claim_due, list_dead, counts and pending_fns all walk one state in (fn, fd) order
+    "CREATE INDEX documents_by_state ON documents (state, fn, fd)",
+    # export reads in journaling order
+    "CREATE INDEX documents_by_journaled_at ON documents (journaled_at, fn, fd)",
+    # prune touches only synced rows, oldest first
+    "CREATE INDEX documents_synced_at ON documents (synced_at) WHERE state = 'synced'",
+    """CREATE TABLE cursors (
+        fn TEXT PRIMARY KEY,
+        last_fd INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1,)
+
+
+async def user_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the file up to ``len(migrations)``; return the version it is at now.
+
+    A file newer than the code raises `JournalVersionError` before anything is written.
+    """
+    version = await user_version(conn)
+    if version > len(migrations):
+        raise JournalVersionError(
+            f"journal schema version {version} is newer than this kktd knows "
+            f"({len(migrations)}); upgrade kktd or point journal.path elsewhere"
+        )
+    for target, statements in enumerate(migrations[version:], start=version + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+            # PRAGMA takes no bound parameters; target is an int we computed
+            await conn.execute(f"PRAGMA user_version = {target:d}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.rollback()  # a no-op when SQLite already rolled back on its own
+            raise
+        log.info("journal.migrated", version=target)
+    return len(migrations)

@@ -1,0 +1,354 @@
+"""The journal: every FD read from the FN, with its delivery state (SPEC section 2).
+
+One aiosqlite connection owned by `Journal`; every write is one ``BEGIN IMMEDIATE`` transaction.
+An `asyncio.Lock` keeps one transaction at a time on the shared connection, and reads wait for it
+too, so nobody sees another task's uncommitted rows. aiosqlite runs statements in FIFO order on its
+thread, so a caller cancelled mid-transaction still gets its ROLLBACK run before the next BEGIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+import aiosqlite
+import structlog
+
+from kktd.journal.errors import JournalError, JournalFullError
+from kktd.journal.integrity import DamagedJournalError, connect, move_aside
+
+log = structlog.get_logger(__name__)
+
+DocState = Literal["pending", "synced", "dead"]
+ERROR_LIMIT = 500  # characters of an upstream error kept (SPEC section 4)
+
+_T = TypeVar("_T")
+_Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
+
+_SELECT = (
+    "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
+    " next_attempt_at, synced_at FROM documents "
+)
+_INSERT = (
+    "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (fn, fd) DO NOTHING"
+)
+_ADVANCE_CURSOR = (
+    "INSERT INTO cursors (fn, last_fd, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (fn) DO UPDATE SET last_fd = excluded.last_fd, updated_at = excluded.updated_at"
+    " WHERE excluded.last_fd > cursors.last_fd"
+)
+_SET_CURSOR = (
+    "INSERT INTO cursors (fn, last_fd, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (fn) DO UPDATE SET last_fd = excluded.last_fd, updated_at = excluded.updated_at"
+)
+_FAIL = (
+    "UPDATE documents SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+    " state = CASE WHEN attempts + 1 >= ? THEN 'dead' ELSE 'pending' END"
+    " WHERE fn = ? AND fd = ? AND state = 'pending'"
+)
+
+_RETRY = (
+    "UPDATE documents SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE state = 'dead'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One journaled FD: its bytes as read from the FN, its decoded fields, its delivery state."""
+
+    fn: str
+    fd: int
+    doc_type: int
+    raw: bytes
+    fields: dict[str, Any]
+    journaled_at: float
+    state: DocState
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    synced_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> JournalEntry:
+        """Build from a row of ``_SELECT``'s column order."""
+        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row
+        return cls(
+            fn=fn,
+            fd=fd,
+            doc_type=doc_type,
+            raw=bytes(raw),
+            fields=json.loads(fields),
+            journaled_at=journaled_at,
+            state=cast(DocState, state),
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=due,
+            synced_at=synced,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCounts:
+    pending: int
+    synced: int
+    dead: int
+    oldest_pending_journaled_at: float | None
+
+
+class Journal:
+    """The SQLite journal. Open with `Journal.open`; one per process."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        clock: Callable[[], float],
+        recovered_from: Path | None,
+    ) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        #: where a damaged journal was moved on open, so the daemon can say so loudly
+        self.recovered_from = recovered_from
+
+    @classmethod
+    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Journal:
+        """Open (creating and migrating as needed) the journal at `path`.
+
+        A damaged file is moved aside and a fresh journal started (`recovered_from` says where
+        the old one went): the FN still holds every document, so the poller refills it.
+        """
+        try:
+            return cls(await connect(path), clock, None)
+        except DamagedJournalError as exc:
+            damage = str(exc)
+        recovered = move_aside(path, clock())
+        log.error(
+            "journal.corrupt_moved_aside", path=str(path), moved_to=str(recovered), error=damage
+        )
+        # a fresh file; should even that fail, the error propagates: never a loop
+        return cls(await connect(path), clock, recovered)
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- journaling (the poller) --
+
+    async def store(
+        self, fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any]
+    ) -> bool:
+        """Journal an FD as pending and advance the FN's cursor, in one transaction.
+
+        True when inserted; False when (fn, fd) was already there, which changes nothing but a
+        lagging cursor. Raises `JournalFullError` when the disk is full (nothing is written).
+        """
+        # serialised first, so a value JSON cannot carry fails before any write
+        fields_json = json.dumps(dict(fields), ensure_ascii=False)
+        now = self._clock()
+
+        async def body(conn: aiosqlite.Connection) -> bool:
+            async with conn.execute(
+                _INSERT, (fn, fd, doc_type, bytes(raw), fields_json, now, now)
+            ) as cur:
+                inserted = cur.rowcount == 1
+            await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
+            return inserted
+
+        inserted = await self._write(body)
+        if inserted:
+            log.debug("journal.stored", fn=fn, fd=fd, doc_type=doc_type)
+        return inserted
+
+    async def cursor(self, fn: str) -> int | None:
+        """The last FD read from this FN (journaled or skipped by `set_cursor`), if any."""
+        rows = await self._rows("SELECT last_fd FROM cursors WHERE fn = ?", (fn,))
+        return int(rows[0][0]) if rows else None
+
+    async def set_cursor(self, fn: str, fd: int) -> None:
+        """Put the cursor at `fd` without journaling anything (``kkt.start_fd``)."""
+        await self._execute(_SET_CURSOR, (fn, fd, self._clock()))
+
+    async def last_fd(self, fn: str) -> int | None:
+        """The highest FD of this FN actually in the journal."""
+        rows = await self._rows("SELECT MAX(fd) FROM documents WHERE fn = ?", (fn,))
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    # -- delivery (the sync engine) --
+
+    async def claim_due(self, limit: int, now: float, fn: str | None = None) -> list[JournalEntry]:
+        """Up to `limit` pending FDs due at `now`, lowest (fn, fd) first.
+
+        No row marks: one process owns the journal and the engine runs one round at a time.
+        """
+        where = "WHERE state = 'pending' AND next_attempt_at <= ?"
+        params: tuple[Any, ...] = (now,)
+        if fn is not None:
+            where += " AND fn = ?"
+            params += (fn,)
+        rows = await self._rows(_SELECT + where + " ORDER BY fn, fd LIMIT ?", (*params, limit))
+        return [JournalEntry.from_row(row) for row in rows]
+
+    async def pending_fns(self) -> list[str]:
+        rows = await self._rows("SELECT DISTINCT fn FROM documents WHERE state = 'pending'")
+        return sorted(str(row[0]) for row in rows)
+
+    async def mark_synced(self, fn: str, fd: int, now: float) -> None:
+        """The upstream has the FD. Attempts and last error stay as history."""
+        await self._execute(
+            "UPDATE documents SET state = 'synced', synced_at = ? WHERE fn = ? AND fd = ?",
+            (now, fn, fd),
+        )
+
+    async def mark_failed(
+        self, fn: str, fd: int, error: str, next_attempt_at: float, max_attempts: int
+    ) -> bool:
+        """Count a failed delivery; the FD goes dead when attempts reach `max_attempts`.
+
+        Only a pending FD is touched. Returns True when this attempt made it dead.
+        """
+
+        async def body(conn: aiosqlite.Connection) -> bool:
+            args = (error[:ERROR_LIMIT], next_attempt_at, max_attempts, fn, fd)
+            async with conn.execute(_FAIL, args) as cur:
+                if cur.rowcount != 1:
+                    return False
+            async with conn.execute(
+                "SELECT state FROM documents WHERE fn = ? AND fd = ?", (fn, fd)
+            ) as cur:
+                row = await cur.fetchone()
+            return row is not None and row[0] == "dead"
+
+        return await self._write(body)
+
+    async def mark_dead(self, fn: str, fd: int, reason: str) -> None:
+        """A permanent rejection: dead at once. The rejected delivery counts as an attempt."""
+        await self._execute(
+            "UPDATE documents SET state = 'dead', attempts = attempts + 1, last_error = ?"
+            " WHERE fn = ? AND fd = ? AND state = 'pending'",
+            (reason[:ERROR_LIMIT], fn, fd),
+        )
+
+    async def defer(self, fn: str, fd: int, next_attempt_at: float, error: str) -> None:
+        """Postpone a pending FD without counting an attempt (the upstream was never reached)."""
+        await self._execute(
+            "UPDATE documents SET next_attempt_at = ?, last_error = ?"
+            " WHERE fn = ? AND fd = ? AND state = 'pending'",
+            (next_attempt_at, error[:ERROR_LIMIT], fn, fd),
+        )
+
+    # -- the operator (API, CLI, metrics) --
+
+    async def counts(self) -> JournalCounts:
+        by_state = dict(await self._rows("SELECT state, COUNT(*) FROM documents GROUP BY state"))
+        oldest = await self._rows("SELECT MIN(journaled_at) FROM documents WHERE state = 'pending'")
+        return JournalCounts(
+            pending=by_state.get("pending", 0),
+            synced=by_state.get("synced", 0),
+            dead=by_state.get("dead", 0),
+            oldest_pending_journaled_at=oldest[0][0],
+        )
+
+    async def get(self, fn: str, fd: int) -> JournalEntry | None:
+        rows = await self._rows(_SELECT + "WHERE fn = ? AND fd = ?", (fn, fd))
+        return JournalEntry.from_row(rows[0]) if rows else None
+
+    async def list_dead(
+        self, limit: int, after: tuple[str, int] | None = None
+    ) -> list[JournalEntry]:
+        """Dead FDs in (fn, fd) order, the page starting after `after`."""
+        fn, fd = after if after is not None else ("", -1)
+        rows = await self._rows(
+            _SELECT + "WHERE state = 'dead' AND (fn, fd) > (?, ?) ORDER BY fn, fd LIMIT ?",
+            (fn, fd, limit),
+        )
+        return [JournalEntry.from_row(row) for row in rows]
+
+    async def retry_dead(self, fn: str, fd: int) -> bool:
+        """Dead -> pending, attempts 0, due now. The last error stays until the next attempt.
+
+        Returns False when the FD is not dead (or not there).
+        """
+        return await self._execute(_RETRY + " AND fn = ? AND fd = ?", (self._clock(), fn, fd)) == 1
+
+    async def retry_all_dead(self) -> int:
+        return await self._execute(_RETRY, (self._clock(),))
+
+    async def prune(self, before: float) -> int:
+        """Delete synced FDs synced before `before`. Pending, dead and cursors are never touched."""
+        return await self._execute(
+            "DELETE FROM documents WHERE state = 'synced' AND synced_at < ?", (before,)
+        )
+
+    async def iter_since(self, since: float, batch: int = 500) -> AsyncIterator[JournalEntry]:
+        """FDs journaled at or after `since`, by (journaled_at, fn, fd), read `batch` at a time."""
+        order = " ORDER BY journaled_at, fn, fd LIMIT ?"
+        rows = await self._rows(_SELECT + "WHERE journaled_at >= ?" + order, (since, batch))
+        while rows:
+            for row in rows:
+                yield JournalEntry.from_row(row)
+            if len(rows) < batch:
+                return
+            fn, fd, at = rows[-1][0], rows[-1][1], rows[-1][5]
+            rows = await self._rows(
+                _SELECT + "WHERE (journaled_at, fn, fd) > (?, ?, ?)" + order, (at, fn, fd, batch)
+            )
+
+    # -- plumbing --
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise JournalError("the journal is closed")
+        return self._conn
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            return list(await self._connection().execute_fetchall(sql, params))
+
+    async def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        """One write statement in its own transaction; returns the rows it changed."""
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            async with conn.execute(sql, params) as cur:
+                return cur.rowcount
+
+        return await self._write(body)
+
+    async def _write(self, body: _Body[_T]) -> _T:
+        """Run `body` in one BEGIN IMMEDIATE transaction: all of it commits, or none of it."""
+        async with self._lock:
+            conn = self._connection()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await body(conn)
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                await conn.rollback()  # a no-op when SQLite already rolled back on its own
+                if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
+                    raise JournalFullError(f"journal: {exc}") from exc
+                raise
+            return result
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
