@@ -1,14 +1,56 @@
 """Configuration: one frozen, typed object built by one loader (SPEC section 5).
 
-The dataclasses below are the contract every component codes against; the loader that fills them
-from TOML (with file:line errors) lives further down.
+The dataclasses are the contract every component codes against. `_SCHEMA` below them says which
+TOML key takes which check; the generic reading machinery lives in `kktd.config_loader`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from kktd.config_loader import (
+    ConfigError,
+    InvalidValueError,
+    Schema,
+    Source,
+    decode,
+    duration,
+    integer,
+    one_of,
+    read_sections,
+    show,
+    string,
+    toml_value,
+)
+
+__all__ = [
+    "DEFAULT_PATH",
+    "RESTART_KEYS",
+    "ApiConfig",
+    "BackoffConfig",
+    "BreakerConfig",
+    "Config",
+    "ConfigError",
+    "JournalConfig",
+    "KktConfig",
+    "LockConfig",
+    "LogConfig",
+    "OfdConfig",
+    "Secret",
+    "SyncConfig",
+    "UpstreamConfig",
+    "load_config",
+    "merge_for_reload",
+    "parse_config",
+    "render_config",
+]
+
+DEFAULT_PATH = Path("/etc/kktd/kktd.toml")
 
 StartFd = Literal["next", "first"] | int
 Jitter = Literal["full", "none"]
@@ -130,3 +172,235 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     ofd: OfdConfig = field(default_factory=OfdConfig)
     source: Path | None = None
+
+
+# ---- rules for the values that are more than a type and a range ----
+
+
+def _start_fd(value: Any) -> StartFd:
+    if value == "next":
+        return "next"
+    if value == "first":
+        return "first"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 0xFFFF_FFFF:
+        return value
+    raise InvalidValueError(
+        f'expected "next", "first" or an FD number from 1 to 4294967295, got {show(value)}'
+    )
+
+
+def _non_empty(value: str) -> None:
+    if not value:
+        raise InvalidValueError("expected a non-empty string")
+
+
+def _http_url(value: str) -> None:
+    # The URL is never echoed back: an operator may have pasted credentials into it.
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidValueError("expected an http:// or https:// URL with a host")
+    if parts.password:
+        raise InvalidValueError(
+            "a password in the URL would end up in logs; use upstream.token_file"
+        )
+
+
+def _redis_url(value: str) -> None:
+    if not value:
+        return
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = urlsplit("")
+    network = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+    if not network and not (parts.scheme == "unix" and parts.path):
+        raise InvalidValueError('expected "" (no Redis) or a redis://, rediss:// or unix:// URL')
+    if parts.password:
+        raise InvalidValueError(
+            "a password in the URL would end up in logs; use lock.password_file"
+        )
+
+
+def _lock_key(value: str) -> None:
+    # Every till of a fleet shares one Redis: a key without the FN would make all of them
+    # contend for a single lock. The engine fills it with `key.format(fn=...)`.
+    try:
+        varies = value.format(fn="1") != value.format(fn="2")
+    except (KeyError, IndexError, ValueError):
+        raise InvalidValueError(
+            'expected "{fn}" as the only placeholder ("{{" and "}}" for braces)'
+        ) from None
+    if not varies:
+        raise InvalidValueError('expected a key containing "{fn}" (one lock per FN)')
+
+
+def _listen(value: str) -> None:
+    if value.startswith("unix:"):
+        if not value.removeprefix("unix:").startswith("/"):
+            raise InvalidValueError('expected "unix:" followed by an absolute socket path')
+        return
+    host, _, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host_ok = bool(host) and (bracketed or ":" not in host)
+    port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if not (host_ok and port_ok):
+        raise InvalidValueError(
+            f'expected "host:port" ("[::1]:port" for IPv6) or "unix:/path", got {show(value)}'
+        )
+
+
+_BAUDRATES = (2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+_SCHEMA: Schema = {
+    "kkt": {
+        "port": string(_non_empty),
+        "baudrate": one_of(*_BAUDRATES),
+        "password": integer(0, 99_999_999),
+        "poll_interval": duration(0.05, 3600),
+        "start_fd": _start_fd,
+    },
+    # 100 years: beyond that `now - timedelta(days=...)` overflows, and nobody means it.
+    "journal": {"path": string(), "retention_days": integer(1, 36_500)},
+    "upstream": {
+        "url": string(_http_url),
+        "token_file": string(),
+        "ca_file": string(),
+        "timeout": duration(0, 600, above=True),
+        "max_in_flight": integer(1, 64),
+    },
+    "sync": {
+        "interval": duration(0, 3600, above=True),
+        "batch_size": integer(1, 1000),
+        "max_attempts": integer(1, 1000),
+    },
+    "backoff": {
+        "base": duration(0, 3600, above=True),
+        "max": duration(0, 3600, above=True),
+        "jitter": one_of(*get_args(Jitter)),
+    },
+    "breaker": {
+        "failure_threshold": integer(1, 1000),
+        "reset_timeout": duration(0, 3600, above=True),
+    },
+    "lock": {
+        "redis_url": string(_redis_url),
+        "password_file": string(),
+        "key": string(_lock_key),
+        "ttl": duration(1, 600),
+        "on_unavailable": one_of(*get_args(OnUnavailable)),
+    },
+    "api": {"listen": string(_listen), "token_file": string()},
+    "log": {"level": one_of(*get_args(LogLevel)), "format": one_of(*get_args(LogFormat))},
+    "ofd": {
+        "mode": one_of(*get_args(OfdMode)),
+        "host": string(),
+        "port": integer(1, 65535),
+        "timeout": duration(0, 600, above=True),
+    },
+}
+
+# (section, file key) -> the field that receives the file's contents as a Secret.
+_SECRET_FILES = {
+    ("upstream", "token_file"): "token",
+    ("api", "token_file"): "token",
+    ("lock", "password_file"): "password",
+}
+
+RESTART_KEYS = ("kkt.port", "kkt.baudrate", "journal.path", "api.listen")
+
+
+def _check_together(src: Source, values: dict[str, dict[str, Any]]) -> None:
+    """Rules that span keys; the error names the key the operator most likely got wrong."""
+    backoff, defaults = values["backoff"], BackoffConfig()
+    if backoff.get("max", defaults.max) < backoff.get("base", defaults.base):
+        key = "max" if "max" in backoff else "base"
+        raise src.error(("backoff", key), "backoff.max must be at least backoff.base")
+    ofd = values["ofd"]
+    if ofd.get("mode") == "relay" and not ofd.get("host"):
+        key = "host" if "host" in ofd else "mode"
+        raise src.error(("ofd", key), 'mode "relay" needs ofd.host')
+
+
+def _resolve_files(src: Source, values: dict[str, dict[str, Any]]) -> None:
+    """Turn configured path strings into absolute paths and read the secret files."""
+    journal = values["journal"]
+    raw_db = journal.get("path", "")
+    journal["path"] = src.relative(raw_db) if raw_db else src.state_file("kktd.db")
+    upstream = values["upstream"]
+    if raw_ca := upstream.pop("ca_file", ""):
+        upstream["ca_file"] = src.relative(raw_ca)
+        if not upstream["ca_file"].is_file():
+            raise src.error(("upstream", "ca_file"), f"{upstream['ca_file']} is not a file")
+    for (section, file_key), secret_key in _SECRET_FILES.items():
+        if raw := values[section].pop(file_key, ""):
+            path = src.credential(raw)
+            secret = src.read_secret((section, file_key), path)
+            values[section][file_key] = path
+            values[section][secret_key] = Secret(secret)
+
+
+def parse_config(text: str, source: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the Config from TOML text; raises ConfigError at the first problem found."""
+    src = Source(source, text, os.environ if environ is None else environ)
+    values = read_sections(src, _SCHEMA)
+    _check_together(src, values)
+    _resolve_files(src, values)
+    return Config(
+        kkt=KktConfig(**values["kkt"]),
+        journal=JournalConfig(**values["journal"]),
+        upstream=UpstreamConfig(**values["upstream"]),
+        sync=SyncConfig(**values["sync"]),
+        backoff=BackoffConfig(**values["backoff"]),
+        breaker=BreakerConfig(**values["breaker"]),
+        lock=LockConfig(**values["lock"]),
+        api=ApiConfig(**values["api"]),
+        log=LogConfig(**values["log"]),
+        ofd=OfdConfig(**values["ofd"]),
+        source=source,
+    )
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and build the Config from a TOML file (see `parse_config`)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, None, "-", f"cannot read: {exc.strerror or exc}") from None
+    return parse_config(decode(path, data), path, environ=environ)
+
+
+def merge_for_reload(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """The config a reload applies: `new`, except restart keys keep their running values.
+
+    Also returns the restart keys whose change is held back, for the daemon to warn about.
+    """
+    merged = new
+    held: list[str] = []
+    for dotted in RESTART_KEYS:
+        name, key = dotted.split(".")
+        running = getattr(getattr(old, name), key)
+        if getattr(getattr(new, name), key) != running:
+            held.append(dotted)
+            merged = replace(merged, **{name: replace(getattr(merged, name), **{key: running})})
+    return merged, held
+
+
+def render_config(cfg: Config) -> str:
+    """The effective config as TOML, secrets redacted; `parse_config` reads it back equal."""
+    origin = "" if cfg.source is None else f", read from {toml_value(cfg.source)}"
+    lines = [f"# kktd effective configuration{origin}"]
+    for name, checks in _SCHEMA.items():
+        section = getattr(cfg, name)
+        lines += ["", f"[{name}]"]
+        for key in checks:
+            line = f"{key} = {toml_value(getattr(section, key))}"
+            secret_key = _SECRET_FILES.get((name, key))
+            if secret_key is not None and getattr(section, secret_key) is not None:
+                line += f"  # {secret_key}: <redacted>"
+            lines.append(line)
+    return "\n".join(lines) + "\n"
