@@ -1,0 +1,243 @@
+"""What the mock upstream knows and decides, without sockets (SPEC sections 4 and 8).
+
+`MockState.decide` takes one parsed request and returns the answer: a status with a JSON body,
+or a connection reset, or a hang. It keeps the accepted set, counts duplicate deliveries and
+checks fences; the aiohttp layer in `server` only carries bytes and waits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# A request carrying a fence lower than one already seen for its FN comes from a lease that has
+# been superseded: a fencing-aware store refuses the write. 412 Precondition Failed says exactly
+# that, and is neither "accepted" nor "duplicate", so the sender never marks the FD synced on it.
+STALE_FENCE_STATUS = 412
+ERROR_BODY_LIMIT = 200
+
+
+class FaultError(ValueError):
+    """A fault switch was given a name or value it cannot take."""
+
+
+@dataclass
+class Faults:
+    """Fault switches; every rate is a probability in [0, 1] drawn per request."""
+
+    error_rate: float = 0.0
+    error_codes: list[int] = field(default_factory=lambda: [500, 502, 503])
+    rate_limit_rate: float = 0.0
+    retry_after: int = 1
+    delay: float = 0.0
+    reset_rate: float = 0.0
+    hang_rate: float = 0.0
+    reject_fds: list[int] = field(default_factory=list)
+    fail_fds: list[int] = field(default_factory=list)
+    unauthorized: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply the given switches (the JSON of `POST /_mock/faults`); FaultError on nonsense."""
+        if not isinstance(changes, Mapping):
+            raise FaultError("expected a JSON object of fault switches")
+        known = self.to_json()
+        for name, value in changes.items():
+            if name not in known:
+                raise FaultError(f"unknown fault switch {name!r}")
+            setattr(self, name, _checked(name, value, known[name]))
+
+
+def _checked(name: str, value: Any, current: Any) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise FaultError(f"{name}: expected true or false")
+        return value
+    if isinstance(current, list):
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            raise FaultError(f"{name}: expected a list of integers")
+        return list(value)
+    if isinstance(current, int) and not _is_int(value):
+        raise FaultError(f"{name}: expected an integer")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise FaultError(f"{name}: expected a number >= 0")
+    if name.endswith("_rate") and value > 1:
+        raise FaultError(f"{name}: expected a probability in [0, 1]")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One delivery request as the server read it."""
+
+    body: bytes
+    idempotency_key: str | None
+    fence: int | None
+    instance: str | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to do with a request: answer it, reset its connection, or never answer."""
+
+    action: Literal["respond", "reset", "hang"]
+    status: int | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the mock saw it; `status` None when it was reset or left hanging."""
+
+    fn: str | None
+    fd: int | None
+    fence: int | None
+    instance: str | None
+    at: float
+    status: int | None
+
+
+def parse_fence(value: str | None) -> int | None:
+    """The `X-Kktd-Fence` header as a number; a garbled one counts as absent."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+class MockState:
+    """The accepted set, the request log, fence bookkeeping and the fault switches."""
+
+    def __init__(
+        self,
+        *,
+        rng: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._rng = rng if rng is not None else random.Random(0).random
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything and clear the faults (benchmarks reuse one mock)."""
+        self.faults = Faults()
+        self.accepted: dict[tuple[str, int], dict[str, Any]] = {}
+        self.deliveries: Counter[tuple[str, int]] = Counter()
+        self.requests: list[Recorded] = []
+        self.duplicates = 0
+        self.fence_violations = 0
+        self.highest_fence: dict[str, int] = {}
+
+    def decide(self, incoming: Incoming) -> Answer:
+        """The answer to one delivery, in the order a real collector would fail."""
+        at = self._clock()
+        parsed = _parse(incoming)
+        fn, fd = (parsed[0], parsed[1]) if isinstance(parsed, tuple) else (None, None)
+        stale = fn is not None and self._fence_is_stale(fn, incoming.fence)
+        answer = self._answer(incoming, parsed, stale)
+        self.requests.append(Recorded(fn, fd, incoming.fence, incoming.instance, at, answer.status))
+        return answer
+
+    def _fence_is_stale(self, fn: str, fence: int | None) -> bool:
+        if fence is None:
+            return False
+        highest = self.highest_fence.get(fn)
+        if highest is not None and fence < highest:
+            self.fence_violations += 1
+            return True
+        self.highest_fence[fn] = fence
+        return False
+
+    def _answer(
+        self, incoming: Incoming, parsed: tuple[str, int, dict[str, Any]] | str, stale: bool
+    ) -> Answer:
+        faults = self.faults
+        delay = faults.delay
+        if faults.reset_rate and self._rng() < faults.reset_rate:
+            return Answer("reset", delay=delay)
+        if faults.hang_rate and self._rng() < faults.hang_rate:
+            return Answer("hang")
+        if faults.unauthorized:
+            return _error(401, "invalid token", delay)
+        if isinstance(parsed, str):
+            return _error(400, parsed, delay)
+        fn, fd, body = parsed
+        if stale:
+            return _error(STALE_FENCE_STATUS, "stale fence", delay)
+        if faults.rate_limit_rate and self._rng() < faults.rate_limit_rate:
+            answer = _error(429, "slow down", delay)
+            answer.headers["Retry-After"] = str(faults.retry_after)
+            return answer
+        if faults.error_rate and self._rng() < faults.error_rate and faults.error_codes:
+            code = faults.error_codes[int(self._rng() * len(faults.error_codes))]
+            return _error(code, "injected failure", delay)
+        if fd in faults.fail_fds:
+            return _error(500, f"cannot store FD {fd}", delay)
+        if fd in faults.reject_fds:
+            return _error(422, f"FD {fd} rejected: document not acceptable", delay)
+        key = (fn, fd)
+        self.deliveries[key] += 1
+        if key in self.accepted:
+            self.duplicates += 1
+            return Answer("respond", 409, {"status": "duplicate"}, delay=delay)
+        self.accepted[key] = body
+        return Answer("respond", 201, {"status": "accepted"}, delay=delay)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters tests, benchmarks and the chaos harness read (`GET /_mock/stats`)."""
+        by_status = Counter(str(r.status) for r in self.requests)
+        return {
+            "requests": len(self.requests),
+            "accepted": len(self.accepted),
+            "duplicates": self.duplicates,
+            "fence_violations": self.fence_violations,
+            "highest_fence": dict(self.highest_fence),
+            "by_status": dict(sorted(by_status.items())),
+            "faults": self.faults.to_json(),
+        }
+
+
+def _error(status: int, message: str, delay: float) -> Answer:
+    return Answer("respond", status, {"error": message}, delay=delay)
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _parse(incoming: Incoming) -> tuple[str, int, dict[str, Any]] | str:
+    """(fn, fd, body) of a valid delivery, else the error text for a 400."""
+    try:
+        body = json.loads(incoming.body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"body is not JSON: {str(exc)[:ERROR_BODY_LIMIT]}"
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    fn, fd, tlv = body.get("fn"), body.get("fd"), body.get("tlv")
+    if not isinstance(fn, str) or not fn:
+        return "fn: expected a non-empty string"
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 1:
+        return "fd: expected a positive integer"
+    if not isinstance(tlv, str) or not _is_base64(tlv):
+        return "tlv: expected a base64 string"
+    if incoming.idempotency_key != f"{fn}-{fd}":
+        return f"Idempotency-Key must be {fn}-{fd}"
+    return fn, fd, body
