@@ -13,7 +13,7 @@ from pathlib import Path
 import aiosqlite
 
 from kktd.journal.errors import JournalError
-from kktd.journal.schema import migrate
+from kktd.journal.schema import check_version, migrate
 
 BUSY_TIMEOUT_MS = 5000
 # Only these codes mean "the bytes are bad"; a locked, unreadable or missing file is not damage
@@ -39,6 +39,9 @@ async def connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: the journal issues BEGIN IMMEDIATE / COMMIT itself
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        # before WAL mode rewrites the header: a newer kktd's file must stay as it was
+        await check_version(conn)
         await _configure(conn)
         await _quick_check(conn)
         await migrate(conn)
@@ -54,7 +57,6 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 
 async def _configure(conn: aiosqlite.Connection) -> None:
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
     async with conn.execute("PRAGMA journal_mode = WAL") as cur:
         row = await cur.fetchone()
     if row is None or str(row[0]).lower() != "wal":

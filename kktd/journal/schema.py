@@ -56,20 +56,26 @@ async def user_version(conn: aiosqlite.Connection) -> int:
     return int(row[0])
 
 
-async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the file up to ``len(migrations)``; return the version it is at now.
+async def check_version(conn: aiosqlite.Connection, known: int = len(MIGRATIONS)) -> int:
+    """The file's schema version; `JournalVersionError` when it is newer than `known`.
 
-    A file newer than the code raises `JournalVersionError` before anything is written.
+    Run before anything writes to the file, so a newer kktd's journal is left exactly as it was.
     """
     version = await user_version(conn)
-    if version > len(migrations):
+    if version > known:
         raise JournalVersionError(
             f"journal schema version {version} is newer than this kktd knows "
-            f"({len(migrations)}); upgrade kktd or point journal.path elsewhere"
+            f"({known}); upgrade kktd or point journal.path elsewhere"
         )
+    return version
+
+
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the file up to ``len(migrations)``, one transaction per step; return that version."""
+    version = await check_version(conn, len(migrations))
     for target, statements in enumerate(migrations[version:], start=version + 1):
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            await conn.execute("BEGIN IMMEDIATE")  # inside the try, as in Journal._write
             for sql in statements:
                 await conn.execute(sql)
             # PRAGMA takes no bound parameters; target is an int we computed

@@ -338,8 +338,9 @@ class Journal:
         """Run `body` in one BEGIN IMMEDIATE transaction: all of it commits, or none of it."""
         async with self._lock:
             conn = self._connection()
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # inside the try: a caller cancelled while BEGIN is queued still gets its ROLLBACK
+                await conn.execute("BEGIN IMMEDIATE")
                 result = await body(conn)
                 await conn.execute("COMMIT")
             except BaseException as exc:

@@ -1,0 +1,370 @@
+"""The journal's behaviour on a real SQLite file: journaling, delivery state, operator actions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing, suppress
+from pathlib import Path
+
+import pytest
+
+from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
+from tests.journal.conftest import T0, Clock
+
+FN = "9999078900005488"
+FN2 = "9999078900005489"
+FIELDS = {"doc_kind": "receipt", "total": 20000, "items": [{"name": "Хлеб", "total": 20000}]}
+
+
+async def test_store_journals_a_pending_fd_and_advances_the_cursor(journal: Journal) -> None:
+    assert await journal.store(FN, 163, 3, b"\x01\x00\x02\x00ab", FIELDS) is True
+
+    entry = await journal.get(FN, 163)
+    assert entry is not None
+    assert (entry.fn, entry.fd, entry.doc_type) == (FN, 163, 3)
+    assert entry.raw == b"\x01\x00\x02\x00ab"
+    assert entry.fields == FIELDS
+    assert (entry.state, entry.attempts, entry.last_error, entry.synced_at) == (
+        "pending",
+        0,
+        None,
+        None,
+    )
+    assert entry.journaled_at == entry.next_attempt_at == T0
+    assert await journal.cursor(FN) == 163
+    assert await journal.cursor(FN2) is None
+
+
+async def test_store_and_cursor_advance_commit_together(journal: Journal, db_path: Path) -> None:
+    # make the cursor half of the transaction fail: the FD half must not stay behind
+    with closing(sqlite3.connect(db_path)) as other:
+        other.execute(
+            "CREATE TRIGGER no_cursor BEFORE INSERT ON cursors BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        other.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        await journal.store(FN, 1, 3, b"raw", FIELDS)
+    assert await journal.get(FN, 1) is None
+    assert await journal.cursor(FN) is None
+
+    with closing(sqlite3.connect(db_path)) as other:
+        other.execute("DROP TRIGGER no_cursor")
+        other.commit()
+    assert await journal.store(FN, 1, 3, b"raw", FIELDS) is True
+    assert await journal.cursor(FN) == 1
+
+
+async def test_store_is_idempotent(journal: Journal, clock: Clock) -> None:
+    await journal.store(FN, 5, 3, b"first", FIELDS)
+    await journal.mark_synced(FN, 5, T0 + 1)
+    clock.now += 10
+
+    assert await journal.store(FN, 5, 1, b"second", {"other": 1}) is False
+    entry = await journal.get(FN, 5)
+    assert entry is not None
+    assert (entry.raw, entry.doc_type, entry.fields, entry.state) == (
+        b"first",
+        3,
+        FIELDS,
+        "synced",
+    )
+    assert entry.journaled_at == T0
+
+
+async def test_duplicate_store_still_advances_a_lagging_cursor(journal: Journal) -> None:
+    await journal.store(FN, 5, 3, b"raw", FIELDS)
+    await journal.set_cursor(FN, 2)
+
+    assert await journal.store(FN, 5, 3, b"raw", FIELDS) is False
+    assert await journal.cursor(FN) == 5
+
+
+async def test_store_never_moves_the_cursor_back(journal: Journal) -> None:
+    await journal.store(FN, 10, 3, b"raw", FIELDS)
+    await journal.store(FN, 7, 3, b"raw", FIELDS)
+    assert await journal.cursor(FN) == 10
+    assert await journal.last_fd(FN) == 10
+
+
+async def test_set_cursor_jumps_without_journaling(journal: Journal) -> None:
+    await journal.set_cursor(FN, 100)
+    assert await journal.cursor(FN) == 100
+    assert await journal.last_fd(FN) is None
+    assert await journal.counts() == JournalCounts(0, 0, 0, None)
+
+
+async def test_fields_that_json_cannot_carry_fail_before_any_write(journal: Journal) -> None:
+    with pytest.raises(TypeError):
+        await journal.store(FN, 1, 3, b"raw", {"when": object()})
+    assert await journal.cursor(FN) is None
+    assert await journal.store(FN, 1, 3, b"raw", FIELDS) is True
+
+
+async def test_claim_due_takes_lowest_fn_fd_first_up_to_limit(journal: Journal) -> None:
+    for fn, fd in [(FN2, 1), (FN, 3), (FN, 1), (FN, 2), (FN2, 2)]:
+        await journal.store(fn, fd, 3, b"raw", FIELDS)
+    await journal.defer(FN, 1, T0 + 60, "unreachable")
+    await journal.mark_synced(FN, 2, T0)
+
+    claimed = await journal.claim_due(3, now=T0)
+    assert [(e.fn, e.fd) for e in claimed] == [(FN, 3), (FN2, 1), (FN2, 2)]
+    assert [(e.fn, e.fd) for e in await journal.claim_due(1, now=T0)] == [(FN, 3)]
+    assert [e.fd for e in await journal.claim_due(10, now=T0, fn=FN2)] == [1, 2]
+    # due exactly at next_attempt_at
+    due_later = await journal.claim_due(10, now=T0 + 60)
+    assert [(e.fn, e.fd) for e in due_later] == [(FN, 1), (FN, 3), (FN2, 1), (FN2, 2)]
+
+
+async def test_mark_failed_counts_and_goes_dead_exactly_at_max_attempts(journal: Journal) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+
+    assert await journal.mark_failed(FN, 1, "HTTP 503", T0 + 1, max_attempts=3) is False
+    assert await journal.mark_failed(FN, 1, "x" * 600, T0 + 2, max_attempts=3) is False
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    assert (entry.state, entry.attempts, entry.next_attempt_at) == ("pending", 2, T0 + 2)
+    assert entry.last_error == "x" * 500
+
+    assert await journal.mark_failed(FN, 1, "HTTP 502", T0 + 3, max_attempts=3) is True
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    assert (entry.state, entry.attempts, entry.last_error) == ("dead", 3, "HTTP 502")
+    # a dead FD is no longer counted against nor claimed
+    assert await journal.mark_failed(FN, 1, "again", T0 + 4, max_attempts=3) is False
+    assert (await journal.get(FN, 1)) == entry
+    assert await journal.claim_due(10, now=T0 + 100) == []
+
+
+async def test_mark_synced_records_when_and_keeps_history(journal: Journal) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    await journal.mark_failed(FN, 1, "HTTP 503", T0, max_attempts=20)
+    await journal.mark_synced(FN, 1, T0 + 5)
+
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    assert (entry.state, entry.synced_at, entry.attempts, entry.last_error) == (
+        "synced",
+        T0 + 5,
+        1,
+        "HTTP 503",
+    )
+    assert await journal.claim_due(10, now=T0 + 100) == []
+
+
+async def test_mark_dead_is_immediate_and_keeps_the_reason(journal: Journal) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    await journal.mark_dead(FN, 1, "422: " + "bad total " * 100)
+
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    assert (entry.state, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None
+    assert entry.last_error.startswith("422: bad total")
+    assert len(entry.last_error) == 500
+
+
+async def test_defer_postpones_without_counting(journal: Journal) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    await journal.defer(FN, 1, T0 + 30, "connection refused")
+
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    assert (entry.state, entry.attempts, entry.next_attempt_at, entry.last_error) == (
+        "pending",
+        0,
+        T0 + 30,
+        "connection refused",
+    )
+    assert await journal.claim_due(10, now=T0 + 29) == []
+
+
+async def test_failure_marks_never_touch_a_synced_fd(journal: Journal) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    await journal.mark_synced(FN, 1, T0)
+    before = await journal.get(FN, 1)
+
+    assert await journal.mark_failed(FN, 1, "late", T0, max_attempts=1) is False
+    await journal.mark_dead(FN, 1, "late")
+    await journal.defer(FN, 1, T0 + 9, "late")
+    assert await journal.get(FN, 1) == before
+
+
+async def test_retry_dead_returns_an_fd_to_pending_with_attempts_reset(
+    journal: Journal, clock: Clock
+) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    await journal.store(FN, 2, 3, b"raw", FIELDS)
+    await journal.mark_failed(FN, 1, "HTTP 500", T0 + 100, max_attempts=1)
+    clock.now = T0 + 50
+
+    assert await journal.retry_dead(FN, 1) is True
+    entry = await journal.get(FN, 1)
+    assert entry is not None
+    # the last error stays as history until the next attempt overwrites it
+    assert (entry.state, entry.attempts, entry.next_attempt_at, entry.last_error) == (
+        "pending",
+        0,
+        T0 + 50,
+        "HTTP 500",
+    )
+    assert await journal.retry_dead(FN, 1) is False  # no longer dead
+    assert await journal.retry_dead(FN, 2) is False  # pending, never dead
+    assert await journal.retry_dead(FN, 99) is False  # not there
+
+
+async def test_retry_all_dead_counts_what_it_revived(journal: Journal) -> None:
+    for fd in range(1, 5):
+        await journal.store(FN, fd, 3, b"raw", FIELDS)
+    for fd in (1, 3):
+        await journal.mark_dead(FN, fd, "422")
+    await journal.mark_synced(FN, 4, T0)
+
+    assert await journal.retry_all_dead() == 2
+    assert await journal.counts() == JournalCounts(3, 1, 0, T0)
+    assert await journal.retry_all_dead() == 0
+
+
+async def test_prune_deletes_only_synced_fds_synced_before_the_limit(journal: Journal) -> None:
+    for fd in range(1, 6):
+        await journal.store(FN, fd, 3, b"raw", FIELDS)
+    await journal.mark_synced(FN, 1, T0 + 10)
+    await journal.mark_synced(FN, 2, T0 + 20)
+    await journal.mark_synced(FN, 5, T0 + 30)
+    await journal.mark_dead(FN, 3, "422")
+    await journal.mark_failed(FN, 4, "HTTP 503", T0, max_attempts=20)
+
+    assert await journal.prune(before=T0 + 30) == 2
+    assert await journal.get(FN, 1) is None
+    assert await journal.get(FN, 2) is None
+    remaining = {fd: e.state for fd in range(1, 6) if (e := await journal.get(FN, fd))}
+    assert remaining == {3: "dead", 4: "pending", 5: "synced"}
+    assert await journal.cursor(FN) == 5
+    assert await journal.prune(before=T0 + 10_000_000) == 1
+
+
+async def test_counts_and_oldest_pending(journal: Journal, clock: Clock) -> None:
+    for fd in range(1, 5):
+        clock.now = T0 + fd
+        await journal.store(FN, fd, 3, b"raw", FIELDS)
+    await journal.mark_synced(FN, 1, T0)
+    await journal.mark_dead(FN, 2, "422")
+
+    assert await journal.counts() == JournalCounts(
+        pending=2, synced=1, dead=1, oldest_pending_journaled_at=T0 + 3
+    )
+
+
+async def test_list_dead_pages_in_fn_fd_order(journal: Journal) -> None:
+    for fn, fd in [(FN2, 1), (FN, 7), (FN, 2), (FN, 3)]:
+        await journal.store(fn, fd, 3, b"raw", FIELDS)
+        if fd != 3:
+            await journal.mark_dead(fn, fd, f"rejected {fd}")
+
+    first = await journal.list_dead(2)
+    assert [(e.fn, e.fd, e.last_error) for e in first] == [
+        (FN, 2, "rejected 2"),
+        (FN, 7, "rejected 7"),
+    ]
+    rest = await journal.list_dead(2, after=(FN, 7))
+    assert [(e.fn, e.fd) for e in rest] == [(FN2, 1)]
+    assert await journal.list_dead(2, after=(FN2, 1)) == []
+
+
+async def test_pending_fns_and_last_fd(journal: Journal) -> None:
+    await journal.store(FN2, 4, 3, b"raw", FIELDS)
+    await journal.store(FN, 9, 3, b"raw", FIELDS)
+    await journal.store(FN, 8, 3, b"raw", FIELDS)
+    assert await journal.pending_fns() == [FN, FN2]
+    await journal.mark_synced(FN2, 4, T0)
+    assert await journal.pending_fns() == [FN]
+    assert await journal.last_fd(FN) == 9
+    assert await journal.last_fd("0000000000000000") is None
+
+
+async def test_iter_since_reads_in_journaling_order_across_batches(
+    journal: Journal, clock: Clock
+) -> None:
+    # ties on journaled_at straddle batch boundaries: (fn, fd) breaks them
+    stamps = {(FN2, 1): 1.0, (FN, 5): 2.0, (FN, 4): 2.0, (FN2, 2): 2.0, (FN, 1): 3.0, (FN, 0): 0.0}
+    for (fn, fd), at in stamps.items():
+        clock.now = T0 + at
+        await journal.store(fn, fd, 3, fd.to_bytes(2, "little"), {"fd": fd})
+
+    got = [(e.fn, e.fd, e.raw) async for e in journal.iter_since(T0 + 1.0, batch=2)]
+    assert got == [
+        (FN2, 1, b"\x01\x00"),
+        (FN, 4, b"\x04\x00"),
+        (FN, 5, b"\x05\x00"),
+        (FN2, 2, b"\x02\x00"),
+        (FN, 1, b"\x01\x00"),
+    ]
+    assert [e.fd async for e in journal.iter_since(T0 + 3.5)] == []
+
+
+async def test_journal_runs_in_wal_mode_with_synchronous_full(journal: Journal) -> None:
+    conn = journal._conn
+    assert conn is not None
+    pragmas = {}
+    for name in ("journal_mode", "synchronous", "busy_timeout"):
+        async with conn.execute(f"PRAGMA {name}") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        pragmas[name] = row[0]
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 5000}
+
+
+async def test_full_database_raises_journal_full_and_writes_nothing(journal: Journal) -> None:
+    # Honest simulation of a full disk: SQLite's per-connection page limit makes the pager
+    # fail with SQLITE_FULL ("database or disk is full"), the very error a full disk gives.
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    conn = journal._conn
+    assert conn is not None
+    async with conn.execute("PRAGMA page_count") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    await conn.execute(f"PRAGMA max_page_count = {row[0]}")
+
+    with pytest.raises(JournalFullError, match="full"):
+        await journal.store(FN, 2, 3, bytes(64 * 1024), FIELDS)
+    assert await journal.get(FN, 2) is None
+    assert await journal.cursor(FN) == 1
+
+    await conn.execute("PRAGMA max_page_count = 1073741823")  # space returns
+    assert await journal.store(FN, 2, 3, bytes(64 * 1024), FIELDS) is True
+    assert await journal.cursor(FN) == 2
+
+
+async def test_a_cancelled_store_leaves_no_transaction_open(journal: Journal) -> None:
+    # cancel at every await point of store(): each must leave all-or-nothing and a usable journal
+    for yields in range(8):
+        fn = f"{yields:016d}"
+        task = asyncio.create_task(journal.store(fn, 1, 3, b"raw", FIELDS))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        stored = await journal.get(fn, 1) is not None
+        assert stored == (await journal.cursor(fn) == 1)
+        assert await journal.store(fn, 2, 3, b"raw", FIELDS) is True
+        assert await journal.cursor(fn) == 2
+
+
+async def test_a_closed_journal_refuses_work(db_path: Path) -> None:
+    journal = await Journal.open(db_path)
+    await journal.close()
+    await journal.close()  # twice is harmless
+    with pytest.raises(JournalError, match="closed"):
+        await journal.store(FN, 1, 3, b"raw", FIELDS)
+
+
+async def test_data_survives_reopening(db_path: Path) -> None:
+    async with await Journal.open(db_path) as journal:
+        await journal.store(FN, 1, 3, b"raw", FIELDS)
+    async with await Journal.open(db_path) as journal:
+        assert journal.recovered_from is None
+        entry = await journal.get(FN, 1)
+        assert entry is not None
+        assert entry.fields == FIELDS
+        assert await journal.cursor(FN) == 1
