@@ -1,0 +1,305 @@
+"""The upstream client: the request of SPEC section 4 and every row of section 3's outcome table."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from kktd.config import Secret, UpstreamConfig
+from kktd.mock_upstream import MockUpstream
+from kktd.sync.client import Delivery, Outcome, UpstreamClient, build_body
+from tests.support.redis_server import free_port
+from tests.support.upstream import (
+    FN,
+    make_entry,
+    running_mock,
+    self_signed_cert,
+    unanswered_port,
+)
+
+TOKEN = "s3cret-token"
+
+
+@dataclass
+class Scripted:
+    """A tiny upstream that answers what the test says and keeps what it was sent."""
+
+    status: int = 201
+    body: bytes = b'{"status": "accepted"}'
+    headers: dict[str, str] = field(default_factory=dict)
+    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.status, body=self.body, headers=self.headers)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[Scripted, str]]:
+    upstream = Scripted()
+    app = web.Application()
+    app.router.add_post("/v1/receipts", upstream.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield upstream, f"http://127.0.0.1:{port}/v1/receipts"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Callable[..., UpstreamClient]]:
+    clients: list[UpstreamClient] = []
+
+    def make(url: str, **cfg: Any) -> UpstreamClient:
+        connect_timeout = cfg.pop("connect_timeout", 5.0)
+        client = UpstreamClient(
+            UpstreamConfig(url=url, **cfg),
+            instance_id="till-1",
+            version="9.9",
+            connect_timeout=connect_timeout,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def deliver(client: UpstreamClient, fd: int = 7, fence: int | None = None) -> Delivery:
+    await client.start()
+    return await client.deliver(make_entry(fd), fence)
+
+
+def test_body_has_identity_fields_and_base64_tlv_and_invents_nothing() -> None:
+    entry = make_entry(7, fields={"doc_kind": "receipt", "total": 20000, "fd": 999, "tlv": "x"})
+    assert build_body(entry) == {
+        "fn": FN,
+        "fd": 7,
+        "doc_kind": "receipt",
+        "total": 20000,
+        "tlv": base64.b64encode(entry.raw).decode(),
+    }
+
+
+async def test_request_carries_every_header_of_the_contract(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    client = make_client(url, token=Secret(TOKEN))
+    entry = make_entry(7, fields={"items": [{"name": "Хлеб", "price": 4500}]})
+    await client.start()
+    await client.deliver(entry, 42)
+    headers, body = upstream.seen[0]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Idempotency-Key"] == f"{FN}-7"
+    assert headers["User-Agent"] == "kktd/9.9"
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["X-Kktd-Fence"] == "42"
+    assert headers["X-Kktd-Instance"] == "till-1"
+    assert json.loads(body) == build_body(entry)
+
+
+async def test_no_authorization_or_fence_header_when_there_is_none(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    await deliver(make_client(url), fence=None)
+    headers, _ = upstream.seen[0]
+    assert "Authorization" not in headers
+    assert "X-Kktd-Fence" not in headers
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.ACCEPTED),
+        (201, Outcome.ACCEPTED),
+        (202, Outcome.ACCEPTED),
+        (409, Outcome.DUPLICATE),
+        (400, Outcome.REJECTED),
+        (404, Outcome.REJECTED),
+        (413, Outcome.REJECTED),
+        (422, Outcome.REJECTED),
+        (401, Outcome.FORBIDDEN),
+        (403, Outcome.FORBIDDEN),
+        (408, Outcome.TRANSIENT),
+        (425, Outcome.TRANSIENT),
+        (429, Outcome.TRANSIENT),
+        (500, Outcome.TRANSIENT),
+        (502, Outcome.TRANSIENT),
+        (503, Outcome.TRANSIENT),
+        (504, Outcome.TRANSIENT),
+        # outside the table: retried, the Idempotency-Key keeps a retry harmless
+        (204, Outcome.TRANSIENT),
+        (301, Outcome.TRANSIENT),
+        (418, Outcome.TRANSIENT),
+    ],
+)
+async def test_each_status_is_classified_by_the_outcome_table(
+    scripted: tuple[Scripted, str],
+    make_client: Callable[..., UpstreamClient],
+    status: int,
+    outcome: Outcome,
+) -> None:
+    upstream, url = scripted
+    upstream.status = status
+    upstream.headers = {"Location": url} if status == 301 else {}
+    delivery = await deliver(make_client(url))
+    assert (delivery.outcome, delivery.status) == (outcome, status)
+    assert len(upstream.seen) == 1  # a redirect is not followed
+
+
+async def test_a_rejection_keeps_the_upstreams_json_error_text(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status, upstream.body = 422, json.dumps({"error": "неверный ИНН"}).encode()
+    delivery = await deliver(make_client(url))
+    assert delivery == Delivery(Outcome.REJECTED, 422, "неверный ИНН", None)
+
+
+async def test_a_rejection_keeps_the_first_500_characters_of_a_text_error(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status, upstream.body = 400, b"x" * 2000
+    delivery = await deliver(make_client(url))
+    assert delivery.reason == "x" * 500
+
+
+async def test_transient_answer_carries_status_text_and_retry_after(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status, upstream.body = 429, b'{"error": "slow down"}'
+    upstream.headers = {"Retry-After": "7"}
+    delivery = await deliver(make_client(url))
+    assert delivery == Delivery(Outcome.TRANSIENT, 429, "HTTP 429: slow down", 7.0)
+
+
+async def test_forbidden_is_logged_loud_without_the_token(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status, upstream.body = 401, b'{"error": "bad token"}'
+    with capture_logs() as logs:
+        delivery = await deliver(make_client(url, token=Secret(TOKEN)))
+    assert delivery.outcome is Outcome.FORBIDDEN
+    forbidden = [e for e in logs if e["event"] == "sync.forbidden"]
+    assert forbidden
+    assert forbidden[0]["log_level"] == "error"
+    assert TOKEN not in repr(logs)
+
+
+async def test_read_timeout_after_sending_is_transient(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    async with running_mock() as mock:
+        mock.set_faults(hang_rate=1.0)
+        delivery = await deliver(make_client(mock.url, timeout=0.3))
+        assert len(mock.state.requests) == 1  # it was sent
+    assert delivery.outcome is Outcome.TRANSIENT
+    assert delivery.status is None
+    assert "Timeout" in delivery.reason
+
+
+async def test_connection_reset_after_sending_is_transient(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    async with running_mock() as mock:
+        mock.set_faults(reset_rate=1.0)
+        delivery = await deliver(make_client(mock.url))
+    assert (delivery.outcome, delivery.status) == (Outcome.TRANSIENT, None)
+
+
+async def test_an_answer_that_is_not_http_is_transient(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SURPRISE \x00\x01\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        delivery = await deliver(make_client(f"http://127.0.0.1:{port}/v1/receipts"))
+    assert (delivery.outcome, delivery.status) == (Outcome.TRANSIENT, None)
+
+
+async def test_connection_refused_is_unreachable(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    delivery = await deliver(make_client(f"http://127.0.0.1:{free_port()}/v1/receipts"))
+    assert (delivery.outcome, delivery.status) == (Outcome.UNREACHABLE, None)
+    assert "ClientConnectorError" in delivery.reason
+
+
+async def test_dns_failure_is_unreachable(make_client: Callable[..., UpstreamClient]) -> None:
+    # .invalid never resolves (RFC 2606)
+    delivery = await deliver(make_client("http://kktd-upstream.invalid/v1/receipts"))
+    assert delivery.outcome is Outcome.UNREACHABLE
+
+
+async def test_connect_timeout_is_unreachable(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    with unanswered_port() as port:
+        client = make_client(f"http://127.0.0.1:{port}/v1/receipts", connect_timeout=0.3)
+        delivery = await deliver(client)
+    assert delivery.outcome is Outcome.UNREACHABLE
+    assert "ConnectionTimeoutError" in delivery.reason
+
+
+async def test_tls_is_verified_and_an_untrusted_certificate_is_unreachable(
+    tmp_path: Path, make_client: Callable[..., UpstreamClient]
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    async with running_mock(ssl_context=server_ctx) as mock:
+        assert mock.url.startswith("https://")
+        untrusted = await deliver(make_client(mock.url), fd=1)
+        trusted = await deliver(make_client(mock.url, ca_file=cert), fd=2)
+        assert set(mock.state.accepted) == {(FN, 2)}
+    assert untrusted.outcome is Outcome.UNREACHABLE
+    assert "Certificate" in untrusted.reason
+    assert trusted.outcome is Outcome.ACCEPTED
+
+
+async def test_reconfigure_takes_the_new_url_from_the_next_request(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    async with running_mock() as first, running_mock() as second:
+        client = make_client(first.url)
+        await deliver(client, fd=1)
+        client.reconfigure(UpstreamConfig(url=second.url))
+        await client.deliver(make_entry(2), None)
+        assert (set(first.state.accepted), set(second.state.accepted)) == ({(FN, 1)}, {(FN, 2)})
+
+
+async def test_duplicate_against_the_mock_upstream(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    mock: MockUpstream
+    async with running_mock() as mock:
+        client = make_client(mock.url)
+        first = await deliver(client, fd=5, fence=3)
+        again = await deliver(client, fd=5, fence=3)
+    assert (first.outcome, again.outcome) == (Outcome.ACCEPTED, Outcome.DUPLICATE)
+    assert mock.state.requests[0].fence == 3
