@@ -32,18 +32,18 @@ def is_damage(exc: sqlite3.Error) -> bool:
 
 
 async def connect(path: Path) -> aiosqlite.Connection:
-    """Open `path` ready for use (WAL, synchronous=FULL, checked, migrated).
+    """Open `path` ready for use (checked, WAL, synchronous=FULL, migrated).
 
     Raises `DamagedJournalError` for a damaged file and closes the connection on any failure.
     """
+    readonly = _readonly_uri(path)
+    if readonly is not None:
+        await _inspect(readonly)
     # isolation_level=None: the journal issues BEGIN IMMEDIATE / COMMIT itself
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        # before WAL mode rewrites the header: a newer kktd's file must stay as it was
-        await check_version(conn)
         await _configure(conn)
-        await _quick_check(conn)
         await migrate(conn)
     except sqlite3.DatabaseError as exc:
         await conn.close()
@@ -56,19 +56,38 @@ async def connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
+def _readonly_uri(path: Path) -> str | None:
+    """A read-only URI for an existing file (a one-off stat at start-up), None for a new one."""
+    return path.resolve().as_uri() + "?mode=ro" if path.exists() else None
+
+
+async def _inspect(uri: str) -> None:
+    """Version and integrity check on a read-only connection.
+
+    Read-only, so that nothing is written to a newer kktd's file, and so that closing the
+    connection to a damaged file does not checkpoint and delete its -wal (a read-write close
+    does): the evidence is moved aside whole.
+    """
+    try:
+        async with aiosqlite.connect(uri, uri=True) as ro:
+            await ro.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            await check_version(ro)
+            async with ro.execute("PRAGMA quick_check") as cur:
+                problems = [str(row[0]) for row in await cur.fetchall()]
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise DamagedJournalError(str(exc)) from exc
+        raise
+    if problems != ["ok"]:
+        raise DamagedJournalError("quick_check: " + "; ".join(problems[:5]))
+
+
 async def _configure(conn: aiosqlite.Connection) -> None:
     async with conn.execute("PRAGMA journal_mode = WAL") as cur:
         row = await cur.fetchone()
     if row is None or str(row[0]).lower() != "wal":
         raise JournalError(f"cannot switch the journal to WAL mode (got {row!r})")
     await conn.execute("PRAGMA synchronous = FULL")
-
-
-async def _quick_check(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA quick_check") as cur:
-        problems = [str(row[0]) for row in await cur.fetchall()]
-    if problems != ["ok"]:
-        raise DamagedJournalError("quick_check: " + "; ".join(problems[:5]))
 
 
 def move_aside(path: Path, now: float) -> Path:
