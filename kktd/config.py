@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from kktd.config_loader import (
     ConfigError,
@@ -36,12 +36,18 @@ __all__ = [
     "BreakerConfig",
     "Config",
     "ConfigError",
+    "Jitter",
     "JournalConfig",
     "KktConfig",
     "LockConfig",
     "LogConfig",
+    "LogFormat",
+    "LogLevel",
     "OfdConfig",
+    "OfdMode",
+    "OnUnavailable",
     "Secret",
+    "StartFd",
     "SyncConfig",
     "UpstreamConfig",
     "load_config",
@@ -194,36 +200,31 @@ def _non_empty(value: str) -> None:
         raise InvalidValueError("expected a non-empty string")
 
 
-def _http_url(value: str) -> None:
-    # The URL is never echoed back: an operator may have pasted credentials into it.
+def _url_parts(value: str, secret_key: str) -> SplitResult:
+    """A URL's parts; never echoed back, as an operator may have put credentials in it."""
     try:
         parts = urlsplit(value)
-        _ = parts.port
+        _ = parts.port  # parsed lazily: a bad port raises only here
     except ValueError:
-        parts = urlsplit("")
+        return urlsplit("")
+    if parts.password:
+        raise InvalidValueError(f"a password in the URL would end up in logs; use {secret_key}")
+    return parts
+
+
+def _http_url(value: str) -> None:
+    parts = _url_parts(value, "upstream.token_file")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidValueError("expected an http:// or https:// URL with a host")
-    if parts.password:
-        raise InvalidValueError(
-            "a password in the URL would end up in logs; use upstream.token_file"
-        )
 
 
 def _redis_url(value: str) -> None:
     if not value:
         return
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        parts = urlsplit("")
+    parts = _url_parts(value, "lock.password_file")
     network = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
     if not network and not (parts.scheme == "unix" and parts.path):
         raise InvalidValueError('expected "" (no Redis) or a redis://, rediss:// or unix:// URL')
-    if parts.password:
-        raise InvalidValueError(
-            "a password in the URL would end up in logs; use lock.password_file"
-        )
 
 
 def _lock_key(value: str) -> None:

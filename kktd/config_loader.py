@@ -191,12 +191,6 @@ def _key_parts(dotted: str) -> tuple[str, ...]:
     return tuple(_unquote(part) for part in _PART.findall(dotted))
 
 
-def _inline_has(rest: str, key: str) -> bool:
-    """Whether an inline table `{ ... }` in `rest` assigns `key` (bare or quoted)."""
-    quoted = "|".join(re.escape(form) for form in (key, f'"{key}"', f"'{key}'"))
-    return re.search(rf"[{{,][ \t]*(?:{quoted})[ \t]*[.=]", rest) is not None
-
-
 def _opens_multiline(rest: str) -> str | None:
     for quote in ('"""', "'''"):
         if rest.lstrip().startswith(quote) and rest.count(quote) % 2 == 1:
@@ -223,9 +217,8 @@ def find_key_line(text: str, key: tuple[str, ...]) -> int | None:
         elif assign := _ASSIGN.match(line):
             full = table + _key_parts(assign.group(1))
             rest = line[assign.end() :]
-            if full[: len(key)] == key:
-                return number
-            if key[: len(full)] == full and _inline_has(rest, key[len(full)]):
+            # A descendant, or an ancestor set inline (TOML 1.0 keeps inline tables on one line).
+            if full[: len(key)] == key or key[: len(full)] == full:
                 return number
             closing = _opens_multiline(rest)
     return fallback
