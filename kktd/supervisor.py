@@ -104,3 +104,19 @@ async def watchdog(
                 log.warning("watchdog.ping_failed", error=str(exc))
         withheld = stale
         await sleep(interval)
+
+
+async def sliced_sleep(
+    seconds: float,
+    beat: Beat,
+    *,
+    slice_seconds: float = 1.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Sleep while beating: an idle component is a healthy one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        beat()
+        await sleep(min(left, slice_seconds))
+    beat()

@@ -1,0 +1,1 @@
+"""The control surface: the local HTTP API, its client commands and the metrics."""

@@ -1,0 +1,151 @@
+"""The ``kktd`` command (SPEC section 6).
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error (EX_CONFIG, which the
+unit's RestartPreventExitStatus= names so a bad config does not crash-loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kktd import __version__
+from kktd.config import Config, ConfigError, load_config, render_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_CONFIG = 78
+
+DEFAULT_CONFIG = Path("/etc/kktd/kktd.toml")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def default_config_path() -> Path:
+    """``$KKTD_CONFIG`` when set (the demo and tests use it), else /etc/kktd/kktd.toml."""
+    return Path(os.environ.get("KKTD_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if _load(args) is None:
+        return EXIT_CONFIG
+    print(f"{args.config}: ok")
+    return EXIT_OK
+
+
+def cmd_print_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    print(render_config(config), end="")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    # Imported here: the daemon pulls in every component, which the other commands do not need.
+    from kktd.components import instance_id  # noqa: PLC0415
+    from kktd.daemon import Daemon  # noqa: PLC0415
+    from kktd.log import configure_logging  # noqa: PLC0415
+    from kktd.systemd import Notifier  # noqa: PLC0415
+
+    configure_logging(config.log.level, config.log.format)
+    environ = dict(os.environ)
+    daemon = Daemon(
+        args.config,
+        config,
+        instance=instance_id(environ),
+        notifier=Notifier.from_environ(environ),
+        environ=environ,
+    )
+    return asyncio.run(daemon.run())
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from kktd.emulator.__main__ import main as emulator_main  # noqa: PLC0415
+
+    emulator_main(args.rest)
+    return EXIT_OK
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from kktd.mock_upstream.__main__ import main as mock_main  # noqa: PLC0415
+
+    mock_main(args.rest)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kktd",
+        description="Companion daemon for a Shtrih-M fiscal register: journal and deliver FDs.",
+    )
+    parser.add_argument("--version", action="version", version=f"kktd {__version__}")
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument(
+        "--config",
+        type=Path,
+        default=default_config_path(),
+        help="config file (default: $KKTD_CONFIG or /etc/kktd/kktd.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[config_opt], help=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    add("run", cmd_run, "run the daemon in the foreground")
+    add("check-config", cmd_check_config, "validate the config file; exit 0 or 78")
+    add("print-config", cmd_print_config, "print the effective config, secrets redacted")
+    for name, handler, help_text in (
+        ("emulator", cmd_emulator, "run the built-in Shtrih-M KKT emulator on a pty"),
+        ("mock-upstream", cmd_mock_upstream, "run the mock receipt collector"),
+    ):
+        tool = sub.add_parser(name, help=help_text, add_help=False)
+        tool.add_argument("rest", nargs=argparse.REMAINDER)
+        tool.set_defaults(handler=handler)
+    register_client_commands(sub, config_opt)
+    return parser
+
+
+def register_client_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    config_opt: argparse.ArgumentParser,
+) -> None:
+    """Client commands talking to the local API (``kktd status`` …) plug in here."""
+    try:
+        from kktd.api.commands import register  # noqa: PLC0415
+    except ImportError:
+        return
+    register(sub, config_opt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

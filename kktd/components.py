@@ -1,0 +1,128 @@
+"""Wiring: build every component from the config, hand each only what it needs.
+
+The daemon (lifecycle) owns the order of start and stop; this module owns which parts exist and
+how they are connected: poller -> journal -> sync engine -> upstream.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from kktd import __version__
+from kktd.config import Config
+from kktd.journal import Journal
+from kktd.kkt.link import KktLink
+from kktd.kkt.poller import Poller
+from kktd.supervisor import Beat, Runner, sliced_sleep
+from kktd.sync.backoff import Backoff
+from kktd.sync.breaker import CircuitBreaker
+from kktd.sync.client import UpstreamClient
+from kktd.sync.engine import SyncEngine
+from kktd.sync.lock import LocalSyncLock, RedisSyncLock, SyncLock, redis_from_url
+
+log = structlog.get_logger(__name__)
+
+RETENTION_EVERY = 3600.0
+
+
+def instance_id(environ: dict[str, str] | None = None) -> str:
+    """This till's name in the fleet: ``$KKTD_INSTANCE_ID`` or the host name."""
+    env = os.environ if environ is None else environ
+    return env.get("KKTD_INSTANCE_ID") or socket.gethostname()
+
+
+@dataclass
+class Components:
+    config: Config
+    instance: str
+    journal: Journal
+    link: KktLink
+    poller: Poller
+    client: UpstreamClient
+    breaker: CircuitBreaker
+    backoff: Backoff
+    lock: SyncLock
+    engine: SyncEngine
+    redis: aioredis.Redis | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    async def build(cls, config: Config, instance: str) -> Components:
+        journal = await Journal.open(config.journal.path)
+        if journal.recovered_from is not None:
+            log.error(
+                "journal.recovered",
+                moved_aside=str(journal.recovered_from),
+                action="the journal is re-read from the FN",
+            )
+        client = UpstreamClient(config.upstream, instance_id=instance, version=__version__)
+        await client.start()
+        breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
+        backoff = Backoff(config.backoff.base, config.backoff.max, config.backoff.jitter)
+        redis = None
+        lock: SyncLock
+        if config.lock.redis_url:
+            redis = redis_from_url(config.lock.redis_url, config.lock.password)
+            lock = RedisSyncLock(
+                redis,
+                config.lock.key,
+                config.lock.ttl,
+                config.lock.on_unavailable,
+                instance,
+            )
+        else:
+            lock = LocalSyncLock(instance)
+        engine = SyncEngine(journal, client, breaker, backoff, lock, config.sync)
+        link = KktLink(config.kkt.port, config.kkt.baudrate, password=config.kkt.password)
+        poller = Poller(link, journal, config.kkt, on_journaled=engine.wake)
+        return cls(
+            config=config,
+            instance=instance,
+            journal=journal,
+            link=link,
+            poller=poller,
+            client=client,
+            breaker=breaker,
+            backoff=backoff,
+            lock=lock,
+            engine=engine,
+            redis=redis,
+        )
+
+    def runners(self) -> dict[str, Runner]:
+        return {"poller": self.poller.run, "sync": self.engine.run, "retention": self.retention}
+
+    async def retention(self, beat: Beat) -> None:
+        """Prune synced FDs older than journal.retention_days, hourly; pending and dead stay."""
+        while True:
+            cutoff = time.time() - self.config.journal.retention_days * 86400
+            pruned = await self.journal.prune(cutoff)
+            if pruned:
+                log.info(
+                    "journal.pruned", fds=pruned, retention_days=self.config.journal.retention_days
+                )
+            await sliced_sleep(RETENTION_EVERY, beat)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a validated config; restart-only keys were already kept by the loader."""
+        self.config = config
+        self.poller.reconfigure(config.kkt)
+        self.client.reconfigure(config.upstream)
+        self.breaker.reconfigure(config.breaker.failure_threshold, config.breaker.reset_timeout)
+        self.backoff.reconfigure(config.backoff.base, config.backoff.max, config.backoff.jitter)
+        self.engine.reconfigure(config.sync)
+
+    async def close(self) -> None:
+        """Close what holds OS resources; the tasks were stopped by the daemon."""
+        await self.link.close()
+        await self.client.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.journal.close()

@@ -1,0 +1,215 @@
+"""The daemon's lifecycle (the uvicorn shape): run -> startup -> main loop -> shutdown.
+
+Startup opens the journal, builds the components, starts the local API and installs the signal
+handlers, then says READY=1 (a missing KKT is a degraded state, not a failed start). The main loop
+supervises the components, the watchdog and the STATUS= line until SIGTERM/SIGINT. Shutdown runs in
+a fixed order with bounded waits; a second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from kktd.api.server import ApiServer
+from kktd.components import Components
+from kktd.config import Config, ConfigError, load_config, merge_for_reload
+from kktd.log import configure_logging
+from kktd.status import status_line
+from kktd.supervisor import Supervisor, watchdog
+from kktd.systemd import Notifier, watchdog_interval
+
+log = structlog.get_logger(__name__)
+
+STOP_POLLER_WITHIN = 10.0  # an FD read in progress is allowed to finish
+STOP_SYNC_WITHIN = 15.0  # in-flight deliveries are allowed to finish
+STATUS_EVERY = 1.0
+FORCED_EXIT = 1
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    """The outcome of the last SIGHUP, for STATUS=, /v1/status and metrics."""
+
+    ok: bool
+    at: float
+    error: str | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        *,
+        instance: str,
+        notifier: Notifier,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.instance = instance
+        self.notifier = notifier
+        self.environ = environ
+        self.started_at = time.time()
+        self.last_reload: ReloadResult | None = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.supervisor = Supervisor()
+        self.components: Components | None = None
+        self.api: ApiServer | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._stopping = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._last_status = ""
+
+    async def run(self) -> int:
+        await self.startup()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        started = time.monotonic()
+        self.components = components = await Components.build(self.config, self.instance)
+        self.api = ApiServer(self)
+        await self.api.start(self.config.api)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        for name, runner in components.runners().items():
+            self._spawn(name, self.supervisor.supervise(name, runner))
+        self._spawn("reloader", self._reloader())
+        self._spawn("status", self._status_updater())
+        interval = watchdog_interval(self.environ)
+        if interval is not None:
+            self._spawn("watchdog", watchdog(self.supervisor, self.notifier.watchdog, interval))
+        line = await status_line(self)
+        self._notify(self.notifier.ready, line)
+        self._last_status = line
+        log.info(
+            "daemon.ready",
+            seconds=round(time.monotonic() - started, 3),
+            api=self.config.api.listen,
+            journal=str(self.config.journal.path),
+            instance=self.instance,
+        )
+
+    def _spawn(self, name: str, coro: object) -> None:
+        self._tasks[name] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stopping:
+            log.warning("daemon.forced_exit", signal=sig.name)
+            os._exit(FORCED_EXIT)
+        log.info("daemon.stopping", signal=sig.name)
+        self._stopping = True
+        self._stop.set()
+
+    async def _reloader(self) -> None:
+        """SIGHUPs are coalesced: one reload at a time, the latest file wins."""
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> ReloadResult:
+        self._notify(self.notifier.reloading)
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as err:
+            result = ReloadResult(ok=False, at=time.time(), error=str(err))
+            self.reloads["failed"] += 1
+            log.exception(
+                "config.reload_failed", error=str(err), action="the old config keeps running"
+            )
+        else:
+            merged, kept = merge_for_reload(self.config, new)
+            for key in kept:
+                log.warning("config.restart_required", key=key)
+            self.config = merged
+            configure_logging(merged.log.level, merged.log.format)
+            assert self.components is not None
+            self.components.reconfigure(merged)
+            result = ReloadResult(ok=True, at=time.time())
+            self.reloads["ok"] += 1
+            log.info("config.reloaded", file=str(self.config_path), restart_required=kept)
+        self.last_reload = result
+        line = await status_line(self)
+        self._last_status = line
+        self._notify(self.notifier.ready, line)
+        return result
+
+    async def _status_updater(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            try:
+                line = await status_line(self)
+            except Exception:
+                log.exception("status.failed")
+                continue
+            if line != self._last_status:
+                self._last_status = line
+                self._notify(self.notifier.status, line)
+
+    def _notify(self, send: object, *args: str) -> None:
+        try:
+            send(*args)  # type: ignore[operator]
+        except OSError as exc:
+            log.warning("systemd.notify_failed", error=str(exc))
+
+    async def shutdown(self) -> None:
+        """Fixed order, bounded waits: API, poller, sync, housekeeping, then resources."""
+        started = time.monotonic()
+        self._notify(self.notifier.stopping, "stopping")
+        summary: dict[str, str] = {}
+        if self.api is not None:
+            await self.api.stop()
+            summary["api"] = "stopped"
+        components = self.components
+        if components is not None:
+            summary["poller"] = await self._stop_task(
+                "poller", components.link.exclusive(), STOP_POLLER_WITHIN
+            )
+            summary["sync"] = await self._stop_task(
+                "sync", components.engine.idle(), STOP_SYNC_WITHIN
+            )
+        for name in list(self._tasks):
+            summary[name] = await self._stop_task(name, None, 0)
+        if components is not None:
+            await components.close()
+        log.info("daemon.stopped", seconds=round(time.monotonic() - started, 3), **summary)
+
+    async def _stop_task(
+        self,
+        name: str,
+        quiet: contextlib.AbstractAsyncContextManager[object] | None,
+        within: float,
+    ) -> str:
+        """Cancel a task once it is between units of work (``quiet`` held), or after ``within``."""
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return "absent"
+        outcome = "stopped"
+        if quiet is not None:
+            try:
+                async with asyncio.timeout(within), quiet:
+                    task.cancel()
+                    await asyncio.wait([task])
+            except TimeoutError:
+                outcome = f"cancelled after {within:g}s"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return outcome

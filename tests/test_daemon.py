@@ -1,0 +1,145 @@
+"""`kktd run` under a real NOTIFY_SOCKET: READY, watchdog, reload, stop (SPEC section 7)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.daemon import DaemonProcess, write_config
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    class Tracked(DaemonProcess):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Tracked
+    for proc in started:
+        proc.close()
+
+
+async def get_json(sock: Path, path: str) -> tuple[int, dict[str, object]]:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as session,
+        session.get(f"http://kktd{path}") as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_ready_arrives_with_no_kkt_and_health_says_degraded(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    daemon = daemon_factory(write_config(tmp_path))
+    index = daemon.wait_ready()
+    ready = daemon.messages[index][1]
+    assert "STATUS=KKT offline" in ready
+    status, body = await get_json(daemon.api_socket, "/v1/health")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["components"]["kkt"] == "offline"  # type: ignore[index]
+
+
+def test_watchdog_pings_at_about_half_the_interval(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    daemon = daemon_factory(write_config(tmp_path), watchdog_usec=1_000_000)
+    daemon.wait_ready()
+    first = daemon.wait_for(lambda m: m == "WATCHDOG=1")
+    last = first
+    for _ in range(4):
+        last = daemon.wait_for(lambda m: m == "WATCHDOG=1", start=last + 1)
+    pings = [t for t, m in daemon.messages[first : last + 1] if m == "WATCHDOG=1"]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert len(gaps) == 4
+    # half of 1 s; generous bounds, a loaded 2-core box delays timers
+    assert all(0.3 < gap < 0.9 for gap in gaps), gaps
+
+
+def test_a_blocked_event_loop_stops_the_pings(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    wrapper = Path(__file__).parent / "support" / "blocking_daemon.py"
+    daemon = daemon_factory(
+        write_config(tmp_path), watchdog_usec=400_000, argv=[sys.executable, str(wrapper), "run"]
+    )
+    daemon.wait_ready()
+    daemon.wait_for(lambda m: m == "WATCHDOG=1")
+    daemon.signal(signal.SIGUSR2)  # the wrapper blocks the loop for 3 s with time.sleep
+    marker = daemon.wait_for(lambda m: m == "STATUS=test: blocking")
+    blocked_at = daemon.messages[marker][0]
+    resumed = daemon.wait_for(lambda m: m == "WATCHDOG=1", start=marker + 1, timeout=20)
+    assert daemon.messages[resumed][0] - blocked_at > 2.5
+
+
+def test_sighup_with_a_good_config_reloads_and_says_ready_again(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    config = write_config(tmp_path)
+    daemon = daemon_factory(config)
+    ready = daemon.wait_ready()
+    config.write_text(config.read_text().replace('interval = "1s"', 'interval = "2s"'))
+    daemon.signal(signal.SIGHUP)
+    reloading = daemon.wait_for(
+        lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="), start=ready + 1
+    )
+    usec = int(daemon.messages[reloading][1].split("MONOTONIC_USEC=")[1])
+    assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 30
+    after = daemon.wait_for(lambda m: m.startswith("READY=1"), start=reloading + 1)
+    assert "FAILED" not in daemon.messages[after][1]
+    daemon.wait_for(lambda _: '"config.reloaded"' in daemon.log(), timeout=5, start=0)
+
+
+async def test_sighup_with_a_bad_config_keeps_the_old_one_and_reports_it(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    config = write_config(tmp_path)
+    daemon = daemon_factory(config)
+    ready = daemon.wait_ready()
+    good = config.read_text()
+    config.write_text(good + "\n[sync]\nbatch_sise = 3\n")
+    daemon.signal(signal.SIGHUP)
+    reloading = daemon.wait_for(lambda m: m.startswith("RELOADING=1"), start=ready + 1)
+    after = daemon.wait_for(lambda m: m.startswith("READY=1"), start=reloading + 1)
+    assert "config reload FAILED" in daemon.messages[after][1]
+    status, body = await get_json(daemon.api_socket, "/v1/status")
+    assert status == 200
+    reload = body["config"]["reload"]  # type: ignore[index]
+    assert reload["ok"] is False
+    assert "sync" in reload["error"]
+    failed = [json.loads(line) for line in daemon.log().splitlines() if "reload_failed" in line]
+    assert failed
+    assert failed[0]["level"] == "error"
+    assert daemon.proc.poll() is None
+
+
+def test_sigterm_says_stopping_and_exits_zero(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    daemon = daemon_factory(write_config(tmp_path))
+    daemon.wait_ready()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert any(m.startswith("STOPPING=1") for _, m in daemon.messages)
+    assert '"daemon.stopped"' in daemon.log()
+
+
+def test_a_bad_config_at_start_exits_78_naming_file_line_and_key(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    config = write_config(tmp_path, extra="\n[upstream]\ntimeot = 5\n")
+    daemon = daemon_factory(config)
+    assert daemon.wait_exit() == 78
+    assert f"{config}:" in daemon.log()
+    assert "upstream" in daemon.log()
