@@ -1,0 +1,274 @@
+"""The KKT link: requests by command, exclusive sequences, reconnect with backoff, link state.
+
+One `KktLink` owns the serial port. Callers ask `request(cmd, data)` and get the answer's data
+or a `KktError` carrying the KKT's error byte by name; `exclusive()` keeps the link for a
+sequence of commands (an FD read: FF3A then FF3B … until 08) that must not be interleaved.
+When the port vanishes or stops answering the link closes it and reopens it no sooner than the
+backoff allows (1 s doubling to 30 s): `request` then fails fast with `LinkDown` and the caller
+(the poller) decides how to wait, so it can keep beating meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from kktd.kkt.protocol import (
+    BUSY_ERRORS,
+    NO_PASSWORD,
+    Command,
+    DeviceType,
+    Discarded,
+    ProtocolError,
+    Response,
+    answer_timeout,
+    encode_request,
+    error_name,
+)
+from kktd.kkt.transport import (
+    BYTE_TIMEOUT,
+    CONTROL_TIMEOUT,
+    ExchangeError,
+    LinkDown,
+    LinkError,
+    SerialTransport,
+)
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+
+Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[SerialTransport]]
+
+
+async def open_serial(
+    path: str,
+    baudrate: int,
+    byte_timeout: float,
+    control_timeout: float,
+    on_discard: Callable[[Discarded], None],
+) -> SerialTransport:
+    return await SerialTransport.open(
+        path,
+        baudrate,
+        byte_timeout=byte_timeout,
+        control_timeout=control_timeout,
+        on_discard=on_discard,
+    )
+
+
+class KktError(Exception):
+    """The KKT answered with a non-zero error byte."""
+
+    def __init__(self, cmd: int, code: int) -> None:
+        self.cmd = cmd
+        self.code = code
+        self.name = error_name(code)
+        super().__init__(f"command {cmd:#x} failed: {self.name} ({code:#04x})")
+
+    @property
+    def busy(self) -> bool:
+        """Printing in progress: worth retrying shortly."""
+        return self.code in BUSY_ERRORS
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    connected: bool
+    since: float | None  # wall-clock time of the last connect or disconnect
+    last_error: str | None
+    device: DeviceType | None
+    reconnect_in: float  # seconds until the next attempt is allowed (0 when connected or due)
+
+
+class KktLink:
+    """The serial link to one KKT, shared by every caller through `exclusive()`."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int,
+        *,
+        password: int = 30,
+        byte_timeout: float = BYTE_TIMEOUT,
+        control_timeout: float = CONTROL_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        opener: Opener = open_serial,
+    ) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.password = password
+        self._byte_timeout = byte_timeout
+        self._control_timeout = control_timeout
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._opener = opener
+        self._transport: SerialTransport | None = None
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[object] | None = None
+        self._device: DeviceType | None = None
+        self._since: float | None = None
+        self._last_error: str | None = None
+        self._retry_at = float("-inf")
+        self._backoff = BACKOFF_FIRST
+        self._noise: Counter[str] = Counter()  # the current burst of line noise
+        self._noisy = False  # noise seen during the exchange in progress
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
+    @property
+    def state(self) -> LinkState:
+        reconnect_in = 0.0 if self.connected else max(0.0, self._retry_at - self._clock())
+        return LinkState(self.connected, self._since, self._last_error, self._device, reconnect_in)
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        """Hold the link for a sequence of requests; requests inside it do not wait on it."""
+        return self._exclusive()
+
+    async def connect(self) -> DeviceType:
+        """Open the port if it is closed (ENQ probe and FC); `LinkDown` if not possible yet."""
+        async with self.exclusive():
+            await self._ensure_open()
+            assert self._device is not None
+            return self._device
+
+    async def request(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        *,
+        password: bool = True,
+        # The protocol's answer timeout (how long the KKT may take), not a deadline on the call.
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Response:
+        """One command and its answer; `KktError` for an error byte, `LinkError` for the line."""
+        async with self.exclusive():
+            transport = await self._ensure_open()
+            response = await self._exchange(transport, cmd, data, password, timeout)
+        if response.error:
+            raise KktError(cmd, response.error)
+        return response
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # --- internals ---
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            yield
+            return
+        async with self._lock:
+            self._owner = task
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    async def _exchange(
+        self,
+        transport: SerialTransport,
+        cmd: int,
+        data: bytes,
+        password: bool,
+        answer_wait: float | None,
+    ) -> Response:
+        pwd = self.password if password and cmd not in NO_PASSWORD else None
+        body = encode_request(cmd, pwd, data)
+        self._noisy = False
+        try:
+            response = await transport.exchange(
+                body, answer_timeout=answer_wait or answer_timeout(cmd)
+            )
+        except LinkDown as exc:
+            self._down(str(exc))
+            raise
+        except ExchangeError as exc:
+            if exc.reason in ("no_link", "wedged"):
+                self._down(str(exc))
+                raise LinkDown(f"the KKT stopped answering: {exc}") from exc
+            self._last_error = str(exc)
+            raise
+        if not self._noisy:
+            self._end_noise_burst()
+        return response
+
+    async def _ensure_open(self) -> SerialTransport:
+        if self._transport is not None:
+            return self._transport
+        left = self._retry_at - self._clock()
+        if left > 0:
+            raise LinkDown(f"reconnecting in {left:.1f} s: {self._last_error}")
+        try:
+            transport = await self._opener(
+                self.port, self.baudrate, self._byte_timeout, self._control_timeout, self._discard
+            )
+        except LinkDown as exc:
+            self._attempt_failed(str(exc))
+            raise
+        try:
+            device = await self._identify(transport)
+        except (LinkError, KktError, ProtocolError) as exc:
+            transport.close()
+            self._attempt_failed(f"no KKT on {self.port}: {exc}")
+            raise LinkDown(f"no KKT on {self.port}: {exc}") from exc
+        self._transport = transport
+        self._device = device
+        self._since = self._wall_clock()
+        self._backoff = BACKOFF_FIRST
+        log.info("kkt.connected", port=self.port, model=device.model, name=device.name)
+        return transport
+
+    async def _identify(self, transport: SerialTransport) -> DeviceType:
+        """FC: the exchange starts with the ENQ probe, which also drains a pending answer."""
+        response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        if response.error:
+            raise KktError(Command.DEVICE_TYPE, response.error)
+        return DeviceType.decode(response.data)
+
+    def _attempt_failed(self, error: str) -> None:
+        self._transport = None
+        self._last_error = error
+        self._retry_at = self._clock() + self._backoff
+        log.warning("kkt.connect_failed", port=self.port, error=error, retry_in=self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+    def _down(self, error: str) -> None:
+        if self._transport is None:
+            return  # still connecting: `_ensure_open` reports the attempt
+        self._transport.close()
+        self._transport = None
+        self._since = self._wall_clock()
+        self._last_error = error
+        self._retry_at = self._clock() + self._backoff
+        log.warning("kkt.disconnected", port=self.port, error=error, retry_in=self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+    def _discard(self, what: Discarded) -> None:
+        if what.kind == "stale_answer":
+            log.info("kkt.stale_answer_drained", body=what.data[:16].hex(" "))
+            return
+        self._noisy = True
+        if not self._noise:
+            log.warning("kkt.line_noise", kind=what.kind, sample=what.data[:16].hex(" "))
+        self._noise[f"{what.kind}_events"] += 1
+        self._noise[f"{what.kind}_bytes"] += len(what.data)
+
+    def _end_noise_burst(self) -> None:
+        if self._noise:
+            log.info("kkt.line_clean", **self._noise)
+            self._noise.clear()

@@ -1,0 +1,145 @@
+"""The serial transport on a real pty: exclusive open, timeouts, EAGAIN, a port that vanishes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from kktd.kkt.protocol import Discarded, Response, encode_request
+from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
+from tests.kkt import Peer, answer_with
+
+FN_STATUS = encode_request(0xFF01, 30)
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[Peer]:
+    device = Peer(tmp_path / "kkt0", answer_with({0xFF01: b"\x01\x02\x03"}))
+    yield device
+    device.close()
+
+
+@pytest.fixture
+async def transport(peer: Peer) -> AsyncIterator[SerialTransport]:
+    opened = await SerialTransport.open(
+        str(peer.path), 115200, control_timeout=0.1, byte_timeout=0.05
+    )
+    yield opened
+    opened.close()
+
+
+async def test_an_exchange_on_a_real_pty_returns_the_answer(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    response = await transport.exchange(FN_STATUS, answer_timeout=3.0)
+    assert response == Response(0xFF01, 0, b"\x01\x02\x03")
+    assert peer.received.startswith(b"\x05\x02\x06\xff\x01")
+    await _until(lambda: peer.pending is None)  # the host ACKed the answer
+
+
+async def test_a_second_opener_of_the_port_fails(peer: Peer, transport: SerialTransport) -> None:
+    with pytest.raises(LinkDown, match="cannot open"):
+        await SerialTransport.open(str(peer.path), 115200)
+    assert (await transport.exchange(FN_STATUS, answer_timeout=3.0)).error == 0
+
+
+async def test_a_missing_port_is_link_down(tmp_path: Path) -> None:
+    with pytest.raises(LinkDown, match="cannot open"):
+        await SerialTransport.open(str(tmp_path / "nothing"), 115200)
+
+
+async def test_a_silent_line_fails_with_no_link_after_the_enq_retries(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    peer.silent = True
+    started = time.monotonic()
+    with pytest.raises(ExchangeError) as failure:
+        await transport.exchange(FN_STATUS, answer_timeout=3.0)
+    assert failure.value.reason == "no_link"
+    assert peer.received == b"\x05\x05\x05"
+    assert time.monotonic() - started < 2.0
+
+
+async def test_a_port_vanishing_mid_exchange_is_link_down_at_once(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    peer.silent = True
+    waiting = asyncio.create_task(transport.exchange(FN_STATUS, answer_timeout=30.0))
+    await asyncio.sleep(0.02)  # let it send its ENQ and start waiting
+    started = time.monotonic()
+    peer.vanish()
+    with pytest.raises(LinkDown):
+        await waiting
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(LinkDown):
+        await transport.exchange(FN_STATUS, answer_timeout=3.0)
+
+
+async def test_a_frame_cut_short_is_dropped_by_the_byte_timeout_and_asked_again(
+    peer: Peer,
+) -> None:
+    seen: list[Discarded] = []
+    transport = await SerialTransport.open(
+        str(peer.path), 115200, byte_timeout=0.05, control_timeout=0.5, on_discard=seen.append
+    )
+    try:
+        peer.before_answer = b"\x02\xff"  # LEN 255 and then the real answer: swallowed
+        started = time.monotonic()
+        task = asyncio.create_task(transport.exchange(FN_STATUS, answer_timeout=3.0))
+        await _until(lambda: bool(peer.requests))
+        peer.before_answer = b""
+        response = await task
+    finally:
+        transport.close()
+    assert response.data == b"\x01\x02\x03"
+    assert len(peer.requests) == 1  # the answer was asked again with ENQ, not the command
+    assert [d.kind for d in seen] == ["bad_frame"]
+    assert time.monotonic() - started < 2.0
+
+
+async def test_stale_input_before_an_exchange_is_reported_and_dropped(
+    peer: Peer,
+) -> None:
+    seen: list[Discarded] = []
+    transport = await SerialTransport.open(str(peer.path), 115200, on_discard=seen.append)
+    try:
+        peer.write(b"\x41\x42")
+        await asyncio.sleep(0.05)  # the bytes must reach the host before the exchange starts
+        response = await transport.exchange(FN_STATUS, answer_timeout=3.0)
+    finally:
+        transport.close()
+    assert response.error == 0
+    assert seen == [Discarded("noise", b"\x41\x42")]
+
+
+async def test_a_full_output_queue_waits_for_the_line_instead_of_failing(
+    peer: Peer, transport: SerialTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    waited_on: list[int] = []
+    add_writer = loop.add_writer
+
+    def spy(fd: int, callback: Callable[..., object], *args: object) -> None:
+        waited_on.append(fd)
+        add_writer(fd, callback, *args)
+
+    monkeypatch.setattr(loop, "add_writer", spy)
+    peer.pause_reading()
+    assert await peer.fill_output() > 0
+    task = asyncio.create_task(transport.exchange(FN_STATUS, answer_timeout=3.0))
+    await _until(lambda: bool(waited_on))  # the ENQ met EAGAIN: the transport waits to write
+    assert not task.done()
+    peer.resume_reading()
+    assert (await task).data == b"\x01\x02\x03"
+    assert peer.received.lstrip(b"\xee").startswith(b"\x05")
+
+
+async def _until(condition: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
