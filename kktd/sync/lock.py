@@ -285,7 +285,7 @@ class _RedisHold:
         owner.saw_fence(self.key, fence)
         # Measured before the request: Redis started the TTL later, so this deadline is early.
         self.deadline = sent + self.ttl - owner.margin
-        log.info("lock.acquired", key=self.key, fence=fence, ttl=self.ttl)
+        log.debug("lock.acquired", key=self.key, fence=fence, ttl=self.ttl)
         return Lease(key=self.key, token=self.token, fence=fence, instance=owner.instance_id)
 
     def _unavailable(self, exc: BaseException) -> Lease:
@@ -395,7 +395,7 @@ class _RedisHold:
         except _REDIS_TROUBLE as exc:
             log.warning("lock.release_failed", key=self.key, error=_describe(exc))
             return
-        log.info("lock.released", key=self.key, was_ours=bool(deleted))
+        log.debug("lock.released", key=self.key, was_ours=bool(deleted))
 
 
 def _holder_of(value: object) -> str | None:
