@@ -1,0 +1,181 @@
+"""KktLink on a real pty: requests and errors by name, exclusive sequences, reconnect backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from kktd.kkt.link import KktError, KktLink
+from kktd.kkt.protocol import Request, encode_frame, encode_response
+from kktd.kkt.transport import LinkDown, SerialTransport
+from tests.kkt import DEVICE, Peer, answer_with
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[Peer]:
+    device = Peer(tmp_path / "kkt0", answer_with({0xFF01: b"\x01"}))
+    yield device
+    device.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def link(peer: Peer, clock: Clock) -> AsyncIterator[KktLink]:
+    kkt = KktLink(
+        str(peer.path),
+        115200,
+        password=28,
+        control_timeout=0.05,
+        clock=clock,
+        wall_clock=lambda: 1_700_000_000.0,
+    )
+    yield kkt
+    await kkt.close()
+
+
+async def test_connect_identifies_the_kkt_and_requests_carry_the_password(
+    peer: Peer, link: KktLink
+) -> None:
+    assert await link.connect() == DEVICE
+    response = await link.request(0xFF01)
+    assert response.data == b"\x01"
+    assert peer.requests == [Request(0xFC, None, b""), Request(0xFF01, 28, b"")]
+    state = link.state
+    assert (state.connected, state.since, state.device, state.last_error) == (
+        True,
+        1_700_000_000.0,
+        DEVICE,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "name", "busy"),
+    [(0x33, "bad_parameters", False), (0x50, "printing", True), (0x4F, "unknown_0x4f", False)],
+)
+async def test_an_error_byte_raises_kkt_error_by_name(
+    peer: Peer, link: KktLink, code: int, name: str, busy: bool
+) -> None:
+    peer.handler = lambda request: (
+        encode_response(request.cmd, code) if request.cmd == 0xFF3A else answer_with({})(request)
+    )
+    with pytest.raises(KktError) as failure:
+        await link.request(0xFF3A, b"\xa3\x00\x00\x00")
+    assert (failure.value.code, failure.value.name, failure.value.busy) == (code, name, busy)
+    assert link.connected  # an error answer is a working link
+
+
+async def test_a_pending_answer_is_drained_before_identifying(peer: Peer, link: KktLink) -> None:
+    peer.pending = encode_frame(encode_response(0xFF3B, 0, b"old"))
+    with capture_logs() as logs:
+        assert await link.connect() == DEVICE
+    assert [r.cmd for r in peer.requests] == [0xFC]
+    assert [entry["event"] for entry in logs] == ["kkt.stale_answer_drained", "kkt.connected"]
+
+
+async def test_exclusive_keeps_a_sequence_together_and_does_not_deadlock(
+    peer: Peer, link: KktLink
+) -> None:
+    await link.connect()
+    inside = asyncio.Event()
+
+    async def read_document() -> None:
+        async with link.exclusive():
+            inside.set()
+            for _ in range(3):
+                await link.request(0xFF3B)
+                await asyncio.sleep(0)  # give the other task every chance to cut in
+
+    async with asyncio.timeout(10):
+        sequence = asyncio.create_task(read_document())
+        await inside.wait()
+        await asyncio.gather(link.request(0xFF01), sequence)
+    assert [r.cmd for r in peer.requests] == [0xFC, 0xFF3B, 0xFF3B, 0xFF3B, 0xFF01]
+
+
+async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
+    peer: Peer, clock: Clock, tmp_path: Path
+) -> None:
+    opened: list[str] = []
+
+    async def opener(
+        path: str, baud: int, byte_t: float, ctl_t: float, on: object
+    ) -> SerialTransport:
+        opened.append(path)
+        return await SerialTransport.open(path, baud, byte_timeout=byte_t, control_timeout=ctl_t)
+
+    link = KktLink(str(peer.path), 115200, control_timeout=0.05, clock=clock, opener=opener)
+    try:
+        await link.connect()
+        peer.vanish()
+        with pytest.raises(LinkDown):
+            await link.request(0xFF01)
+        assert not link.connected
+        assert link.state.last_error is not None
+        delays = []
+        for _ in range(7):
+            delays.append(link.state.reconnect_in)
+            with pytest.raises(LinkDown, match="reconnecting in"):
+                await link.request(0xFF01)  # too early: the port is not even tried
+            clock.now += link.state.reconnect_in
+            with pytest.raises(LinkDown, match="cannot open"):
+                await link.request(0xFF01)
+        assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        assert len(opened) == 8  # the first connect and one attempt per elapsed delay
+
+        back = Peer(peer.path, answer_with({0xFF01: b"\x02"}))
+        try:
+            clock.now += link.state.reconnect_in
+            assert (await link.request(0xFF01)).data == b"\x02"
+            assert link.connected
+            back.vanish()
+            with pytest.raises(LinkDown):
+                await link.request(0xFF01)
+            assert link.state.reconnect_in == 1.0  # a good connection reset the backoff
+        finally:
+            back.close()
+    finally:
+        await link.close()
+
+
+async def test_a_kkt_that_stops_answering_is_link_down_and_reconnected(
+    peer: Peer, link: KktLink, clock: Clock
+) -> None:
+    await link.connect()
+    peer.silent = True
+    with pytest.raises(LinkDown, match="stopped answering"):
+        await link.request(0xFF01)
+    assert not link.connected
+    peer.silent = False
+    clock.now += 1.0
+    assert (await link.request(0xFF01)).data == b"\x01"
+
+
+async def test_line_noise_is_logged_once_per_burst(peer: Peer, link: KktLink) -> None:
+    await link.connect()
+    peer.before_answer = b"\x41\x42\x43"
+    with capture_logs() as logs:
+        for _ in range(5):
+            await link.request(0xFF01)
+        peer.before_answer = b""
+        await link.request(0xFF01)
+        await link.request(0xFF01)
+    assert [entry["event"] for entry in logs] == ["kkt.line_noise", "kkt.line_clean"]
+    assert logs[1]["noise_events"] == 5
+    assert logs[1]["noise_bytes"] == 15
