@@ -126,7 +126,7 @@ async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
         peer.vanish()
         with pytest.raises(LinkDown):
             await link.request(0xFF01)
-        assert not link.connected
+        assert link.state.connected is False
         assert link.state.last_error is not None
         delays = []
         for _ in range(7):
