@@ -69,7 +69,7 @@ class Components:
         redis = None
         lock: SyncLock
         if config.lock.redis_url:
-            redis = redis_from_url(config.lock.redis_url, config.lock.password)
+            redis = redis_from_url(config.lock.redis_url, config.lock.password, ttl=config.lock.ttl)
             lock = RedisSyncLock(
                 redis,
                 config.lock.key,
@@ -118,6 +118,8 @@ class Components:
         self.breaker.reconfigure(config.breaker.failure_threshold, config.breaker.reset_timeout)
         self.backoff.reconfigure(config.backoff.base, config.backoff.max, config.backoff.jitter)
         self.engine.reconfigure(config.sync)
+        if isinstance(self.lock, RedisSyncLock):
+            self.lock.reconfigure(config.lock.key, config.lock.ttl, config.lock.on_unavailable)
 
     async def close(self) -> None:
         """Close what holds OS resources; the tasks were stopped by the daemon."""
