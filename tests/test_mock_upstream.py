@@ -167,6 +167,16 @@ async def test_delay_holds_the_answer(mock: MockUpstream, http: aiohttp.ClientSe
     assert (await request)[0] == 201
 
 
+async def test_counts_the_peak_of_concurrent_requests(
+    mock: MockUpstream, http: aiohttp.ClientSession
+) -> None:
+    mock.set_faults(delay=0.2)
+    results = await asyncio.gather(*(post(http, mock, fd) for fd in (1, 2, 3)))
+    assert [status for status, _, _ in results] == [201, 201, 201]
+    assert mock.state.peak_in_flight == 3
+    assert mock.state.in_flight == 0
+
+
 async def test_go_down_refuses_connections_and_come_back_listens_on_the_same_port(
     mock: MockUpstream, http: aiohttp.ClientSession
 ) -> None:
@@ -199,6 +209,7 @@ async def test_faults_and_stats_over_http(mock: MockUpstream, http: aiohttp.Clie
     assert stats["fence_violations"] == 0
     assert stats["by_status"] == {"201": 1, "500": 1}
     assert stats["highest_fence"] == {FN: 2}
+    assert stats["peak_in_flight"] == 1
     async with http.post(f"{base}/_mock/reset") as resp:
         assert (await resp.json())["requests"] == 0
     assert mock.faults == Faults()

@@ -124,6 +124,13 @@ class MockUpstream:
             await runner.cleanup()
 
     async def _receive(self, request: web.Request) -> web.StreamResponse:
+        self.state.enter()
+        try:
+            return await self._answer(request)
+        finally:
+            self.state.leave()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         incoming = Incoming(
             body=await request.read(),
             idempotency_key=request.headers.get("Idempotency-Key"),

@@ -141,6 +141,16 @@ class MockState:
         self.duplicates = 0
         self.fence_violations = 0
         self.highest_fence: dict[str, int] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def enter(self) -> None:
+        """A delivery request arrived (kept until `leave`): the peak shows client concurrency."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)  # a `reset` meanwhile zeroed it
 
     def decide(self, incoming: Incoming) -> Answer:
         """The answer to one delivery, in the order a real collector would fail."""
@@ -206,6 +216,7 @@ class MockState:
             "duplicates": self.duplicates,
             "fence_violations": self.fence_violations,
             "highest_fence": dict(self.highest_fence),
+            "peak_in_flight": self.peak_in_flight,
             "by_status": dict(sorted(by_status.items())),
             "faults": self.faults.to_json(),
         }

@@ -119,6 +119,11 @@ class UpstreamClient:
             total=cfg.timeout, connect=min(self._connect_timeout, cfg.timeout)
         )
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many deliveries the engine may run at once (`upstream.max_in_flight`)."""
+        return self._cfg.max_in_flight
+
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(

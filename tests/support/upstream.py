@@ -8,15 +8,22 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kktd.journal import JournalEntry
+from kktd.config import SyncConfig, UpstreamConfig
+from kktd.journal import Journal, JournalEntry
 from kktd.mock_upstream import MockUpstream
+from kktd.sync.backoff import Backoff
+from kktd.sync.breaker import BreakerState, CircuitBreaker
+from kktd.sync.client import UpstreamClient
+from kktd.sync.engine import SyncEngine
+from kktd.sync.lock import LocalSyncLock, SyncLock
 
 FN = "9999078900005488"
 
@@ -106,3 +113,81 @@ def unanswered_port() -> Iterator[int]:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+async def store_fds(journal: Journal, fds: Iterable[int], *, fn: str = FN) -> None:
+    """Journal FDs as the poller would (pending, due now)."""
+    for fd in fds:
+        await journal.store(fn, fd, 3, b"\x01\x02" + fd.to_bytes(4, "little"), {"doc_type": 3})
+
+
+@dataclass
+class Rig:
+    """An engine with its parts, small and fast settings, and the breaker's transitions."""
+
+    engine: SyncEngine
+    client: UpstreamClient
+    breaker: CircuitBreaker
+    backoff: Backoff
+    changes: list[tuple[BreakerState, BreakerState]] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)
+
+    def opens(self) -> int:
+        return sum(1 for _, new in self.changes if new is BreakerState.OPEN)
+
+
+@asynccontextmanager
+async def engine_rig(
+    journal: Journal,
+    url: str,
+    *,
+    lock: SyncLock | None = None,
+    sync: SyncConfig | None = None,
+    max_in_flight: int = 4,
+    timeout: float = 5.0,
+    failure_threshold: int = 5,
+    reset_timeout: float = 0.05,
+    backoff: tuple[float, float] = (0.001, 0.01),
+    clock: Callable[[], float] = time.time,
+    instance: str = "till-1",
+) -> AsyncIterator[Rig]:
+    client = UpstreamClient(
+        UpstreamConfig(url=url, timeout=timeout, max_in_flight=max_in_flight),
+        instance_id=instance,
+        version="test",
+    )
+    changes: list[tuple[BreakerState, BreakerState]] = []
+    breaker = CircuitBreaker(
+        failure_threshold, reset_timeout, on_change=lambda old, new: changes.append((old, new))
+    )
+    back = Backoff(backoff[0], backoff[1], "none")
+    engine = SyncEngine(
+        journal,
+        client,
+        breaker,
+        back,
+        lock if lock is not None else LocalSyncLock(instance),
+        sync if sync is not None else SyncConfig(interval=60.0, batch_size=50, max_attempts=5),
+        clock=clock,
+    )
+    rig = Rig(engine, client, breaker, back, changes)
+    engine.on_round = rig.reports.append
+    await client.start()
+    try:
+        yield rig
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def running(engine: SyncEngine) -> AsyncIterator[list[float]]:
+    """The engine's loop as a task; yields the times it beat. Cancelled on exit."""
+    beats: list[float] = []
+    task = asyncio.create_task(engine.run(lambda: beats.append(time.monotonic())))
+    try:
+        yield beats
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled(), "the sync loop ended on its own"

@@ -1,0 +1,361 @@
+"""Sync rounds and the sync loop (SPEC section 3 "A round"), and the manual sync of section 6.
+
+A round, per FN: take the lock -> claim up to `sync.batch_size` due FDs, lowest first -> send
+them, at most `upstream.max_in_flight` at once, each only with the breaker's leave and a live
+lease -> record every outcome in the journal and the breaker. Transient failures are written at
+the end of the round, when the round's backoff delay (the FD's next attempt) is known.
+
+After a round: a full, clean batch goes again at once (a backlog drains at the upstream's pace);
+an open breaker sleeps until its probe time; a failed round waits the backoff delay; otherwise
+the loop idles `sync.interval`. A `wake()` (a new FD, a retried one) ends the wait early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+
+from kktd.config import SyncConfig
+from kktd.journal import Journal, JournalEntry
+from kktd.sync.backoff import Backoff
+from kktd.sync.breaker import BreakerState, CircuitBreaker
+from kktd.sync.client import Delivery, Outcome, UpstreamClient
+from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
+
+log = structlog.get_logger(__name__)
+
+ReportStatus = Literal["completed", "busy", "circuit_open", "skipped"]
+_BEAT_SLICE = 1.0  # seconds: idle waits are sliced so the loop beats at least this often
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a round (or a manual sync) did, in the shape of SPEC section 6."""
+
+    status: ReportStatus
+    synced: int
+    failed: int
+    dead: int
+    duration_seconds: float
+    holder: str | None = None
+    retry_in_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """The engine's state for `/v1/status`; `next_round_in_seconds` None while a round runs."""
+
+    breaker_state: BreakerState
+    retry_in_seconds: float
+    backoff_delay: float
+    backoff_failures: int
+    last_report: SyncReport | None
+    last_round_at: float | None
+    lock_holder: str | None
+    lock_fence: int | None
+    next_round_in_seconds: float | None
+
+
+@dataclass
+class _Tally:
+    """One pass's counts, and what decides the pause after it."""
+
+    synced: int = 0
+    failed: int = 0
+    dead: int = 0
+    full: bool = False  # a batch came back full: more is due
+    refused: bool = False  # the breaker stopped the sending
+    failure: bool = False  # a delivery failed: the backoff grows
+    delivered: bool = False  # the upstream answered something
+    retry_after: float | None = None
+    transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
+
+    def add(self, other: _Tally) -> None:
+        """Fold one FN round into the pass."""
+        self.synced += other.synced
+        self.failed += other.failed
+        self.dead += other.dead
+        self.full = self.full or other.full
+        self.refused = self.refused or other.refused
+        self.failure = self.failure or other.failure
+        self.delivered = self.delivered or other.delivered
+
+
+class SyncEngine:
+    """Delivers the journal to the upstream, round after round, until cancelled."""
+
+    def __init__(  # noqa: PLR0917 - the pinned API passes the six collaborators positionally
+        self,
+        journal: Journal,
+        client: UpstreamClient,
+        breaker: CircuitBreaker,
+        backoff: Backoff,
+        lock: SyncLock,
+        cfg: SyncConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._journal = journal
+        self._client = client
+        self._breaker = breaker
+        self._backoff = backoff
+        self._lock = lock
+        self._cfg = cfg
+        self._clock = clock
+        self._monotonic = monotonic
+        self._wake = asyncio.Event()
+        self._round_lock = asyncio.Lock()
+        self._beat: Callable[[], None] = _no_beat
+        self._last_report: SyncReport | None = None
+        self._last_round_at: float | None = None
+        self._next_round_at: float | None = None
+        self._holder: str | None = None
+        #: deliveries by outcome since start, for `kktd_sync_deliveries_total{result}`
+        self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
+        #: called with each FN round's report, for `kktd_sync_round_seconds`
+        self.on_round: Callable[[SyncReport], None] | None = None
+
+    def wake(self) -> None:
+        """Something is due now (a new FD was journaled, a dead one retried): look again."""
+        self._wake.set()
+
+    def reconfigure(self, cfg: SyncConfig) -> None:
+        """New settings (SIGHUP), used from the next round on."""
+        self._cfg = cfg
+
+    async def run(self, beat: Callable[[], None]) -> None:
+        """The sync loop: rounds and the waits between them, until cancelled."""
+        self._beat = beat
+        while True:
+            beat()
+            if self._breaker.state is BreakerState.OPEN:
+                await self._pause(self._breaker.retry_in(), interruptible=False)
+                continue
+            async with self._round_lock:
+                tally, _ = await self._pass()
+            seconds, interruptible = self._next_pause(tally)
+            await self._pause(seconds, interruptible=interruptible)
+
+    async def sync_now(self) -> SyncReport:
+        """A manual sync: one round now, after any round in progress."""
+        if self._breaker.state is BreakerState.OPEN:
+            return SyncReport(
+                "circuit_open", 0, 0, 0, 0.0, retry_in_seconds=self._breaker.retry_in()
+            )
+        async with self._round_lock:
+            tally, report = await self._pass()
+        if self._next_pause(tally)[0] == 0:
+            self.wake()  # more is due: let the loop carry on draining
+        return report
+
+    def status(self) -> SyncStatus:
+        next_at = self._next_round_at
+        return SyncStatus(
+            breaker_state=self._breaker.state,
+            retry_in_seconds=self._breaker.retry_in(),
+            backoff_delay=self._backoff.current_delay,
+            backoff_failures=self._backoff.failures,
+            last_report=self._last_report,
+            last_round_at=self._last_round_at,
+            lock_holder=self._holder,
+            lock_fence=self._lock.last_fence,
+            next_round_in_seconds=None
+            if next_at is None
+            else max(0.0, next_at - self._monotonic()),
+        )
+
+    # -- the loop's waits --
+
+    def _next_pause(self, tally: _Tally) -> tuple[float, bool]:
+        """(seconds, ended early by a wake?) before the next round."""
+        if self._breaker.state is BreakerState.OPEN:
+            return self._breaker.retry_in(), False
+        if tally.failure:
+            return self._backoff.current_delay, True
+        if tally.full or (tally.refused and self._breaker.state is BreakerState.CLOSED):
+            return 0.0, True  # a backlog, or a probe that just closed the breaker
+        if not tally.delivered and self._backoff.failures > 0:
+            # nothing was due yet: the failed round's FDs come due after its backoff delay
+            return min(self._cfg.interval, self._backoff.current_delay), True
+        return self._cfg.interval, True
+
+    async def _pause(self, seconds: float, *, interruptible: bool) -> None:
+        deadline = self._monotonic() + seconds
+        self._next_round_at = deadline
+        try:
+            while (left := deadline - self._monotonic()) > 0:
+                self._beat()
+                if interruptible and self._wake.is_set():
+                    return
+                wait = self._wake.wait() if interruptible else asyncio.sleep(left)
+                try:
+                    async with asyncio.timeout(min(left, _BEAT_SLICE)):
+                        await wait
+                except TimeoutError:
+                    pass
+        finally:
+            self._next_round_at = None
+
+    # -- rounds --
+
+    async def _pass(self) -> tuple[_Tally, SyncReport]:
+        """One round for every FN with pending FDs; the report sums them."""
+        started = self._monotonic()
+        total = _Tally()
+        status: ReportStatus = "completed"
+        holder: str | None = None
+        for fn in await self._journal.pending_fns():
+            tally = _Tally()
+            outcome, fence, round_started = "completed", None, self._monotonic()
+            try:
+                fence = await self._round(fn, tally)
+            except LockBusy as exc:
+                outcome, status, holder = "busy", "busy", exc.holder
+                self._holder = exc.holder
+            except LockUnavailable:
+                outcome = status = "skipped"
+            except LeaseLost:
+                outcome, status = "lease_lost", "skipped"  # the lock has logged lock.lost
+            total.add(tally)
+            report = self._log_round(
+                fn, outcome, tally, started=round_started, fence=fence, holder=holder
+            )
+            if self.on_round is not None and outcome in ("completed", "lease_lost"):
+                self.on_round(report)
+            if outcome == "lease_lost" or self._breaker.state is BreakerState.OPEN:
+                break
+        report = SyncReport(
+            status, total.synced, total.failed, total.dead, self._monotonic() - started, holder
+        )
+        self._last_report, self._last_round_at = report, self._clock()
+        return total, report
+
+    async def _round(self, fn: str, tally: _Tally) -> int | None:
+        """One FN's round under its lock; returns the fence it ran under."""
+        async with self._lock.hold(fn) as lease:
+            self._holder = lease.instance
+            try:
+                self._wake.clear()  # from here on, a wake means "newer than this claim"
+                now = self._clock()
+                entries = await self._journal.claim_due(self._cfg.batch_size, now, fn=fn)
+                tally.full = len(entries) == self._cfg.batch_size
+                try:
+                    await self._send(entries, lease, tally)
+                finally:
+                    await self._settle(tally)
+            finally:
+                self._holder = None
+        return lease.fence
+
+    async def _send(self, entries: list[JournalEntry], lease: Lease, tally: _Tally) -> None:
+        """Deliver `entries` in order, `max_in_flight` at once, while breaker and lease allow."""
+        slots = asyncio.Semaphore(max(1, self._client.max_in_flight))
+        async with asyncio.TaskGroup() as group:
+            for entry in entries:
+                await slots.acquire()
+                if not self._lock.lease_alive(lease):
+                    slots.release()
+                    break  # the lock cancels this round at once; start nothing meanwhile
+                if not self._breaker.try_acquire():
+                    slots.release()
+                    tally.refused = True
+                    break
+                group.create_task(self._deliver(entry, lease, slots, tally))
+
+    async def _deliver(
+        self, entry: JournalEntry, lease: Lease, slots: asyncio.Semaphore, tally: _Tally
+    ) -> None:
+        try:
+            delivery = await self._client.deliver(entry, lease.fence)
+        except BaseException:
+            self._breaker.release()  # no verdict (cancelled, or a bug): free a half-open probe
+            raise
+        finally:
+            slots.release()
+        self._beat()
+        self.deliveries[delivery.outcome.value] += 1
+        await self._record(entry, delivery, tally)
+
+    async def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
+        """The breaker first (no await before it), then the journal row."""
+        outcome = delivery.outcome
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
+            self._breaker.record_success()
+            tally.delivered = True
+        else:
+            self._breaker.record_failure()
+            tally.failure = True
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            await self._journal.mark_synced(entry.fn, entry.fd, self._clock())
+            tally.synced += 1
+        elif outcome is Outcome.REJECTED:
+            await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
+            tally.dead += 1
+            log.warning("sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason)
+        elif outcome is Outcome.TRANSIENT:
+            tally.transient.append((entry, delivery))
+            if delivery.retry_after is not None:
+                tally.retry_after = max(tally.retry_after or 0.0, delivery.retry_after)
+        else:
+            # forbidden or unreachable: the FD is not at fault, so its row stays as it is
+            tally.failed += 1
+
+    async def _settle(self, tally: _Tally) -> None:
+        """End of a round: grow or reset the backoff, then count the transient failures."""
+        if tally.failure:
+            delay = self._backoff.record_failure(tally.retry_after)
+        else:
+            if tally.delivered:
+                self._backoff.record_success()
+            delay = 0.0
+        transient, tally.transient = tally.transient, []
+        next_attempt_at = self._clock() + delay
+        for entry, delivery in transient:
+            went_dead = await self._journal.mark_failed(
+                entry.fn, entry.fd, delivery.reason, next_attempt_at, self._cfg.max_attempts
+            )
+            if went_dead:
+                tally.dead += 1
+                log.warning(
+                    "sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason, attempts="max"
+                )
+            else:
+                tally.failed += 1
+
+    def _log_round(
+        self,
+        fn: str,
+        outcome: str,
+        tally: _Tally,
+        *,
+        started: float,
+        fence: int | None,
+        holder: str | None,
+    ) -> SyncReport:
+        """One `sync.round` line per FN round; an idle one (nothing to do) only at debug."""
+        duration = self._monotonic() - started
+        idle = outcome == "completed" and tally.synced + tally.failed + tally.dead == 0
+        (log.debug if idle else log.info)(
+            "sync.round",
+            fn=fn,
+            status=outcome,
+            synced=tally.synced,
+            failed=tally.failed,
+            dead=tally.dead,
+            duration=round(duration, 3),
+            fence=fence,
+            holder=holder,
+            breaker=str(self._breaker.state),
+            backoff=round(self._backoff.current_delay, 3),
+        )
+        return SyncReport("completed", tally.synced, tally.failed, tally.dead, duration, holder)
+
+
+def _no_beat() -> None:
+    """Outside `run` (a manual sync before the loop starts) nobody watches the beat."""

@@ -1,0 +1,279 @@
+"""Sync rounds against the real mock upstream and a real journal file (SPEC section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kktd.config import SyncConfig
+from kktd.journal import Journal, JournalEntry
+from kktd.mock_upstream import MockUpstream
+from kktd.sync.breaker import BreakerState
+from kktd.sync.engine import SyncReport
+from tests.support.upstream import (
+    FN,
+    engine_rig,
+    running,
+    running_mock,
+    store_fds,
+    wait_until,
+)
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """A wall clock that stands still unless the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def journal(tmp_path: Path, clock: Clock) -> AsyncIterator[Journal]:
+    j = await Journal.open(tmp_path / "kktd.db", clock=clock)
+    try:
+        yield j
+    finally:
+        await j.close()
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockUpstream]:
+    async with running_mock() as upstream:
+        yield upstream
+
+
+async def row(journal: Journal, fd: int) -> JournalEntry:
+    entry = await journal.get(FN, fd)
+    assert entry is not None
+    return entry
+
+
+# -- one test per row of the outcome table: the journal row after one manual round --
+
+
+async def test_accepted_fd_is_synced(journal: Journal, mock: MockUpstream, clock: Clock) -> None:
+    await store_fds(journal, [1])
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+    entry = await row(journal, 1)
+    assert (entry.state, entry.attempts, entry.last_error, entry.synced_at) == (
+        "synced",
+        0,
+        None,
+        T0,
+    )
+    assert (report.status, report.synced, report.failed, report.dead) == ("completed", 1, 0, 0)
+    assert set(mock.state.accepted) == {(FN, 1)}
+    assert rig.engine.deliveries["accepted"] == 1
+
+
+async def test_duplicate_fd_is_synced(journal: Journal, mock: MockUpstream, clock: Clock) -> None:
+    await store_fds(journal, [1])
+    mock.state.accepted[(FN, 1)] = {"fn": FN, "fd": 1}  # delivered before, answer lost
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+    assert (await row(journal, 1)).state == "synced"
+    assert report.synced == 1
+    assert mock.state.duplicates == 1
+    assert rig.engine.deliveries["duplicate"] == 1
+
+
+async def test_rejected_fd_is_dead_at_once_with_the_upstreams_reason(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1, 2])
+    mock.set_faults(reject_fds=[1])
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+        assert rig.breaker.consecutive_failures == 0  # a rejection is the upstream working
+    entry = await row(journal, 1)
+    assert (entry.state, entry.last_error) == ("dead", "FD 1 rejected: document not acceptable")
+    assert (await row(journal, 2)).state == "synced"
+    assert (report.synced, report.failed, report.dead) == (1, 0, 1)
+
+
+async def test_forbidden_is_a_breaker_failure_never_counted_against_the_fd(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1])
+    mock.set_faults(unauthorized=True)
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+        assert rig.breaker.consecutive_failures == 1
+    entry = await row(journal, 1)
+    assert (entry.state, entry.attempts, entry.last_error, entry.next_attempt_at) == (
+        "pending",
+        0,
+        None,
+        T0,
+    )
+    assert (report.synced, report.failed, report.dead) == (0, 1, 0)
+
+
+async def test_transient_failure_counts_an_attempt_and_waits_the_backoff_delay(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1])
+    mock.set_faults(fail_fds=[1])
+    async with engine_rig(journal, mock.url, clock=clock, backoff=(2.0, 60.0)) as rig:
+        report = await rig.engine.sync_now()
+        assert rig.breaker.consecutive_failures == 1
+        assert (rig.backoff.failures, rig.backoff.current_delay) == (1, 2.0)
+    entry = await row(journal, 1)
+    assert (entry.state, entry.attempts, entry.last_error, entry.next_attempt_at) == (
+        "pending",
+        1,
+        "HTTP 500: cannot store FD 1",
+        T0 + 2.0,
+    )
+    assert (report.synced, report.failed, report.dead) == (0, 1, 0)
+
+
+async def test_retry_after_is_a_floor_on_the_next_attempt(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1])
+    mock.set_faults(rate_limit_rate=1.0, retry_after=7)
+    async with engine_rig(journal, mock.url, clock=clock, backoff=(1.0, 60.0)) as rig:
+        await rig.engine.sync_now()
+        assert rig.backoff.current_delay == 7.0
+    entry = await row(journal, 1)
+    assert (entry.attempts, entry.next_attempt_at) == (1, T0 + 7.0)
+    assert entry.last_error == "HTTP 429: slow down"
+
+
+async def test_unreachable_upstream_is_a_breaker_failure_never_counted_against_the_fd(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1])
+    await mock.go_down()
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+        assert rig.breaker.consecutive_failures == 1
+        assert rig.engine.deliveries["unreachable"] == 1
+    entry = await row(journal, 1)
+    assert (entry.state, entry.attempts, entry.last_error) == ("pending", 0, None)
+    assert report.failed == 1
+
+
+# -- rounds --
+
+
+async def test_a_round_claims_lowest_first_and_keeps_max_in_flight(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, range(20, 0, -1))
+    mock.set_faults(delay=0.05)
+    sync = SyncConfig(interval=60.0, batch_size=8, max_attempts=5)
+    async with engine_rig(journal, mock.url, clock=clock, sync=sync, max_in_flight=3) as rig:
+        report = await rig.engine.sync_now()
+    assert report.synced == 8
+    assert sorted(fd for _, fd in mock.state.accepted) == list(range(1, 9))
+    assert mock.state.peak_in_flight == 3
+
+
+async def test_an_open_breaker_stops_the_round_and_nothing_more_reaches_the_upstream(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, range(1, 21))
+    mock.set_faults(unauthorized=True)
+    async with engine_rig(
+        journal, mock.url, clock=clock, max_in_flight=1, reset_timeout=60.0
+    ) as rig:
+        first = await rig.engine.sync_now()
+        assert rig.breaker.state is BreakerState.OPEN
+        again = await rig.engine.sync_now()
+    assert len(mock.state.requests) == 5  # the threshold, then not one more
+    assert first.failed == 5
+    assert again.status == "circuit_open"
+    assert again.retry_in_seconds is not None
+    assert 59.0 < again.retry_in_seconds <= 60.0
+
+
+async def test_a_poison_fd_goes_dead_after_exactly_max_attempts_while_others_are_delivered(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 11))
+    mock.set_faults(fail_fds=[3])
+    async with engine_rig(journal, mock.url) as rig, running(rig.engine):
+
+        async def poison_dead() -> bool:
+            return (await row(journal, 3)).state == "dead"
+
+        await wait_until(poison_dead, what="the poison FD to go dead")
+    poison = await row(journal, 3)
+    assert (poison.attempts, poison.last_error) == (5, "HTTP 500: cannot store FD 3")
+    assert sum(1 for r in mock.state.requests if r.fd == 3) == 5
+    counts = await journal.counts()
+    assert (counts.synced, counts.dead, counts.pending) == (9, 1, 0)
+    assert set(mock.state.accepted) == {(FN, fd) for fd in range(1, 11) if fd != 3}
+
+
+async def test_a_new_fd_wakes_the_idle_loop_long_before_the_interval(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    async with engine_rig(journal, mock.url) as rig, running(rig.engine) as beats:
+        await wait_until(lambda: rig.engine.status().next_round_in_seconds is not None)
+        assert rig.engine.status().next_round_in_seconds == pytest.approx(60.0, abs=5.0)
+        await store_fds(journal, [1])
+        rig.engine.wake()
+        await wait_until(lambda: (FN, 1) in mock.state.accepted, timeout=10.0)
+        assert beats  # the loop beats while it idles
+
+
+@pytest.mark.slow
+async def test_a_backlog_of_5000_drains_without_waiting_the_interval(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 5001))
+    sync = SyncConfig(interval=60.0, batch_size=50, max_attempts=5)
+    async with engine_rig(journal, mock.url, sync=sync) as rig, running(rig.engine):
+
+        async def drained() -> bool:
+            return (await journal.counts()).synced == 5000
+
+        # the interval is 60 s: a loop that waited it between batches would take 100 minutes
+        await wait_until(drained, timeout=50.0, what="the backlog to drain")
+    full_rounds = [r for r in rig.reports if r.synced == 50]
+    assert len(full_rounds) == 100
+    assert len(mock.state.accepted) == 5000
+    assert mock.state.duplicates == 0
+
+
+# -- manual sync and status --
+
+
+async def test_manual_sync_reports_completed_with_counts(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1, 2, 3])
+    mock.set_faults(reject_fds=[2], fail_fds=[3])
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+        status = rig.engine.status()
+    assert report == SyncReport("completed", 1, 1, 1, report.duration_seconds)
+    assert report.duration_seconds >= 0
+    assert status.last_report == report
+    assert status.last_round_at == T0
+    assert (status.backoff_failures, status.breaker_state) == (1, BreakerState.CLOSED)
+
+
+async def test_manual_sync_with_nothing_pending_completes_empty(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    async with engine_rig(journal, mock.url) as rig:
+        report = await rig.engine.sync_now()
+    assert (report.status, report.synced, report.failed, report.dead) == ("completed", 0, 0, 0)
+    assert mock.state.requests == []
