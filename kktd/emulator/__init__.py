@@ -1,0 +1,62 @@
+"""A Shtrih-M KKT emulator on a pty, for tests, benchmarks and trying kktd without a register.
+
+Standalone: `python -m kktd.emulator --link /tmp/kkt0 --archive 100 --rate 2` prints the port
+path (point `kkt.port` at it) and runs until Ctrl-C. Options: `--fn`, `--seed`, `--baud`,
+`--fixtures FILE` (JSON lines `{"fd", "doc_type", "tlv_hex"[, "record"]}`).
+
+In process (inside a running event loop)::
+
+    device = KktDevice(DocumentGenerator(rng=random.Random(1)), archive=500)  # FDs 1..500
+    async with PtyEmulator(device, link=tmp_path / "kkt0") as emulator:
+        ...                                  # kktd opens emulator.path (a stable symlink)
+        device.issue_receipt()               # one receipt now (after a shift open if needed)
+        device.issue()                       # the next FD a shop would issue
+        await emulator.issue_at_rate(200.0, count=500)  # in the background; await to finish
+        for document in device.documents:    # what the FN holds, in FD order
+            document.fd, document.doc_type, document.raw  # raw: the FD's TLV bytes
+            document.record                  # the emulator's own fields == Document.to_fields()
+
+Other sources and state: `KktDevice(documents=load_fixtures(path))`, `device.fn`,
+`device.last_fd`, `device.replace_fn("9999078900009999")` (a new FN, FDs from 1),
+`device.confirm_ofd(up_to)` (FF39 backlog), `device.warning_flags`.
+
+Fault switches, settable at any time (counters run down as they fire; `device.faults` shows
+what is left, `device.clear_faults()` drops them all):
+
+- `device.corrupt_lrc(n)`: the next n answer frames go out with a wrong LRC;
+- `device.lose_acks(n)`: the next n host frames get no ACK; they are executed and the answer is
+  held until the host ENQs (then ACK + the answer);
+- `device.stray_ff(n)`: a stray FF before each of the next n control bytes;
+- `device.busy(n)` / `device.busy_for(seconds)`: answer 0x50 without executing;
+- `device.inject_garbage(data)`: bytes between the ACK and the next answer frame, which then
+  follows after a pause longer than the host's byte timeout (`b"\\x02\\xff"` is a frame with
+  LEN 255 and nothing after it);
+- `emulator.baud = 4800`: the line throttled to 10 bits per byte at that rate;
+- `emulator.vanish()` / `emulator.reappear()`: the port goes away (hangup, link removed) and
+  comes back behind the same link.
+
+`KktDevice(strict_output=True)` refuses FF01/FF39/FF0A with 0x02 while a document read is
+half done. `device.stats` and `device.executed` count what the host did (ENQs, NAKs, resent
+answers, commands executed) for tests to assert on.
+"""
+
+from __future__ import annotations
+
+from kktd.emulator.device import Faults, KktDevice
+from kktd.emulator.documents import (
+    DocumentGenerator,
+    EmulatedDocument,
+    dump_fixtures,
+    load_fixtures,
+)
+from kktd.emulator.pty import PtyEmulator
+
+__all__ = [
+    "DocumentGenerator",
+    "EmulatedDocument",
+    "Faults",
+    "KktDevice",
+    "PtyEmulator",
+    "dump_fixtures",
+    "load_fixtures",
+]
