@@ -46,6 +46,7 @@ DEFAULT_DEVICE_TYPE = DeviceType(0, 0, 1, 0, 0, 0, "ШТРИХ-М-01Ф (эмул
 # commands that read the FN state; with `strict_output` they fail mid-document like on some FNs
 FN_QUERIES = frozenset({Command.FN_STATUS, Command.OFD_STATUS, Command.FIND_FD})
 SUPPORTED = frozenset(Command)
+MAX_TLV = protocol.MAX_BODY - 3
 
 
 @dataclass(slots=True)
@@ -121,6 +122,9 @@ class KktDevice:
         """Append an FD (from fixtures); the generator continues after it."""
         if document.fd <= self.last_fd:
             raise ValueError(f"FD {document.fd} does not follow FD {self.last_fd}")
+        # FF3B carries one TLV per answer frame: FF 3B, the error byte, then the TLV
+        if any(4 + len(item.value) > MAX_TLV for item in iter_tlv(document.raw)):
+            raise ValueError(f"FD {document.fd} has a TLV longer than one FF3B answer holds")
         self.documents.append(document)
         self._by_fd[document.fd] = document
         self.generator.next_fd = max(self.generator.next_fd, document.fd + 1)

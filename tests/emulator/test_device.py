@@ -31,7 +31,7 @@ from kktd.kkt.protocol import (
     encode_request,
     fd_request,
 )
-from kktd.kkt.tlv import decode_document
+from kktd.kkt.tlv import decode_document, encode_tlv
 from tests.kkt.test_tlv import RECEIPT_163
 
 PWD = 30
@@ -301,10 +301,15 @@ def test_a_replaced_fn_starts_again_from_fd_1() -> None:
     assert decode_document(2, device.documents[0].raw).fn == "9999078900009999"
 
 
-def test_added_fds_must_follow_the_archive() -> None:
+def test_added_fds_must_follow_the_archive_and_fit_ff3b_answers() -> None:
     device = KktDevice(archive=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not follow"):
         device.add(EmulatedDocument(2, 3, b"", {}))
+    device.add(EmulatedDocument(3, 3, encode_tlv(1048, bytes(248)), {}))
+    ask(device, Command.OPEN_FD_TLV, fd_request(3))
+    assert ask(device, Command.READ_TLV).data == encode_tlv(1048, bytes(248))
+    with pytest.raises(ValueError, match="longer"):
+        device.add(EmulatedDocument(4, 3, encode_tlv(1048, bytes(249)), {}))
 
 
 # --- fault switches ----------------------------------------------------------------------------
