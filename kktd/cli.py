@@ -80,8 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     from kktd.emulator.__main__ import main as emulator_main  # noqa: PLC0415
 
-    emulator_main(args.rest)
-    return EXIT_OK
+    return emulator_main(args.rest)
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
