@@ -77,17 +77,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run())
 
 
-def cmd_emulator(args: argparse.Namespace) -> int:
+def run_emulator(argv: list[str]) -> int:
     from kktd.emulator.__main__ import main as emulator_main  # noqa: PLC0415
 
-    return emulator_main(args.rest)
+    return emulator_main(argv)
 
 
-def cmd_mock_upstream(args: argparse.Namespace) -> int:
+def run_mock_upstream(argv: list[str]) -> int:
     from kktd.mock_upstream.__main__ import main as mock_main  # noqa: PLC0415
 
-    mock_main(args.rest)
+    mock_main(argv)
     return EXIT_OK
+
+
+# Tools with their own argument parsers: everything after the name is theirs (argparse's
+# REMAINDER cannot take a leading option such as --help, so they are dispatched before it).
+TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "emulator": (run_emulator, "run the built-in Shtrih-M KKT emulator on a pty"),
+    "mock-upstream": (run_mock_upstream, "run the mock receipt collector"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,13 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon in the foreground")
     add("check-config", cmd_check_config, "validate the config file; exit 0 or 78")
     add("print-config", cmd_print_config, "print the effective config, secrets redacted")
-    for name, handler, help_text in (
-        ("emulator", cmd_emulator, "run the built-in Shtrih-M KKT emulator on a pty"),
-        ("mock-upstream", cmd_mock_upstream, "run the mock receipt collector"),
-    ):
-        tool = sub.add_parser(name, help=help_text, add_help=False)
-        tool.add_argument("rest", nargs=argparse.REMAINDER)
-        tool.set_defaults(handler=handler)
+    for name, (_, help_text) in TOOLS.items():
+        sub.add_parser(name, help=f"{help_text} (see kktd {name} --help)", add_help=False)
     register_client_commands(sub, config_opt)
     return parser
 
@@ -137,8 +140,11 @@ def register_client_commands(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in TOOLS:
+        return TOOLS[args_list[0]][0](args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     handler: Handler = args.handler
     try:
         return handler(args)
