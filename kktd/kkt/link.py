@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+BUSY_RETRY = 0.2
+IDENTIFY_BUSY_RETRIES = 25
 
 Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[SerialTransport]]
 
@@ -101,6 +103,7 @@ class KktLink:
         control_timeout: float = CONTROL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         opener: Opener = open_serial,
     ) -> None:
         self.port = port
@@ -110,6 +113,7 @@ class KktLink:
         self._control_timeout = control_timeout
         self._clock = clock
         self._wall_clock = wall_clock
+        self._sleep = sleep
         self._opener = opener
         self._transport: SerialTransport | None = None
         self._lock = asyncio.Lock()
@@ -235,7 +239,11 @@ class KktLink:
 
     async def _identify(self, transport: SerialTransport) -> DeviceType:
         """FC: the exchange starts with the ENQ probe, which also drains a pending answer."""
-        response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        for _ in range(IDENTIFY_BUSY_RETRIES):
+            response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+            if response.error not in BUSY_ERRORS:
+                break
+            await self._sleep(BUSY_RETRY)  # printing: a KKT mid-receipt is still a KKT
         if response.error:
             raise KktError(Command.DEVICE_TYPE, response.error)
         return DeviceType.decode(response.data)
