@@ -1,4 +1,4 @@
-"""Opening the journal file: pragmas, integrity check, migrations, moving a damaged file aside.
+"""Opening the journal file: integrity check, migrations, pragmas, moving a damaged file aside.
 
 The FN is the source of truth, so a damaged journal is not repaired: it is kept for forensics
 under a new name and a fresh one is started, which the poller refills from the FN.
@@ -6,7 +6,9 @@ under a new name and a fresh one is started, which the poller refills from the F
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,68 +28,56 @@ class DamagedJournalError(Exception):
     """The file is not a database or fails ``PRAGMA quick_check``."""
 
 
-def is_damage(exc: sqlite3.Error) -> bool:
-    # extended codes carry the primary code in the low byte
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES
-
-
 async def connect(path: Path) -> aiosqlite.Connection:
-    """Open `path` ready for use (checked, WAL, synchronous=FULL, migrated).
+    """Open `path` ready for use: checked, migrated, WAL, synchronous=FULL.
 
-    Raises `DamagedJournalError` for a damaged file and closes the connection on any failure.
+    Raises `DamagedJournalError` for a damaged file.
     """
-    readonly = _readonly_uri(path)
-    if readonly is not None:
-        await _inspect(readonly)
+    # The file work runs once, in plain sqlite3 on a worker thread, so that a file SQLite
+    # cannot open fails there and not inside aiosqlite's connection thread.
+    await asyncio.to_thread(prepare, path)
     # isolation_level=None: the journal issues BEGIN IMMEDIATE / COMMIT itself
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        await _configure(conn)
-        await migrate(conn)
-    except sqlite3.DatabaseError as exc:
-        await conn.close()
-        if is_damage(exc):
-            raise DamagedJournalError(str(exc)) from exc
-        raise
+        await conn.execute("PRAGMA synchronous = FULL")  # per connection, so set here
     except BaseException:
         await conn.close()
         raise
     return conn
 
 
-def _readonly_uri(path: Path) -> str | None:
-    """A read-only URI for an existing file (a one-off stat at start-up), None for a new one."""
-    return path.resolve().as_uri() + "?mode=ro" if path.exists() else None
+def prepare(path: Path) -> None:
+    """Check an existing file, then bring it (or a new one) to WAL mode and the latest schema."""
+    try:
+        if path.exists():
+            _inspect(path)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"cannot switch the journal to WAL mode (got {mode!r})")
+            migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        if (exc.sqlite_errorcode & 0xFF) in _DAMAGE_CODES:  # low byte: the primary code
+            raise DamagedJournalError(str(exc)) from exc
+        raise
 
 
-async def _inspect(uri: str) -> None:
+def _inspect(path: Path) -> None:
     """Version and integrity check on a read-only connection.
 
     Read-only, so that nothing is written to a newer kktd's file, and so that closing the
     connection to a damaged file does not checkpoint and delete its -wal (a read-write close
     does): the evidence is moved aside whole.
     """
-    try:
-        async with aiosqlite.connect(uri, uri=True) as ro:
-            await ro.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-            await check_version(ro)
-            async with ro.execute("PRAGMA quick_check") as cur:
-                problems = [str(row[0]) for row in await cur.fetchall()]
-    except sqlite3.DatabaseError as exc:
-        if is_damage(exc):
-            raise DamagedJournalError(str(exc)) from exc
-        raise
+    uri = path.resolve().as_uri() + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as ro:
+        ro.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        check_version(ro)
+        problems = [str(row[0]) for row in ro.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
         raise DamagedJournalError("quick_check: " + "; ".join(problems[:5]))
-
-
-async def _configure(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA journal_mode = WAL") as cur:
-        row = await cur.fetchone()
-    if row is None or str(row[0]).lower() != "wal":
-        raise JournalError(f"cannot switch the journal to WAL mode (got {row!r})")
-    await conn.execute("PRAGMA synchronous = FULL")
 
 
 def move_aside(path: Path, now: float) -> Path:

@@ -3,13 +3,14 @@
 Migration N (1-based) takes a file from user_version N-1 to N. Each runs in its own
 ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash mid-migration leaves
 the file at the previous version, never half-migrated. Append new migrations; never edit old ones.
+Plain sqlite3: this runs once, in a worker thread, while the journal is being opened.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
-import aiosqlite
 import structlog
 
 from kktd.journal.errors import JournalVersionError
@@ -49,19 +50,16 @@ _V1: Migration = (
 MIGRATIONS: tuple[Migration, ...] = (_V1,)
 
 
-async def user_version(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-async def check_version(conn: aiosqlite.Connection, known: int = len(MIGRATIONS)) -> int:
+def check_version(conn: sqlite3.Connection, known: int = len(MIGRATIONS)) -> int:
     """The file's schema version; `JournalVersionError` when it is newer than `known`.
 
     Run before anything writes to the file, so a newer kktd's journal is left exactly as it was.
     """
-    version = await user_version(conn)
+    version = user_version(conn)
     if version > known:
         raise JournalVersionError(
             f"journal schema version {version} is newer than this kktd knows "
@@ -70,19 +68,22 @@ async def check_version(conn: aiosqlite.Connection, known: int = len(MIGRATIONS)
     return version
 
 
-async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the file up to ``len(migrations)``, one transaction per step; return that version."""
-    version = await check_version(conn, len(migrations))
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the file up to ``len(migrations)``, one transaction per step; return that version.
+
+    `conn` must be in autocommit mode (``isolation_level=None``): the transactions are explicit.
+    """
+    version = check_version(conn, len(migrations))
     for target, statements in enumerate(migrations[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            await conn.execute("BEGIN IMMEDIATE")  # inside the try, as in Journal._write
             for sql in statements:
-                await conn.execute(sql)
+                conn.execute(sql)
             # PRAGMA takes no bound parameters; target is an int we computed
-            await conn.execute(f"PRAGMA user_version = {target:d}")
-            await conn.execute("COMMIT")
+            conn.execute(f"PRAGMA user_version = {target:d}")
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.rollback()  # a no-op when SQLite already rolled back on its own
+            conn.rollback()  # a no-op when SQLite already rolled back on its own
             raise
         log.info("journal.migrated", version=target)
     return len(migrations)

@@ -74,13 +74,15 @@ async def test_a_healthy_journal_is_kept(db_path: Path, clock: Clock) -> None:
     assert not list(db_path.parent.glob("*.corrupt-*"))
 
 
-async def test_a_file_sqlite_cannot_open_is_an_error_not_damage(tmp_path: Path) -> None:
-    unopenable = tmp_path / "a-directory"
-    unopenable.mkdir()
+@pytest.mark.parametrize("where", ["a-directory", "missing-dir/kktd.db"])
+async def test_a_path_sqlite_cannot_open_is_an_error_not_damage(tmp_path: Path, where: str) -> None:
+    unopenable = tmp_path / where
+    if where == "a-directory":
+        unopenable.mkdir()
     with pytest.raises(sqlite3.OperationalError):
         await Journal.open(unopenable)
-    assert unopenable.is_dir()
-    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert unopenable.is_dir() == (where == "a-directory")
+    assert not list(tmp_path.rglob("*.corrupt-*"))
 
 
 def test_move_aside_never_overwrites_an_earlier_copy(db_path: Path, clock: Clock) -> None:

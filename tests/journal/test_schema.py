@@ -6,7 +6,6 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from kktd.journal import Journal, JournalVersionError
@@ -26,27 +25,26 @@ async def test_a_fresh_file_migrates_from_version_0_to_the_latest(db_path: Path)
     assert {"documents", "cursors", "documents_by_state"} <= _tables(db_path)
 
 
-async def test_migrate_applies_only_the_missing_steps_and_keeps_data(db_path: Path) -> None:
+def test_migrate_applies_only_the_missing_steps_and_keeps_data(db_path: Path) -> None:
     v2 = ("ALTER TABLE documents ADD COLUMN note TEXT",)
-    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        assert await migrate(conn, MIGRATIONS) == 1
-        await conn.execute(
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        assert migrate(conn, MIGRATIONS) == 1
+        conn.execute(
             "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state,"
             " next_attempt_at) VALUES ('F', 1, 3, x'01', '{}', 0, 'pending', 0)"
         )
-        assert await migrate(conn, (*MIGRATIONS, v2)) == 2
+        assert migrate(conn, (*MIGRATIONS, v2)) == 2
         # run again: an ALTER re-applied would fail, so success means it was skipped
-        assert await migrate(conn, (*MIGRATIONS, v2)) == 2
-        rows = await conn.execute_fetchall("SELECT fd, note FROM documents")
-        assert list(rows) == [(1, None)]
+        assert migrate(conn, (*MIGRATIONS, v2)) == 2
+        assert conn.execute("SELECT fd, note FROM documents").fetchall() == [(1, None)]
 
 
-async def test_a_failed_migration_rolls_back_to_the_previous_version(db_path: Path) -> None:
+def test_a_failed_migration_rolls_back_to_the_previous_version(db_path: Path) -> None:
     broken = ("CREATE TABLE half_done (a)", "SELECT no_such_column FROM cursors")
-    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
         with pytest.raises(sqlite3.OperationalError, match="no_such_column"):
-            await migrate(conn, (*MIGRATIONS, broken))
-        assert await user_version(conn) == 1
+            migrate(conn, (*MIGRATIONS, broken))
+        assert user_version(conn) == 1
         assert not conn.in_transaction
     assert "half_done" not in _tables(db_path)
 
