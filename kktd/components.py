@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
 from kktd import __version__
-from kktd.config import Config
+from kktd.config import Config, KktConfig
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
@@ -36,6 +36,14 @@ def instance_id(environ: dict[str, str] | None = None) -> str:
     """This till's name in the fleet: ``$KKTD_INSTANCE_ID`` or the host name."""
     env = os.environ if environ is None else environ
     return env.get("KKTD_INSTANCE_ID") or socket.gethostname()
+
+
+def _kkt_config(config: Config, journal: Journal) -> KktConfig:
+    """After a damaged journal was moved aside, the FN is the source of truth: read its whole
+    archive again (the upstream answers 409 to what it already has), whatever start_fd says."""
+    if journal.recovered_from is not None:
+        return replace(config.kkt, start_fd="first")
+    return config.kkt
 
 
 @dataclass
@@ -81,7 +89,7 @@ class Components:
             lock = LocalSyncLock(instance)
         engine = SyncEngine(journal, client, breaker, backoff, lock, config.sync)
         link = KktLink(config.kkt.port, config.kkt.baudrate, password=config.kkt.password)
-        poller = Poller(link, journal, config.kkt, on_journaled=engine.wake)
+        poller = Poller(link, journal, _kkt_config(config, journal), on_journaled=engine.wake)
         return cls(
             config=config,
             instance=instance,
@@ -113,7 +121,7 @@ class Components:
     def reconfigure(self, config: Config) -> None:
         """Apply a validated config; restart-only keys were already kept by the loader."""
         self.config = config
-        self.poller.reconfigure(config.kkt)
+        self.poller.reconfigure(_kkt_config(config, self.journal))
         self.client.reconfigure(config.upstream)
         self.breaker.reconfigure(config.breaker.failure_threshold, config.breaker.reset_timeout)
         self.backoff.reconfigure(config.backoff.base, config.backoff.max, config.backoff.jitter)
