@@ -41,9 +41,10 @@ async def post(
     fence: int | None = None,
     body: Any = None,
     key: str | None = None,
+    instance: str = "till-1",
 ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
     payload = body if body is not None else {"fn": FN, "fd": fd, "tlv": TLV}
-    headers = {"Idempotency-Key": key or f"{FN}-{fd}", "X-Kktd-Instance": "till-1"}
+    headers = {"Idempotency-Key": key or f"{FN}-{fd}", "X-Kktd-Instance": instance}
     if fence is not None:
         headers["X-Kktd-Fence"] = str(fence)
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -177,6 +178,16 @@ async def test_counts_the_peak_of_concurrent_requests(
     assert mock.state.in_flight == 0
 
 
+async def test_two_instances_sending_for_one_fn_at_once_is_an_overlap(
+    mock: MockUpstream, http: aiohttp.ClientSession
+) -> None:
+    mock.set_faults(delay=0.2)
+    await asyncio.gather(post(http, mock, 1), post(http, mock, 2))
+    assert mock.state.overlaps == 0  # one instance, two requests: its own concurrency
+    await asyncio.gather(post(http, mock, 3), post(http, mock, 4, instance="till-2"))
+    assert mock.state.overlaps == 1
+
+
 async def test_go_down_refuses_connections_and_come_back_listens_on_the_same_port(
     mock: MockUpstream, http: aiohttp.ClientSession
 ) -> None:
@@ -210,6 +221,7 @@ async def test_faults_and_stats_over_http(mock: MockUpstream, http: aiohttp.Clie
     assert stats["by_status"] == {"201": 1, "500": 1}
     assert stats["highest_fence"] == {FN: 2}
     assert stats["peak_in_flight"] == 1
+    assert stats["overlaps"] == 0
     async with http.post(f"{base}/_mock/reset") as resp:
         assert (await resp.json())["requests"] == 0
     assert mock.faults == Faults()

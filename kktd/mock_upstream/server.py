@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from kktd.mock_upstream.state import Answer, Faults, Incoming, MockState, parse_fence
+from kktd.mock_upstream.state import Answer, Faults, Incoming, MockState, fn_of_key, parse_fence
 
 log = structlog.get_logger(__name__)
 
@@ -124,11 +124,13 @@ class MockUpstream:
             await runner.cleanup()
 
     async def _receive(self, request: web.Request) -> web.StreamResponse:
-        self.state.enter()
+        fn = fn_of_key(request.headers.get("Idempotency-Key"))
+        instance = request.headers.get("X-Kktd-Instance")
+        self.state.enter(fn, instance)
         try:
             return await self._answer(request)
         finally:
-            self.state.leave()
+            self.state.leave(fn, instance)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         incoming = Incoming(

@@ -112,6 +112,11 @@ class Recorded:
     status: int | None
 
 
+def fn_of_key(key: str | None) -> str:
+    """The FN part of an Idempotency-Key `<fn>-<fd>` ("" when there is none)."""
+    return key.rsplit("-", 1)[0] if key else ""
+
+
 def parse_fence(value: str | None) -> int | None:
     """The `X-Kktd-Fence` header as a number; a garbled one counts as absent."""
     if value is None or not value.strip().isdigit():
@@ -143,14 +148,25 @@ class MockState:
         self.highest_fence: dict[str, int] = {}
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.overlaps = 0
+        self._open: Counter[tuple[str, str | None]] = Counter()
 
-    def enter(self) -> None:
-        """A delivery request arrived (kept until `leave`): the peak shows client concurrency."""
+    def enter(self, fn: str, instance: str | None) -> None:
+        """A request arrived, open until `leave`.
+
+        The peak shows the client's concurrency; a request for an FN while another instance
+        has one open for the same FN is an overlap (two syncs of one FN at once).
+        """
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if any(f == fn and i != instance and n > 0 for (f, i), n in self._open.items()):
+            self.overlaps += 1
+        self._open[(fn, instance)] += 1
 
-    def leave(self) -> None:
+    def leave(self, fn: str, instance: str | None) -> None:
         self.in_flight = max(0, self.in_flight - 1)  # a `reset` meanwhile zeroed it
+        if self._open[(fn, instance)] > 0:
+            self._open[(fn, instance)] -= 1
 
     def decide(self, incoming: Incoming) -> Answer:
         """The answer to one delivery, in the order a real collector would fail."""
@@ -217,6 +233,7 @@ class MockState:
             "fence_violations": self.fence_violations,
             "highest_fence": dict(self.highest_fence),
             "peak_in_flight": self.peak_in_flight,
+            "overlaps": self.overlaps,
             "by_status": dict(sorted(by_status.items())),
             "faults": self.faults.to_json(),
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +60,16 @@ class SyncStatus:
     lock_holder: str | None
     lock_fence: int | None
     next_round_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """The last delivery that did not end synced, for the operator's status."""
+
+    at: float
+    fn: str
+    fd: int
+    delivery: Delivery
 
 
 @dataclass
@@ -120,10 +131,20 @@ class SyncEngine:
         self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         #: called with each FN round's report, for `kktd_sync_round_seconds`
         self.on_round: Callable[[SyncReport], None] | None = None
+        #: the last delivery that failed or was rejected (wall-clock time)
+        self.last_failure: DeliveryFailure | None = None
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
         self._wake.set()
+
+    def idle(self) -> AbstractAsyncContextManager[None]:
+        """Held between rounds, for a clean shutdown.
+
+        Entering waits for a round in progress and its in-flight deliveries to finish; no round
+        starts while it is held, so the loop can be cancelled inside it.
+        """
+        return self._round_lock
 
     def reconfigure(self, cfg: SyncConfig) -> None:
         """New settings (SIGHUP), used from the next round on."""
@@ -291,6 +312,8 @@ class SyncEngine:
         else:
             self._breaker.record_failure()
             tally.failure = True
+        if outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            self.last_failure = DeliveryFailure(self._clock(), entry.fn, entry.fd, delivery)
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             await self._journal.mark_synced(entry.fn, entry.fd, self._clock())
             tally.synced += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -277,3 +278,36 @@ async def test_manual_sync_with_nothing_pending_completes_empty(
         report = await rig.engine.sync_now()
     assert (report.status, report.synced, report.failed, report.dead) == ("completed", 0, 0, 0)
     assert mock.state.requests == []
+
+
+async def test_the_last_failure_is_kept_for_the_operator(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1])
+    mock.set_faults(fail_fds=[1])
+    async with engine_rig(journal, mock.url, clock=clock) as rig:
+        before = rig.engine.last_failure
+        await rig.engine.sync_now()
+        failure = rig.engine.last_failure
+    assert before is None
+    assert failure is not None
+    assert (failure.at, failure.fn, failure.fd, failure.delivery.status) == (T0, FN, 1, 500)
+
+
+async def test_idle_waits_for_the_round_in_flight_and_holds_off_the_next(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 5))
+    mock.set_faults(delay=0.2)
+    async with engine_rig(journal, mock.url) as rig, running(rig.engine):
+        await wait_until(lambda: mock.state.in_flight > 0, what="a round to be sending")
+        async with rig.engine.idle():
+            # the round finished whole: every delivery answered and recorded
+            assert mock.state.in_flight == 0
+            assert (await journal.counts()).synced == 4
+            await store_fds(journal, [5])
+            rig.engine.wake()
+            requests = len(mock.state.requests)
+            await asyncio.sleep(0.1)  # a loop not held off would send FD 5 within this
+            assert len(mock.state.requests) == requests
+        await wait_until(lambda: (FN, 5) in mock.state.accepted, what="FD 5 once let go")
