@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
+from kktd.emulator.ofd import OFD_COMMANDS, FnOfd
 from kktd.kkt import protocol
 from kktd.kkt.protocol import (
     ACK,
@@ -45,7 +46,7 @@ OFD_MESSAGE_PENDING = 0x02
 DEFAULT_DEVICE_TYPE = DeviceType(0, 0, 1, 0, 0, 0, "ШТРИХ-М-01Ф (эмулятор kktd)")
 # commands that read the FN state; with `strict_output` they fail mid-document like on some FNs
 FN_QUERIES = frozenset({Command.FN_STATUS, Command.OFD_STATUS, Command.FIND_FD})
-SUPPORTED = frozenset(Command)
+SUPPORTED = frozenset(Command) | OFD_COMMANDS
 MAX_TLV = protocol.MAX_BODY - 3
 
 
@@ -96,6 +97,7 @@ class KktDevice:
         self.documents: list[EmulatedDocument] = []
         self._by_fd: dict[int, EmulatedDocument] = {}
         self.ofd_confirmed_fd = 0
+        self.ofd = FnOfd(self)  # the FN's messages for the OFD and the answers written back
         self._parser = FrameParser()
         self._pending: bytes | None = None  # the answer frame the host has not ACKed yet
         self._output: _Output | None = None
@@ -149,6 +151,7 @@ class KktDevice:
         self._by_fd.clear()
         self._output = None
         self.ofd_confirmed_fd = 0
+        self.ofd.reset()
 
     def confirm_ofd(self, up_to: int | None = None) -> None:
         """The OFD has receipted every FD up to `up_to` (default: all issued so far)."""
@@ -280,6 +283,8 @@ class KktDevice:
                 return self._open_fd(request)
             case Command.READ_TLV:
                 return self._no_data(request) or self._read_tlv()
+        if request.cmd in OFD_COMMANDS:
+            return self.ofd.execute(request)
         return ErrorCode.NOT_SUPPORTED, b""
 
     @staticmethod
