@@ -2,40 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
+import json
+import time
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 
-from kktd.api.server import DAEMON_KEY
+from kktd.api.export import iso, parse_since, record
+from kktd.api.metrics import CONTENT_TYPE
+from kktd.api.server import DAEMON_KEY, METRICS_KEY, ParameterError, error
+from kktd.journal import JournalEntry
 from kktd.status import snapshot
+
+if TYPE_CHECKING:
+    from kktd.components import Components
+
+log = structlog.get_logger(__name__)
 
 table = web.RouteTableDef()
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DLQ_PAGE = 50
+DLQ_PAGE_MAX = 1000
+EXPORT_BATCH = 500
+FN_DIGITS = 16
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
-        return web.json_response({"error": exc.reason, "detail": exc.text or ""}, status=exc.status)
+def _components(request: web.Request) -> Components:
+    components = request.app[DAEMON_KEY].components
+    assert components is not None  # the API starts after the components are built
+    return components
+
+
+def _fn(text: str) -> str:
+    if not (text.isascii() and text.isdigit() and len(text) <= FN_DIGITS):
+        raise ParameterError(f"fn: expected the FN number (up to {FN_DIGITS} digits), got {text!r}")
+    return text
+
+
+def _fd(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 0xFFFF_FFFF):
+        raise ParameterError(f"fd: expected an FD number from 1 to 4294967295, got {text!r}")
+    return int(text)
+
+
+def _fn_fd(request: web.Request) -> tuple[str, int]:
+    return _fn(request.match_info["fn"]), _fd(request.match_info["fd"])
 
 
 @table.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
+    """ "ok" or "degraded" while the process is sound; the parts say which one is not."""
     daemon = request.app[DAEMON_KEY]
-    components = daemon.components
-    assert components is not None
-    kkt = components.poller.status()
-    sync = components.engine.status()
+    components = _components(request)
+    breaker = str(components.engine.status().breaker_state)
+    stale = daemon.supervisor.stale()
     parts = {
-        "journal": "ok",
-        "kkt": "ok" if kkt.connected else "offline",
-        "upstream": "ok" if sync.breaker_state == "closed" else str(sync.breaker_state),
-        "supervisor": "ok" if not daemon.supervisor.stale() else "stale",
+        "journal": "ok" if not components.poller.status().journal_blocked else "blocked",
+        "kkt": "ok" if components.link.connected else "offline",
+        "upstream": "ok" if breaker == "closed" else breaker,
+        "supervisor": "ok" if not stale else "stale: " + ", ".join(stale),
     }
     status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"
     return web.json_response({"status": status, "components": parts})
@@ -43,4 +70,158 @@ async def health(request: web.Request) -> web.Response:
 
 @table.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(await snapshot(request.app[DAEMON_KEY]))
+    return _json(await snapshot(request.app[DAEMON_KEY]))
+
+
+@table.get("/v1/kkt/buffer/status")
+async def buffer_status(request: web.Request) -> web.Response:
+    counts = await _components(request).journal.counts()
+    oldest = counts.oldest_pending_journaled_at
+    age = None if oldest is None else round(max(0.0, time.time() - oldest), 3)
+    return web.json_response(
+        {
+            "pending": counts.pending,
+            "synced": counts.synced,
+            "dead": counts.dead,
+            "oldest_pending_age_seconds": age,
+        }
+    )
+
+
+@table.post("/v1/kkt/buffer/sync")
+async def buffer_sync(request: web.Request) -> web.Response:
+    """One round now (SPEC section 6): 200 completed, 409 busy, 503 circuit open or skipped."""
+    report = await _components(request).engine.sync_now()
+    log.info("api.sync", status=report.status, synced=report.synced, dead=report.dead)
+    if report.status == "busy":
+        holder = report.holder or "another instance"
+        return error(
+            409, "busy", f"the sync lock is held by {holder}", status="busy", holder=report.holder
+        )
+    if report.status == "circuit_open":
+        retry_in = round(report.retry_in_seconds or 0.0, 3)
+        detail = f"the upstream circuit is open: the next probe in {retry_in:.0f} s"
+        return error(503, "circuit_open", detail, status="circuit_open", retry_in_seconds=retry_in)
+    if report.status == "skipped":
+        detail = "the sync lock could not be taken (Redis unavailable) or was lost: see the log"
+        return error(503, "skipped", detail, status="skipped")
+    return web.json_response(
+        {
+            "status": "completed",
+            "synced": report.synced,
+            "failed": report.failed,
+            "dead": report.dead,
+            "duration_seconds": round(report.duration_seconds, 3),
+        }
+    )
+
+
+def _dead(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "fn": entry.fn,
+        "fd": entry.fd,
+        "doc_type": entry.doc_type,
+        "doc_kind": entry.fields.get("doc_kind"),
+        "attempts": entry.attempts,
+        "reason": entry.last_error,
+        "journaled_at": entry.journaled_at,
+    }
+
+
+@table.get("/v1/dlq")
+async def dlq(request: web.Request) -> web.Response:
+    """Dead FDs in (fn, fd) order; `next` is the `after` of the following page, or null."""
+    query = request.query
+    text = query.get("limit", str(DLQ_PAGE))
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= DLQ_PAGE_MAX):
+        raise ParameterError(f"limit: expected a number from 1 to {DLQ_PAGE_MAX}, got {text!r}")
+    limit = int(text)
+    after = None
+    if "after" in query:
+        fn, sep, fd = query["after"].partition(":")
+        if not sep:
+            raise ParameterError(f"after: expected FN:FD, got {query['after']!r}")
+        after = (_fn(fn), _fd(fd))
+    # one more than asked: whether a next page exists, without a second query
+    entries = await _components(request).journal.list_dead(limit + 1, after)
+    page, more = entries[:limit], len(entries) > limit
+    page_end = f"{page[-1].fn}:{page[-1].fd}" if more else None
+    return _json({"items": [_dead(entry) for entry in page], "next": page_end})
+
+
+@table.post("/v1/dlq/{fn}/{fd}/retry")
+async def dlq_retry(request: web.Request) -> web.Response:
+    fn, fd = _fn_fd(request)
+    components = _components(request)
+    if await components.journal.retry_dead(fn, fd):
+        components.engine.wake()
+        log.info("api.dlq_retried", fn=fn, fd=fd)
+        return web.json_response({"status": "pending", "fn": fn, "fd": fd, "retried": 1})
+    entry = await components.journal.get(fn, fd)
+    if entry is None:
+        return error(404, "unknown_fd", f"FD {fd} of FN {fn} is not in the journal")
+    return error(409, "not_dead", f"FD {fd} of FN {fn} is {entry.state}, not dead")
+
+
+@table.post("/v1/dlq/retry-all")
+async def dlq_retry_all(request: web.Request) -> web.Response:
+    components = _components(request)
+    count = await components.journal.retry_all_dead()
+    if count:
+        components.engine.wake()
+    log.info("api.dlq_retried", fds=count)
+    return web.json_response({"status": "pending", "retried": count})
+
+
+@table.get("/v1/documents/{fn}/{fd}")
+async def document(request: web.Request) -> web.Response:
+    fn, fd = _fn_fd(request)
+    entry = await _components(request).journal.get(fn, fd)
+    if entry is None:
+        return error(404, "unknown_fd", f"FD {fd} of FN {fn} is not in the journal")
+    return _json(
+        {
+            "fn": entry.fn,
+            "fd": entry.fd,
+            "doc_type": entry.doc_type,
+            "state": entry.state,
+            "attempts": entry.attempts,
+            "last_error": entry.last_error,
+            "journaled_at": entry.journaled_at,
+            "next_attempt_at": entry.next_attempt_at if entry.state == "pending" else None,
+            "synced_at": entry.synced_at,
+            "fields": entry.fields,
+            "tlv": base64.b64encode(entry.raw).decode("ascii"),
+        }
+    )
+
+
+@table.get("/v1/export")
+async def export(request: web.Request) -> web.StreamResponse:
+    """FDs journaled since `since`, one JSON object per line, read from the journal in batches."""
+    if "since" not in request.query:
+        raise ParameterError("since: required, a date like 2024-05-01")
+    try:
+        since = parse_since(request.query["since"])
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from None
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    count = 0
+    async for entry in _components(request).journal.iter_since(since, EXPORT_BATCH):
+        await response.write(json.dumps(record(entry), ensure_ascii=False).encode("utf-8") + b"\n")
+        count += 1
+    await response.write_eof()
+    log.info("api.exported", since=iso(since), fds=count)
+    return response
+
+
+@table.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = await request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _json(body: dict[str, Any]) -> web.Response:
+    """JSON with Cyrillic as is (a KKT model name, an item name), not as \\u escapes."""
+    return web.json_response(body, dumps=lambda v: json.dumps(v, ensure_ascii=False))

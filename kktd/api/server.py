@@ -1,13 +1,20 @@
-"""The local API (aiohttp on loopback or a unix socket); kktd owns the signals, so an AppRunner."""
+"""The local API (aiohttp on loopback or a unix socket). kktd owns the signals: an AppRunner.
+
+Every error leaves as JSON ``{"error", "detail"}``; POST endpoints want the API token when
+`api.token_file` is set (read live from the daemon's config, so a SIGHUP can rotate it).
+"""
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
+from kktd.api.metrics import Metrics
 from kktd.config import ApiConfig
 
 if TYPE_CHECKING:
@@ -16,15 +23,70 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
+SOCKET_MODE = 0o660  # the daemon's user and group (an operator group) may talk to it
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ParameterError(Exception):
+    """A path or query parameter an endpoint cannot use: the answer is 400."""
+
+
+def error(code: int, name: str, detail: str, **extra: Any) -> web.Response:
+    """The API's error answer: ``{"error": name, "detail": detail, ...extra}``."""
+    return web.json_response({"error": name, "detail": detail, **extra}, status=code)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad parameters, and aiohttp's own errors (404 for an unknown path, 405 …), as JSON."""
+    try:
+        return await handler(request)
+    except ParameterError as exc:
+        return error(400, "bad_parameter", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        name = exc.reason.lower().replace(" ", "_")
+        return error(exc.status, name, f"{request.method} {request.path}: {exc.reason}")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """POST needs ``Authorization: Bearer <api token>`` when a token is configured."""
+    token = request.app[DAEMON_KEY].config.api.token
+    if request.method == "POST" and token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = token.reveal().encode("utf-8")
+        # compare_digest: the time taken must not tell how much of a guess was right
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8"), expected
+        ):
+            log.warning("api.unauthorized", path=request.path, remote=request.remote)
+            return error(
+                401, "unauthorized", "this endpoint needs 'Authorization: Bearer <api token>'"
+            )
+    return await handler(request)
 
 
 def create_app(daemon: Daemon) -> web.Application:
-    from kktd.api import routes  # noqa: PLC0415 - routes import the daemon's modules
+    from kktd.api import routes  # noqa: PLC0415 - routes import this module for the keys
 
-    app = web.Application(middlewares=[routes.error_middleware])
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[DAEMON_KEY] = daemon
+    app[METRICS_KEY] = Metrics(daemon)
     app.add_routes(routes.table)
     return app
+
+
+def _remove_stale(path: Path) -> None:
+    """A socket file left by a killed daemon would make the bind fail."""
+    path.unlink(missing_ok=True)
+
+
+def _restrict(path: Path) -> None:
+    path.chmod(SOCKET_MODE)
 
 
 class ApiServer:
@@ -33,20 +95,27 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self, cfg: ApiConfig) -> None:
-        runner = web.AppRunner(create_app(self.daemon), handle_signals=False, access_log=None)
+        runner = web.AppRunner(
+            create_app(self.daemon), handle_signals=False, access_log=None, shutdown_timeout=5.0
+        )
         await runner.setup()
         site: web.BaseSite
-        if cfg.listen.startswith("unix:"):
-            path = Path(cfg.listen.removeprefix("unix:"))
-            # A stale socket from a killed predecessor would make bind fail; it is tiny and local.
-            path.unlink(missing_ok=True)  # noqa: ASYNC240
-            site = web.UnixSite(runner, str(path))
-        else:
-            host, _, port = cfg.listen.rpartition(":")
-            site = web.TCPSite(runner, host.strip("[]"), int(port))
-        await site.start()
+        try:
+            if cfg.listen.startswith("unix:"):
+                path = Path(cfg.listen.removeprefix("unix:"))
+                _remove_stale(path)
+                site = web.UnixSite(runner, str(path))
+                await site.start()
+                _restrict(path)
+            else:
+                host, _, port = cfg.listen.rpartition(":")
+                site = web.TCPSite(runner, host.strip("[]"), int(port))
+                await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self._runner = runner
-        log.info("api.listening", listen=cfg.listen)
+        log.info("api.listening", listen=cfg.listen, token=cfg.token is not None)
 
     async def stop(self) -> None:
         if self._runner is not None:
