@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,10 @@ import structlog
 from kktd.api.server import ApiServer
 from kktd.components import Components
 from kktd.config import Config, ConfigError, load_config, merge_for_reload
+from kktd.fleet import Heartbeat
+from kktd.fn_health import FnHealthLog
 from kktd.log import configure_logging
-from kktd.status import status_line
+from kktd.status import heartbeat, status_line
 from kktd.supervisor import Supervisor, watchdog
 from kktd.systemd import Notifier, watchdog_interval
 
@@ -65,6 +67,7 @@ class Daemon:
         self.supervisor = Supervisor()
         self.components: Components | None = None
         self.api: ApiServer | None = None
+        self.fn_health_log = FnHealthLog()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._stopping = False
@@ -90,6 +93,9 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         for name, runner in components.runners().items():
             self._spawn(name, self.supervisor.supervise(name, runner))
+        if components.redis is not None:
+            fleet = Heartbeat(components.redis, self.instance, lambda: heartbeat(components))
+            self._spawn("fleet", self.supervisor.supervise("fleet", fleet.run))
         self._spawn("reloader", self._reloader())
         self._spawn("status", self._status_updater())
         interval = watchdog_interval(self.environ)
@@ -106,8 +112,8 @@ class Daemon:
             instance=self.instance,
         )
 
-    def _spawn(self, name: str, coro: object) -> None:
-        self._tasks[name] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, name: str, coro: Coroutine[object, object, None]) -> None:
+        self._tasks[name] = asyncio.ensure_future(coro)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if self._stopping:
