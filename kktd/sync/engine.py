@@ -176,6 +176,7 @@ class SyncEngine:
         return report
 
     def status(self) -> SyncStatus:
+        """Breaker, backoff, last round, lock holder and fence, and when the next round is due."""
         next_at = self._next_round_at
         return SyncStatus(
             breaker_state=self._breaker.state,
@@ -228,6 +229,7 @@ class SyncEngine:
     async def _pass(self) -> tuple[_Tally, SyncReport]:
         """One round for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
+        self._wake.clear()  # from here on, a wake means "journaled after this pass looked"
         total = _Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
@@ -244,11 +246,11 @@ class SyncEngine:
             except LeaseLost:
                 outcome, status = "lease_lost", "skipped"  # the lock has logged lock.lost
             total.add(tally)
-            report = self._log_round(
-                fn, outcome, tally, started=round_started, fence=fence, holder=holder
-            )
+            duration = self._monotonic() - round_started
+            self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
             if self.on_round is not None and outcome in ("completed", "lease_lost"):
-                self.on_round(report)
+                ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
+                self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
             if outcome == "lease_lost" or self._breaker.state is BreakerState.OPEN:
                 break
         report = SyncReport(
@@ -262,7 +264,6 @@ class SyncEngine:
         async with self._lock.hold(fn) as lease:
             self._holder = lease.instance
             try:
-                self._wake.clear()  # from here on, a wake means "newer than this claim"
                 now = self._clock()
                 entries = await self._journal.claim_due(self._cfg.batch_size, now, fn=fn)
                 tally.full = len(entries) == self._cfg.batch_size
@@ -357,12 +358,11 @@ class SyncEngine:
         outcome: str,
         tally: _Tally,
         *,
-        started: float,
+        duration: float,
         fence: int | None,
         holder: str | None,
-    ) -> SyncReport:
+    ) -> None:
         """One `sync.round` line per FN round; an idle one (nothing to do) only at debug."""
-        duration = self._monotonic() - started
         idle = outcome == "completed" and tally.synced + tally.failed + tally.dead == 0
         (log.debug if idle else log.info)(
             "sync.round",
@@ -377,7 +377,6 @@ class SyncEngine:
             breaker=str(self._breaker.state),
             backoff=round(self._backoff.current_delay, 3),
         )
-        return SyncReport("completed", tally.synced, tally.failed, tally.dead, duration, holder)
 
 
 def _no_beat() -> None:

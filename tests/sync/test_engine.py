@@ -13,6 +13,8 @@ from kktd.journal import Journal, JournalEntry
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
+from kktd.sync.lock import RedisSyncLock, redis_from_url
+from tests.support.redis_server import RedisServer
 from tests.support.upstream import (
     FN,
     engine_rig,
@@ -311,3 +313,35 @@ async def test_idle_waits_for_the_round_in_flight_and_holds_off_the_next(
             await asyncio.sleep(0.1)  # a loop not held off would send FD 5 within this
             assert len(mock.state.requests) == requests
         await wait_until(lambda: (FN, 5) in mock.state.accepted, what="FD 5 once let go")
+
+
+async def test_manual_sync_reports_busy_with_the_holder_when_another_instance_syncs(
+    journal: Journal, mock: MockUpstream, redis_server: RedisServer
+) -> None:
+    await store_fds(journal, [1])
+    client = redis_from_url(redis_server.url, None, ttl=5.0)
+    ours = RedisSyncLock(client, "kktd:sync:{fn}", 5.0, "proceed", "till-1")
+    theirs = RedisSyncLock(client, "kktd:sync:{fn}", 5.0, "proceed", "till-2")
+    try:
+        async with engine_rig(journal, mock.url, lock=ours) as rig:
+            async with theirs.hold(FN):
+                report = await rig.engine.sync_now()
+                assert rig.engine.status().lock_holder == "till-2"
+            after = await rig.engine.sync_now()
+    finally:
+        await client.aclose()
+    assert (report.status, report.holder, report.synced) == ("busy", "till-2", 0)
+    assert mock.state.requests[0].fence is not None  # the second one ran under our lease
+    assert (after.status, after.synced) == ("completed", 1)
+
+
+async def test_reconfigure_takes_effect_from_the_next_round(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, range(1, 11))
+    sync = SyncConfig(interval=60.0, batch_size=3, max_attempts=5)
+    async with engine_rig(journal, mock.url, clock=clock, sync=sync) as rig:
+        first = await rig.engine.sync_now()
+        rig.engine.reconfigure(SyncConfig(interval=60.0, batch_size=5, max_attempts=5))
+        second = await rig.engine.sync_now()
+    assert (first.synced, second.synced) == (3, 5)
