@@ -13,7 +13,7 @@ from kktd.api.server import create_app
 from kktd.config import LockConfig
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.lock import RedisSyncLock, redis_from_url
-from tests.api.conftest import (
+from tests.api.helpers import (
     FN,
     ClientFactory,
     Harness,

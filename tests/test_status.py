@@ -1,0 +1,132 @@
+"""The status snapshot, the fleet heartbeat record and the STATUS= line (SPEC sections 6, 7)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from kktd.daemon import Daemon, ReloadResult
+from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
+from kktd.emulator.documents import DocumentGenerator
+from kktd.emulator.pty import PtyEmulator
+from kktd.mock_upstream import MockUpstream
+from kktd.status import heartbeat, snapshot, status_line
+from tests.api.helpers import (
+    FN,
+    build_daemon,
+    journal_fds,
+    kkt_config,
+    make_config,
+    polled_kkt,
+    upstream,
+    wait_until,
+)
+from tests.support.daemon import DaemonProcess, write_config
+
+__all__ = ["upstream"]  # a fixture
+
+MODEL = DEFAULT_DEVICE_TYPE.name  # "ШТРИХ-М-01Ф (эмулятор kktd)"
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, upstream: MockUpstream) -> AsyncIterator[Daemon]:
+    built = await build_daemon(make_config(tmp_path, upstream.url, kkt=kkt_config(tmp_path)))
+    yield built
+    assert built.components is not None
+    await built.components.close()
+
+
+async def test_the_line_of_a_daemon_without_a_kkt(daemon: Daemon) -> None:
+    assert await status_line(daemon) == "KKT offline, pending 0, dead 0, upstream ok"
+
+
+async def test_the_line_changes_with_counts_not_with_time(daemon: Daemon) -> None:
+    first = await status_line(daemon)
+    await asyncio.sleep(0.01)
+    assert await status_line(daemon) == first
+    await journal_fds(daemon, 1, 2)
+    assert daemon.components is not None
+    await daemon.components.journal.mark_dead(FN, 2, "bad")
+    assert await status_line(daemon) == "KKT offline, pending 1, dead 1, upstream ok"
+
+
+async def test_the_line_says_the_upstream_circuit_is_open(
+    daemon: Daemon, upstream: MockUpstream
+) -> None:
+    await journal_fds(daemon, 1, 2, 3)
+    await upstream.go_down()
+    assert daemon.components is not None
+    await daemon.components.engine.sync_now()
+    assert "upstream circuit open" in await status_line(daemon)
+
+
+async def test_the_line_says_a_failed_reload_and_a_recovered_journal(daemon: Daemon) -> None:
+    daemon.last_reload = ReloadResult(ok=False, at=0.0, error="bad key")
+    assert await status_line(daemon) == (
+        "KKT offline, pending 0, dead 0, upstream ok, config reload FAILED, old config running"
+    )
+    assert daemon.components is not None
+    daemon.components.journal.recovered_from = Path("kktd.db.corrupt-1")
+    assert (await status_line(daemon)).endswith(
+        "old config running, journal was damaged: re-reading from FN"
+    )
+
+
+async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon: Daemon) -> None:
+    old = datetime.now().replace(microsecond=0) - timedelta(days=26)
+    device = KktDevice(DocumentGenerator(clock=lambda: old), archive=1)
+    device.issue()
+    assert daemon.components is not None
+    poller = daemon.components.poller
+    async with polled_kkt(daemon, device):
+        await wait_until(lambda: _is(poller.status().ofd is not None))
+        line = await status_line(daemon)
+    assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
+    assert line.endswith("FN backlog error: 4 days left")
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon) -> None:
+    old = datetime.now().replace(second=0, microsecond=0) - timedelta(days=5)  # DATE_TIME5: minutes
+    device = KktDevice(DocumentGenerator(clock=lambda: old), archive=2)
+    device.issue()
+    assert daemon.components is not None
+    poller = daemon.components.poller
+    async with polled_kkt(daemon, device):
+        await wait_until(lambda: _is(poller.status().ofd is not None))
+        status = await snapshot(daemon)
+        beat = await heartbeat(daemon.components)
+    assert status["kkt"]["connected"] is True
+    assert status["kkt"]["model"] == MODEL
+    assert status["kkt"]["fn"] == device.fn
+    assert status["kkt"]["last_fd"] == 3
+    assert status["journal"]["journaled_total"] == 3
+    assert status["fn"]["level"] == "warning"
+    assert status["fn"]["unsent"] == 1
+    assert status["fn"]["oldest_unsent_at"] == old.isoformat()
+    assert 24.9 < status["fn"]["days_left"] < 25.1
+    assert beat["instance"] == "till-1"
+    assert (beat["fn"], beat["pending"], beat["dead"]) == (device.fn, 3, 0)
+    assert (beat["kkt_connected"], beat["breaker"], beat["fn_level"]) == (True, "closed", "warning")
+    assert 4.9 * 86400 < beat["fn_backlog_age_seconds"] < 5.1 * 86400
+
+
+async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> None:
+    emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
+    await emulator.start()
+    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    try:
+        index = await asyncio.to_thread(
+            process.wait_for, lambda m: f"STATUS=KKT online ({MODEL})" in m, 30.0
+        )
+    finally:
+        process.close()
+        await emulator.stop()
+    assert MODEL in process.messages[index][1]
