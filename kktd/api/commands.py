@@ -1,0 +1,291 @@
+"""Client commands (SPEC section 6): `kktd status`, `sync`, `dlq list|retry`, `doc`, `export`,
+`fleet`. They find the daemon through the same `--config` as `kktd run` (api.listen, the API
+token, lock.redis_url), print tables for people and JSON with `--json` for scripts.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO
+
+from kktd.api import render
+from kktd.api.client import ApiClient, ApiError, DaemonUnreachable
+from kktd.api.export import csv_header, csv_line, iso, parse_since
+from kktd.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_CONFIG = 78
+
+PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
+DLQ_PAGE = 200
+
+Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(f"kktd: {text}", file=sys.stderr, flush=True)
+
+
+def _json(value: Any) -> None:
+    _out(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _explain(exc: ApiError) -> str:
+    if exc.status == 401:
+        return "the daemon wants the API token: run as a user who can read api.token_file"
+    detail = exc.body.get("detail") or exc.body.get("error") or ""
+    return f"the daemon answered {exc.status}: {detail}"
+
+
+def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Load the config, run the command, and turn what went wrong into an exit code."""
+
+    def handler(args: argparse.Namespace) -> int:
+        check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+        if check is not None:
+            check(args)  # exits 2 with the parser's usage line
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            return asyncio.run(command(args, config))
+        except DaemonUnreachable as exc:
+            _err(f"{exc} (is kktd running? `systemctl status kktd`)")
+            return EXIT_UNREACHABLE
+        except ApiError as exc:
+            _err(_explain(exc))
+            return EXIT_FAILURE
+        except BrokenPipeError:
+            return EXIT_FAILURE  # `kktd export | head`: the reader has had enough
+
+    return handler
+
+
+async def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    async with ApiClient(config.api) as api:
+        status = await api.call("GET", "/v1/status")
+    if args.json:
+        _json(status)
+    else:
+        _out(render.status_report(status))
+    return EXIT_OK
+
+
+async def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    async with ApiClient(config.api) as api:
+        code, body = await api.request("POST", "/v1/kkt/buffer/sync", timeout=300)
+    if code == 401 or (code >= 400 and "status" not in body):
+        raise ApiError(code, body)
+    if args.json:
+        _json(body)
+    elif body["status"] == "completed":
+        _out(
+            f"synced {body['synced']}, failed {body['failed']}, dead {body['dead']}"
+            f" in {body['duration_seconds']:.2f} s"
+        )
+    else:
+        _out(f"not synced: {body.get('detail', body['status'])}")
+    return EXIT_OK if code == 200 else EXIT_FAILURE
+
+
+async def cmd_dlq_list(args: argparse.Namespace, config: Config) -> int:
+    items: list[dict[str, Any]] = []
+    params = {"limit": str(DLQ_PAGE)}
+    async with ApiClient(config.api) as api:
+        while len(items) < args.limit:
+            page = await api.call("GET", "/v1/dlq", params)
+            items += page["items"]
+            if page["next"] is None:
+                break
+            params["after"] = page["next"]
+    items = items[: args.limit]
+    if args.json:
+        _json(items)
+    else:
+        _out(render.dlq_table(items, time.time()))
+    return EXIT_OK
+
+
+async def cmd_dlq_retry(args: argparse.Namespace, config: Config) -> int:
+    path = "/v1/dlq/retry-all" if args.all else f"/v1/dlq/{args.fn}/{args.fd}/retry"
+    async with ApiClient(config.api) as api:
+        body = await api.call("POST", path)
+    if args.json:
+        _json(body)
+    elif args.all:
+        _out(f"{body['retried']} dead FDs are pending again: kktd delivers them in its next round")
+    else:
+        _out(f"FD {args.fd} of FN {args.fn} is pending again: kktd delivers it in its next round")
+    return EXIT_OK
+
+
+async def cmd_doc(args: argparse.Namespace, config: Config) -> int:
+    async with ApiClient(config.api) as api:
+        doc = await api.call("GET", f"/v1/documents/{args.fn}/{args.fd}")
+    if args.json:
+        _json(doc)
+    else:
+        _out(render.document_report(doc, time.time()))
+    return EXIT_OK
+
+
+async def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    params = {"since": iso(args.since) or ""}
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    out = sys.stdout
+    if args.format == "csv":
+        out.write(csv_header())
+    count = 0
+    async with ApiClient(config.api) as api:
+        async for line in api.lines("/v1/export", params):
+            if not line.strip():
+                continue
+            if args.format == "csv":
+                out.write(csv_line(json.loads(line)))
+            else:
+                out.write(line.decode("utf-8"))
+            count += 1
+            if progress is not None:
+                progress.show(count)
+    out.flush()
+    if progress is not None:
+        progress.done(count)
+    return EXIT_OK
+
+
+class _Progress:
+    """One line on the terminal, redrawn a few times a second: count and rate."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = self._drawn = time.monotonic()
+
+    def show(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn >= PROGRESS_EVERY:
+            self._drawn = now
+            rate = count / max(now - self._started, 1e-6)
+            self._stream.write(f"\rexported {render.number(count)} FDs ({rate:,.0f}/s)")
+            self._stream.flush()
+
+    def done(self, count: int) -> None:
+        seconds = time.monotonic() - self._started
+        self._stream.write(f"\rexported {render.number(count)} FDs in {seconds:.1f} s\n")
+        self._stream.flush()
+
+
+async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
+    # imported here: only this command needs Redis
+    from kktd.fleet import read_fleet  # noqa: PLC0415
+    from kktd.sync.lock import redis_from_url  # noqa: PLC0415
+
+    if not config.lock.redis_url:
+        _err(f"no Redis configured in {args.config} (lock.redis_url): there is no fleet to list")
+        return EXIT_FAILURE
+    client = redis_from_url(config.lock.redis_url, config.lock.password)
+    try:
+        beats = await read_fleet(client)
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        _err(f"cannot read the fleet from Redis at {config.lock.redis_url}: {exc}")
+        return EXIT_FAILURE
+    finally:
+        await client.aclose()
+    if args.json:
+        _json(beats)
+    else:
+        _out(render.fleet_table(beats, time.time()))
+    return EXIT_OK
+
+
+def _fd(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 0xFFFF_FFFF:
+        raise argparse.ArgumentTypeError(f"expected an FD number, got {text!r}")
+    return int(text)
+
+
+def _fn(text: str) -> str:
+    if not text.isdigit() or len(text) > 16:
+        raise argparse.ArgumentTypeError(f"expected an FN number (up to 16 digits), got {text!r}")
+    return text
+
+
+def _since(text: str) -> float:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return int(text)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    config_opt: argparse.ArgumentParser,
+) -> None:
+    """Add the client commands to the `kktd` parser."""
+    output = argparse.ArgumentParser(add_help=False, parents=[config_opt])
+    output.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    def add(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        command: Command,
+        help_text: str,
+        *,
+        json_output: bool = True,
+    ) -> argparse.ArgumentParser:
+        parents = [output if json_output else config_opt]
+        parser = parent.add_parser(name, parents=parents, help=help_text)
+        parser.set_defaults(handler=_runner(command))
+        return parser
+
+    add(sub, "status", cmd_status, "what the running daemon is doing, and what to do about it")
+    add(sub, "sync", cmd_sync, "run one sync round now and report it")
+    dlq = sub.add_parser("dlq", help="dead FDs: list them, send them again")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    listing = add(dlq_sub, "list", cmd_dlq_list, "list dead FDs with the reason")
+    listing.add_argument("--limit", type=_positive, default=10_000, help="at most this many")
+    retry = add(dlq_sub, "retry", cmd_dlq_retry, "make dead FDs pending again (FN FD, or --all)")
+    retry.add_argument("fn", nargs="?", type=_fn, help="FN number")
+    retry.add_argument("fd", nargs="?", type=_fd, help="FD number")
+    retry.add_argument("--all", action="store_true", help="every dead FD")
+    retry.set_defaults(check=_check_retry(retry))
+    doc = add(sub, "doc", cmd_doc, "one journaled FD, decoded")
+    doc.add_argument("fn", type=_fn, help="FN number")
+    doc.add_argument("fd", type=_fd, help="FD number")
+    export = add(
+        sub, "export", cmd_export, "stream journaled FDs as JSON lines or CSV", json_output=False
+    )
+    export.add_argument("--since", type=_since, required=True, help="a date: 2024-05-01")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    add(sub, "fleet", cmd_fleet, "every live kktd instance sharing this Redis")
+
+
+def _check_retry(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
+    def check(args: argparse.Namespace) -> None:
+        if args.all == (args.fn is not None):
+            parser.error("give either FN FD or --all")
+        if args.fn is not None and args.fd is None:
+            parser.error("give the FD number after the FN")
+
+    return check

@@ -1,0 +1,350 @@
+"""The client commands against a served daemon: tables, --json, exit codes (SPEC section 6).
+
+Most tests run `kktd.cli.main` in a worker thread (it runs its own event loop) against the API
+of an in-process daemon with real components; a few run `kktd` as a subprocess against `kktd run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from kktd.api.server import ApiServer
+from kktd.cli import main
+from kktd.components import Components
+from kktd.daemon import Daemon
+from kktd.fleet import Heartbeat
+from kktd.mock_upstream import MockUpstream
+from kktd.status import heartbeat
+from kktd.sync.lock import redis_from_url
+from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
+from tests.support.daemon import DaemonProcess, write_config
+from tests.support.redis_server import RedisServer
+
+CLIENT_CONFIG = """\
+[upstream]
+url = "http://127.0.0.1:9/v1/receipts"
+
+[api]
+listen = "{listen}"
+token_file = "{token_file}"
+{extra}"""
+
+
+@dataclass
+class Served:
+    daemon: Daemon
+    config: Path
+    upstream: MockUpstream
+    capsys: pytest.CaptureFixture[str]
+
+    async def kktd(self, *args: str) -> tuple[int, str, str]:
+        """Run `kktd ARGS --config <client config>`: (exit code, stdout, stderr)."""
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(_main, [*args, "--config", str(self.config)])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return int(exc.code or 0)
+
+
+def client_config(directory: Path, listen: str, token: str = TOKEN, extra: str = "") -> Path:
+    token_file = directory / "api.token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    path = directory / "client.toml"
+    text = CLIENT_CONFIG.format(listen=listen, token_file=token_file, extra=extra)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, upstream: MockUpstream, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[Served]:
+    with capture_logs():  # the in-process daemon's log lines would mix with the command's output
+        daemon = await build_daemon(make_config(tmp_path, upstream.url))
+        server = ApiServer(daemon)
+        await server.start(daemon.config.api)
+        yield Served(daemon, client_config(tmp_path, daemon.config.api.listen), upstream, capsys)
+        await server.stop()
+        assert daemon.components is not None
+        await daemon.components.close()
+
+
+async def test_status_reads_as_a_report_with_the_next_action(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2)
+    code, out, _ = await served.kktd("status")
+    assert code == 0
+    assert "on till-1, up " in out
+    assert "NEEDS ATTENTION (1)" in out
+    assert "KKT         OFFLINE on " in out
+    assert "0 synced, 2 pending (oldest just now), 0 dead" in out
+    assert "What to do:\n  - the KKT does not answer on " in out
+    assert "{" not in out  # no raw dicts
+
+
+async def test_status_names_a_refused_token_and_where_to_fix_it(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2, 3)
+    served.upstream.set_faults(unauthorized=True)
+    assert served.daemon.components is not None
+    await served.daemon.components.engine.sync_now()
+    code, out, _ = await served.kktd("status")
+    assert code == 0
+    assert "upstream refuses our token (401): check upstream.token_file" in out
+    assert "circuit OPEN, next probe in 60 s" in out
+
+
+async def test_status_json_is_the_api_snapshot(served: Served) -> None:
+    code, out, _ = await served.kktd("status", "--json")
+    assert code == 0
+    body = json.loads(out)
+    assert body["instance"] == "till-1"
+    assert body["journal"]["pending"] == 0
+
+
+async def test_sync_reports_the_round_and_fails_while_the_circuit_is_open(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2, 3)
+    code, out, _ = await served.kktd("sync")
+    assert (code, out.split(" in ")[0]) == (0, "synced 3, failed 0, dead 0")
+    await journal_fds(served.daemon, 4, 5)
+    await served.upstream.go_down()
+    await served.kktd("sync")
+    code, out, _ = await served.kktd("sync")
+    assert code == 1
+    assert out.startswith("not synced: the upstream circuit is open: the next probe in ")
+    code, out, _ = await served.kktd("sync", "--json")
+    assert (code, json.loads(out)["status"]) == (1, "circuit_open")
+
+
+async def test_dlq_list_shows_a_table_of_dead_fds_and_json(served: Served) -> None:
+    code, out, _ = await served.kktd("dlq", "list")
+    assert (code, out) == (0, "no dead FDs\n")
+    await journal_fds(served.daemon, 1, 2, 3)
+    assert served.daemon.components is not None
+    for fd in (1, 3):
+        await served.daemon.components.journal.mark_dead(FN, fd, f"FD {fd}: no INN")
+    code, out, _ = await served.kktd("dlq", "list")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["FN", "FD", "KIND", "ATTEMPTS", "JOURNALED", "REASON"]
+    assert lines[1].split()[:2] == [FN, "1"]
+    assert lines[2].endswith("FD 3: no INN")
+    code, out, _ = await served.kktd("dlq", "list", "--json", "--limit", "1")
+    assert [item["fd"] for item in json.loads(out)] == [1]
+
+
+async def test_dlq_retry_one_all_and_the_errors(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2, 3)
+    assert served.daemon.components is not None
+    for fd in (1, 2, 3):
+        await served.daemon.components.journal.mark_dead(FN, fd, "bad")
+    code, out, _ = await served.kktd("dlq", "retry", FN, "2")
+    assert (code, out) == (
+        0,
+        f"FD 2 of FN {FN} is pending again: kktd delivers it in its next round\n",
+    )
+    code, _, err = await served.kktd("dlq", "retry", FN, "99")
+    assert code == 1
+    assert "404" in err
+    assert "not in the journal" in err
+    code, out, _ = await served.kktd("dlq", "retry", "--all")
+    assert (code, out.split(":")[0]) == (0, "2 dead FDs are pending again")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dlq", "retry"], ["dlq", "retry", FN, "1", "--all"], ["dlq", "retry", FN], ["doc", FN, "x"]],
+)
+async def test_usage_errors_exit_2(served: Served, args: list[str]) -> None:
+    code, _, err = await served.kktd(*args)
+    assert code == 2
+    assert "usage:" in err
+
+
+async def test_doc_shows_one_fd_decoded(served: Served) -> None:
+    await journal_fds(served.daemon, 5)
+    code, out, _ = await served.kktd("doc", FN, "5")
+    assert code == 0
+    assert out.startswith(f"FD 5 of FN {FN}: receipt, pending\n")
+    assert "total     500" in out
+    code, out, _ = await served.kktd("doc", FN, "5", "--json")
+    assert json.loads(out)["tlv"] == "AQIF"
+    code, _, err = await served.kktd("doc", FN, "6")
+    assert code == 1
+    assert "404" in err
+
+
+async def test_export_streams_json_lines_and_csv(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2, 3)
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    code, out, err = await served.kktd("export", "--since", yesterday)
+    assert (code, err) == (0, "")  # no progress line: stderr is not a terminal
+    assert [json.loads(line)["fd"] for line in out.splitlines()] == [1, 2, 3]
+    code, out, _ = await served.kktd("export", "--since", yesterday, "--format", "csv")
+    rows = out.splitlines()
+    assert rows[0].startswith("fn,fd,doc_type,doc_kind,issued_at,operation,total,")
+    assert rows[1].startswith(f"{FN},1,3,receipt,,,100,")
+    assert len(rows) == 4
+
+
+async def test_export_with_a_bad_date_is_a_usage_error(served: Served) -> None:
+    code, _, err = await served.kktd("export", "--since", "someday")
+    assert code == 2
+    assert "expected a date like 2024-05-01" in err
+
+
+async def test_a_wrong_api_token_is_a_failure_that_says_so(served: Served, tmp_path: Path) -> None:
+    served.config = client_config(tmp_path, served.daemon.config.api.listen, token="wrong")
+    code, _, err = await served.kktd("sync")
+    assert code == 1
+    assert "API token" in err
+
+
+async def test_an_absent_daemon_exits_3_naming_the_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listen = f"unix:{tmp_path / 'nobody.sock'}"
+    config = client_config(tmp_path, listen)
+    code = await asyncio.to_thread(_main, ["status", "--config", str(config)])
+    assert code == 3
+    assert f"kktd is not answering at {listen}" in capsys.readouterr().err
+
+
+async def test_a_bad_config_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[api]\nlisten = 8765\n", encoding="utf-8")
+    code = await asyncio.to_thread(_main, ["status", "--config", str(config)])
+    assert code == 78
+    assert f"{config}:2" in capsys.readouterr().err
+
+
+async def test_fleet_lists_the_heartbeats_in_redis(
+    served: Served, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    extra = f'\n[lock]\nredis_url = "{redis_server.url}"\n'
+    served.config = client_config(tmp_path, served.daemon.config.api.listen, extra=extra)
+    client = redis_from_url(redis_server.url, None)
+    components = served.daemon.components
+    assert components is not None
+    try:
+        await journal_fds(served.daemon, 1, 2)
+        await Heartbeat(client, "till-1", lambda: heartbeat(components)).beat_once()
+        await Heartbeat(client, "till-2", lambda: _other(components)).beat_once()
+    finally:
+        await client.aclose()
+    code, out, _ = await served.kktd("fleet")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].split() == [
+        "INSTANCE",
+        "FN",
+        "PENDING",
+        "DEAD",
+        "UPSTREAM",
+        "KKT",
+        "FN",
+        "BACKLOG",
+        "SEEN",
+    ]
+    assert lines[1].split()[:6] == ["till-1", "-", "2", "0", "ok", "OFFLINE"]
+    assert lines[2].split()[:6] == ["till-2", FN, "0", "0", "circuit", "OPEN"]
+    code, out, _ = await served.kktd("fleet", "--json")
+    assert [beat["instance"] for beat in json.loads(out)] == ["till-1", "till-2"]
+
+
+async def _other(components: Components) -> dict[str, object]:
+    beat = await heartbeat(components)
+    return {**beat, "instance": "till-2", "fn": FN, "pending": 0, "breaker": "open"}
+
+
+async def test_fleet_without_redis_says_so(served: Served) -> None:
+    code, _, err = await served.kktd("fleet")
+    assert code == 1
+    assert "no Redis configured" in err
+
+
+def test_status_and_fleet_against_kktd_run(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The real thing: `kktd run` as a process, `kktd status` and `kktd fleet` as processes."""
+    config = write_config(tmp_path, extra=f'\n[lock]\nredis_url = "{redis_server.url}"\n')
+    daemon = DaemonProcess(config, env={"KKTD_INSTANCE_ID": "till-9"})
+    try:
+        daemon.wait_ready()
+        status = _run("status", config)
+        assert status.returncode == 0, status.stderr
+        assert "kktd 0.1.0 on till-9" in status.stdout
+        fleet = _run("fleet", config)
+        assert fleet.returncode == 0, fleet.stderr
+        assert fleet.stdout.splitlines()[1].startswith("till-9 ")
+    finally:
+        daemon.close()
+    gone = _run("status", config)
+    assert gone.returncode == 3
+    assert f"unix:{tmp_path / 'api.sock'}" in gone.stderr
+
+
+def _run(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kktd", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_export_on_a_terminal_shows_progress_on_stderr(served: Served) -> None:
+    await journal_fds(served.daemon, 1, 2, 3)
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kktd",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--config",
+            str(served.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=slave,
+        )
+        out, _ = await proc.communicate()
+        os.close(slave)
+        slave = -1
+        progress = _read_all(master)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert len(out.splitlines()) == 3
+    assert "exported 3 FDs in " in progress
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
