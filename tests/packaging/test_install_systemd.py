@@ -1,0 +1,177 @@
+"""scripts/install-systemd --root: everything staged, relocated to /opt/kktd, idempotent, and the
+staged unit's own commands run from the tree."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.packaging import (
+    CONFIG,
+    OPERATOR_EDIT,
+    PREFIX,
+    REPO,
+    SCRIPTS,
+    UNIT,
+    Staging,
+    run,
+    snapshot,
+    stage_once,
+    staged_argv,
+    unit_lines,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+STAGED_FILES = (
+    UNIT,
+    "usr/share/kktd/systemd/notify-reload.conf",
+    "usr/lib/sysusers.d/kktd.conf",
+    "usr/lib/tmpfiles.d/kktd.conf",
+    "usr/lib/udev/rules.d/99-kkt.rules",
+    "usr/share/man/man8/kktd.8.gz",
+    "usr/share/kktd/kktd.toml.example",
+    CONFIG,
+    "opt/kktd/pyvenv.cfg",
+    "opt/kktd/bin/kktd",
+)
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory: pytest.TempPathFactory) -> Staging:
+    return stage_once(tmp_path_factory)
+
+
+def test_root_run_stages_the_venv_unit_user_udev_man_page_and_config(staging: Staging) -> None:
+    missing = [f for f in STAGED_FILES if not (staging.root / f).is_file()]
+    assert missing == []
+    assert (staging.root / "usr/bin/kktd").readlink() == Path(f"{PREFIX}/bin/kktd")
+    assert (staging.root / UNIT).read_bytes() == (REPO / "systemd/kktd.service").read_bytes()
+
+
+def test_staged_venv_names_opt_kktd_and_never_the_staging_directory(staging: Staging) -> None:
+    venv = staging.root / "opt/kktd"
+    assert (venv / "bin/kktd").read_text().splitlines()[0] == f"#!{PREFIX}/bin/python"
+    assert f"VIRTUAL_ENV={PREFIX}" in (venv / "bin/activate").read_text()
+    assert "home = /usr/bin" in (venv / "pyvenv.cfg").read_text()
+    leaks = run(["grep", "-rlaF", str(venv), str(venv)])
+    assert leaks.stdout == ""
+
+
+def test_rerun_gives_the_same_tree_and_keeps_the_operators_config(staging: Staging) -> None:
+    first = {k: v for k, v in staging.first.items() if k != CONFIG}
+    second = {k: v for k, v in staging.second.items() if k != CONFIG}
+    assert second == first
+    assert (staging.root / CONFIG).read_text().endswith(OPERATOR_EDIT)
+    assert "kept the existing /etc/kktd/kktd.toml" in staging.second_output
+
+
+def test_root_run_only_says_what_it_would_run_on_the_live_system(staging: Staging) -> None:
+    for output in (staging.first_output, staging.second_output):
+        assert "running:" not in output
+        for command in (
+            "systemd-sysusers /usr/lib/sysusers.d/kktd.conf",
+            "systemd-tmpfiles --create /usr/lib/tmpfiles.d/kktd.conf",
+            "udevadm control --reload",
+            "systemctl daemon-reload",
+        ):
+            assert f"would run: {command}" in output
+    assert staging.live_after == staging.live_before
+
+
+def test_staged_exec_reload_check_config_accepts_the_installed_example(staging: Staging) -> None:
+    unit = staging.root / UNIT
+    check, signal_line = unit_lines(unit, "ExecReload")
+    assert signal_line == "/bin/kill -HUP $MAINPID"
+    done = run(staged_argv(staging.root, check, staging.root / CONFIG))
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_uninstall_removes_what_install_put_and_keeps_the_config_until_purge(
+    staging: Staging, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(staging.root, root, symlinks=True)
+    done = run([SCRIPTS / "uninstall-systemd", "--root", root])
+    assert done.returncode == 0, done.stderr
+    assert "would run: systemctl disable --now kktd.service" in done.stdout
+    files = [k for k, v in snapshot(root).items() if v != "dir"]
+    assert files == [CONFIG]
+    purged = run([SCRIPTS / "uninstall-systemd", "--root", root, "--purge"])
+    assert purged.returncode == 0, purged.stderr
+    assert not (root / "etc/kktd").exists()
+
+
+def _daemon_code_present() -> bool:
+    """Whether this checkout has the daemon yet (it is written alongside the packaging)."""
+    probe = run([REPO / ".venv/bin/python", "-c", "import kktd.components, kktd.daemon"])
+    return probe.returncode == 0
+
+
+def _notifications(sock: socket.socket, wanted: str, deadline: float) -> list[str]:
+    """Datagrams from the daemon until one holds ``wanted``; fails at the deadline."""
+    seen: list[str] = []
+    while not any(wanted in m.split("\n") for m in seen):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no {wanted} from the daemon; got {seen}")
+        sock.settimeout(left)
+        try:
+            seen.append(sock.recv(65536).decode())
+        except TimeoutError:
+            continue
+    return seen
+
+
+def test_staged_exec_start_and_reload_run_the_daemon_from_the_tree(
+    staging: Staging, tmp_path: Path
+) -> None:
+    if not _daemon_code_present():
+        pytest.skip("the daemon (kktd.daemon, kktd.components) is not in this checkout yet")
+    config = tmp_path / "kktd.toml"
+    config.write_text(
+        f'[kkt]\nport = "{tmp_path}/no-kkt"\n'
+        f'[api]\nlisten = "unix:{tmp_path}/api.sock"\n'
+        '[upstream]\nurl = "http://127.0.0.1:9/v1/receipts"\n'
+    )
+    (tmp_path / "state").mkdir()
+    unit = staging.root / UNIT
+    (start,) = unit_lines(unit, "ExecStart")
+    check, hup = unit_lines(unit, "ExecReload")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "NOTIFY_SOCKET": str(tmp_path / "notify"),
+            "STATE_DIRECTORY": str(tmp_path / "state"),
+            "PYTHONFAULTHANDLER": "1",
+        }
+        daemon = subprocess.Popen(
+            staged_argv(staging.root, start, config),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            _notifications(notify, "READY=1", deadline)
+            assert run(staged_argv(staging.root, check, config)).returncode == 0
+            kill = run(hup.replace("$MAINPID", str(daemon.pid)).split())
+            assert kill.returncode == 0
+            reload = _notifications(notify, "RELOADING=1", deadline)
+            reload += _notifications(notify, "READY=1", deadline)
+            daemon.send_signal(signal.SIGTERM)
+            _notifications(notify, "STOPPING=1", deadline)
+            _, stderr = daemon.communicate(timeout=60)
+        finally:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, stderr
+    assert any(line.startswith("MONOTONIC_USEC=") for m in reload for line in m.split("\n"))
