@@ -42,6 +42,7 @@ BUSY_RETRIES = 50  # 10 s of "printing" before the poll gives up and tries again
 DOCUMENT_TRIES = 5
 MAX_TLVS = 4096  # an FD is at most 64 KiB: more TLVs than this is a KKT that never says 08
 BEAT_EVERY = 1.0
+TLV_HEADER = 4  # tag u16 LE, length u16 LE
 
 
 class DocumentReadError(Exception):
@@ -263,11 +264,15 @@ class Poller:
         chunks: list[bytes] = []
         for _ in range(MAX_TLVS):
             try:
-                chunks.append((await self._request(Command.READ_TLV)).data)
+                tlv = (await self._request(Command.READ_TLV)).data
             except KktError as exc:
                 if exc.code != ErrorCode.NO_DATA:
                     raise
                 break
+            if len(tlv) < TLV_HEADER or TLV_HEADER + int.from_bytes(tlv[2:4], "little") != len(tlv):
+                # each FF3B answer is one whole TLV; anything else is an answer out of place
+                raise DocumentReadError(f"FD {fd}: FF3B answer is not one TLV: {tlv[:8].hex()}")
+            chunks.append(tlv)
         else:
             raise DocumentReadError(f"FD {fd}: no end of document after {MAX_TLVS} TLVs")
         raw = b"".join(chunks)
