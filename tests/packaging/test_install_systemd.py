@@ -3,6 +3,7 @@ staged unit's own commands run from the tree."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -106,6 +107,54 @@ def test_uninstall_removes_what_install_put_and_keeps_the_config_until_purge(
     purged = run([SCRIPTS / "uninstall-systemd", "--root", root, "--purge"])
     assert purged.returncode == 0, purged.stderr
     assert not (root / "etc/kktd").exists()
+
+
+LIVE_RUN = """
+set -e
+for d in etc usr opt var; do
+  mkdir -p "$1/up/$d" "$1/work/$d"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$1/up/$d,workdir=$1/work/$d" "/$d"
+done
+echo overlays-mounted
+"$2/install-systemd"
+getent passwd kktd
+stat -c '%U:%G %a' /var/lib/kktd
+kktd check-config
+"$2/uninstall-systemd" --purge
+test ! -e /opt/kktd && test ! -e /etc/kktd && test ! -e /usr/bin/kktd
+"""
+
+
+def test_live_install_and_uninstall_inside_a_private_mount_namespace(tmp_path: Path) -> None:
+    """The path without --root, run for real: /etc, /usr, /opt and /var are overlays in a mount
+    namespace of this test only, so the machine itself is never changed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a private mount namespace")
+    probe = run(["unshare", "-m", "--propagation", "private", "true"])
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
+    done = run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            LIVE_RUN,
+            "-",
+            tmp_path,
+            SCRIPTS,
+        ]
+    )
+    if "overlays-mounted" not in done.stdout:
+        pytest.skip(f"overlay mounts are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "running: systemd-sysusers /usr/lib/sysusers.d/kktd.conf" in done.stdout
+    assert re.search(r"^kktd:x:\d+:\d+:.*:/var/lib/kktd:/usr/sbin/nologin$", done.stdout, re.M)
+    assert "kktd:kktd 750" in done.stdout
+    assert "/etc/kktd/kktd.toml: ok" in done.stdout + done.stderr
+    assert "removed /opt/kktd" in done.stdout
 
 
 def _daemon_code_present() -> bool:
