@@ -1,0 +1,84 @@
+"""The demo, as a newcomer runs it: receipts flow within seconds, it stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+SUMMARY = re.compile(
+    r"^demo: printed (\d+), journaled (\d+), delivered (\d+), pending (\d+), dead (\d+) in \d+ s$",
+    re.MULTILINE,
+)
+DEMO = [sys.executable, "-m", "kktd.demo"]
+
+
+def summary(out: str) -> tuple[int, ...]:
+    found = SUMMARY.search(out)
+    assert found is not None, out
+    return tuple(int(n) for n in found.groups())
+
+
+def test_receipts_flow_to_the_upstream_and_the_demo_exits_0() -> None:
+    done = subprocess.run(
+        [*DEMO, "--seconds", "8", "--no-keys"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed, journaled, delivered, pending, dead = summary(done.stdout)
+    assert printed >= 5  # ~2 a second for 8 s, on a loaded machine too
+    assert delivered == journaled == printed
+    assert (pending, dead) == (0, 0)
+    assert "kktd stopped (exit 0)" in done.stdout
+    assert re.search(r"^\s+\d+s  printed ", done.stdout, re.MULTILINE)  # the live lines
+
+
+def test_ctrl_c_stops_kktd_and_cleans_up() -> None:
+    with subprocess.Popen(
+        [*DEMO, "--no-keys"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "  printed " in line:
+                break
+        workdir = Path(lines[0].split()[3])
+        proc.send_signal(signal.SIGINT)
+        out = "".join(lines) + proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, out
+    assert "kktd stopped (exit 0)" in out
+    assert not workdir.exists()
+
+
+def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    with subprocess.Popen(
+        DEMO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            out = ""
+            for line in proc.stdout:
+                out += line
+                if line.startswith("keys:"):
+                    os.write(master, b"u")  # upstream down
+                if "upstream DOWN" in line:
+                    os.write(master, b"q")
+            assert proc.wait(timeout=60) == 0, out
+            assert "<- upstream DOWN (connection refused)" in out
+            assert termios.tcgetattr(slave) == before
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+            os.close(slave)
