@@ -16,7 +16,7 @@ _UPSTREAM = {"closed": "ok", "open": "circuit OPEN", "half_open": "probing (half
 def duration(seconds: float) -> str:
     """12 s, 3 min, 2 h 5 min, 4 days."""
     seconds = max(0.0, seconds)
-    if seconds < 90:
+    if seconds < 59.5:  # what rounds to 60 s reads as 1 min
         return f"{seconds:.0f} s"
     minutes = seconds / 60
     if minutes < 90:

@@ -107,7 +107,7 @@ async def test_status_names_a_refused_token_and_where_to_fix_it(served: Served) 
     code, out, _ = await served.kktd("status")
     assert code == 0
     assert "upstream refuses our token (401): check upstream.token_file" in out
-    assert "circuit OPEN, next probe in 60 s" in out
+    assert "circuit OPEN, next probe in 1 min" in out
 
 
 async def test_status_json_is_the_api_snapshot(served: Served) -> None:
