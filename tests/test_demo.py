@@ -34,9 +34,9 @@ def test_receipts_flow_to_the_upstream_and_the_demo_exits_0() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     printed, journaled, delivered, pending, dead = summary(done.stdout)
-    assert printed >= 5  # ~2 a second for 8 s, on a loaded machine too
-    assert delivered == journaled == printed
-    assert (pending, dead) == (0, 0)
+    assert delivered >= 5  # ~2 receipts a second for 8 s, on a loaded machine too
+    assert dead == 0
+    assert delivered + pending == journaled <= printed  # every journaled FD accounted for
     assert "kktd stopped (exit 0)" in done.stdout
     assert re.search(r"^\s+\d+s  printed ", done.stdout, re.MULTILINE)  # the live lines
 
