@@ -36,7 +36,7 @@ GARBAGE = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
 def receipt_for(message: bytes) -> bytes:
     """The default answer: a session message for the sender's FN, its body tied to `message`.
 
-    286 bytes, so writing it back takes more than one FF33 block of 240.
+    288 bytes, so writing it back takes more than one FF33 block of 240.
     """
     header = SessionHeader.decode(message)
     return session_message(header.fn, b"\x01" + hashlib.sha256(message).digest() * 8 + b"\x00")
