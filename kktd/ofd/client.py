@@ -67,6 +67,9 @@ async def exchange(
     except SessionError as exc:
         writer.transport.abort()
         raise OfdError("malformed", str(exc)) from None
+    except asyncio.CancelledError:
+        writer.transport.abort()  # the relay is stopping: no connection left behind
+        raise
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
