@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -61,6 +61,7 @@ class RelayStatus:
     consecutive_failures: int
     relayed: int
     failed: int
+    outcomes: dict[str, int]  # exchanges by outcome since start
     pending_bytes: int | None  # FF30's last word: the message on offer now
     backlog: int | None  # FF39's unsent count: the FN's backlog toward the OFD
     backlog_oldest_at: datetime | None
@@ -104,8 +105,7 @@ class OfdRelay:
         self._last_success_at: float | None = None
         self._last: ExchangeRecord | None = None
         self._last_attempt_at: float | None = None
-        self._relayed = 0
-        self._failed = 0
+        self._outcomes: Counter[str] = Counter()
         self._backlog: OfdStatus | None = None
         self._backlog_at = float("-inf")
         self._samples: deque[tuple[float, int]] = deque()
@@ -146,8 +146,9 @@ class OfdRelay:
             last_outcome=None if last is None else last.outcome,
             last_error=None if last is None else last.error,
             consecutive_failures=self._backoff.failures,
-            relayed=self._relayed,
-            failed=self._failed,
+            relayed=self._outcomes["relayed"],
+            failed=self._outcomes.total() - self._outcomes["relayed"],
+            outcomes=dict(self._outcomes),
             pending_bytes=self._fn.pending_bytes,
             backlog=None if backlog is None else backlog.unsent_count,
             backlog_oldest_at=None if backlog is None else backlog.first_unsent_at,
@@ -215,13 +216,12 @@ class OfdRelay:
 
     async def _finish(self, record: ExchangeRecord) -> tuple[float, bool]:
         self._last, self._last_attempt_at = record, record.started_at
+        self._outcomes[record.outcome] += 1
         if record.outcome == "relayed":
-            self._relayed += 1
             self._last_success_at = self._wall_clock()
             self._backoff.record_success()
             delay = 0.0
         else:
-            self._failed += 1
             # Serial trouble waits for the link; everything else for the OFD leg's backoff.
             link = record.outcome == "link_lost"
             delay = self._interval if link else self._backoff.record_failure()

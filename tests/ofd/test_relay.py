@@ -48,6 +48,7 @@ async def test_every_message_is_relayed_byte_for_byte_and_the_backlog_reaches_ze
     )
     status = relay.status()
     assert (status.relayed, status.failed, status.consecutive_failures) == (UNSENT, 0, 0)
+    assert status.outcomes == {"relayed": UNSENT}
     assert (status.backlog, status.backlog_trend, status.pending_bytes) == (0, "falling", 0)
     assert (status.last_outcome, status.last_success_at, status.breaker) == (
         "relayed",
@@ -108,6 +109,7 @@ async def test_an_ofd_fault_leaves_the_fn_queue_intact_and_the_relay_recovers(
     )
     assert ofd.messages == ([] if fault == "refuse" else [messages[0]] * 2)  # offered again
     assert relay.status().consecutive_failures == 2
+    assert relay.status().outcomes == {outcome: 2}
     await ofd.set_fault(None)
     await steps_until_drained(relay, device)
     assert ofd.messages[-UNSENT:] == messages
