@@ -95,8 +95,8 @@ class OfdRelay:
         self._link = link
         self._cfg = cfg
         self._audit = audit
-        self._breaker = breaker or CircuitBreaker(5, 60.0, clock=clock)
-        self._backoff = backoff or Backoff(1.0, 60.0, "full")
+        self.breaker = breaker or CircuitBreaker(5, 60.0, clock=clock)
+        self.backoff = backoff or Backoff(1.0, 60.0, "full")
         self._clock = clock
         self._wall_clock = wall_clock
         self._interval = interval
@@ -139,13 +139,13 @@ class OfdRelay:
         return RelayStatus(
             enabled=self._cfg.mode == "relay",
             ofd=self._address,
-            breaker=self._breaker.state.value,
-            backoff_seconds=round(self._backoff.current_delay, 3),
+            breaker=self.breaker.state.value,
+            backoff_seconds=round(self.backoff.current_delay, 3),
             last_success_at=self._last_success_at,
             last_attempt_at=self._last_attempt_at,
             last_outcome=None if last is None else last.outcome,
             last_error=None if last is None else last.error,
-            consecutive_failures=self._backoff.failures,
+            consecutive_failures=self.backoff.failures,
             relayed=self._outcomes["relayed"],
             failed=self._outcomes.total() - self._outcomes["relayed"],
             outcomes=dict(self._outcomes),
@@ -167,8 +167,8 @@ class OfdRelay:
         """Relay the message on offer, if any: (seconds until the next turn, wakeable)."""
         if self._cfg.mode != "relay":
             return self._interval, True
-        if not self._breaker.try_acquire():
-            return max(self._breaker.retry_in(), 0.05), False
+        if not self.breaker.try_acquire():
+            return max(self.breaker.retry_in(), 0.05), False
         probing = True
         try:
             started, t0 = self._wall_clock(), self._clock()
@@ -186,7 +186,7 @@ class OfdRelay:
             return await self._relay(message, started, self._clock() - t0)
         finally:
             if probing:
-                self._breaker.release()  # no OFD call was made: the probe is still to come
+                self.breaker.release()  # no OFD call was made: the probe is still to come
 
     async def _relay(self, message: bytes, started: float, read: float) -> tuple[float, bool]:
         t0 = self._clock()
@@ -199,14 +199,14 @@ class OfdRelay:
                 self._cfg.host, self._cfg.port, message, timeout=self._cfg.timeout
             )
         except OfdError as exc:
-            self._breaker.record_failure()
+            self.breaker.record_failure()
             outcome, error = exc.failure, exc.detail
         except asyncio.CancelledError:
-            self._breaker.release()
+            self.breaker.release()
             raise
         ofd = self._clock() - t0
         if answer is not None:
-            self._breaker.record_success()  # the OFD answered well, whatever the FN makes of it
+            self.breaker.record_success()  # the OFD answered well, whatever the FN makes of it
             outcome, error = await self._write_answer(answer)
             write = self._clock() - t0 - ofd
         record = ExchangeRecord(
@@ -219,18 +219,18 @@ class OfdRelay:
         self._outcomes[record.outcome] += 1
         if record.outcome == "relayed":
             self._last_success_at = self._wall_clock()
-            self._backoff.record_success()
+            self.backoff.record_success()
             delay = 0.0
         else:
             # Serial trouble waits for the link; everything else for the OFD leg's backoff.
             link = record.outcome == "link_lost"
-            delay = self._interval if link else self._backoff.record_failure()
+            delay = self._interval if link else self.backoff.record_failure()
         await self._read_backlog(force=record.outcome == "relayed")
         event = log.info if record.outcome == "relayed" else log.warning
         event(
             "ofd.exchanged",
             **record.summary(),
-            consecutive_failures=self._backoff.failures,
+            consecutive_failures=self.backoff.failures,
             retry_in=round(delay, 3),
             backlog=None if self._backlog is None else self._backlog.unsent_count,
         )

@@ -13,8 +13,11 @@ import pytest
 from kktd.config import OfdConfig, OfdMode
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
+from kktd.emulator.ofd import FnArchive, FnOfd
 from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.link import KktLink
+from kktd.kkt.ofd_protocol import OfdCommand
+from kktd.kkt.protocol import Request
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.mock_ofd import MockOfd
 from kktd.ofd.relay import OfdRelay
@@ -24,6 +27,8 @@ from kktd.sync.breaker import CircuitBreaker
 ARCHIVE = 3  # FDs the OFD confirmed before the test
 UNSENT = 4  # FDs the FN holds for the OFD at the start
 
+Stop = Callable[[], object]
+
 
 class Clock:
     def __init__(self) -> None:
@@ -31,6 +36,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Tripwire(FnOfd):
+    """The FN's OFD buffer, calling `trip` once, just after the first FF33 block is taken."""
+
+    def __init__(self, archive: FnArchive, block_size: int) -> None:
+        super().__init__(archive, block_size=block_size)
+        self.trip: Stop | None = None
+
+    def execute(self, request: Request) -> tuple[int, bytes]:
+        result = super().execute(request)
+        if request.cmd == OfdCommand.WRITE_BLOCK and self.trip is not None:
+            trip, self.trip = self.trip, None
+            trip()
+        return result
 
 
 def unsent(device: KktDevice) -> int:

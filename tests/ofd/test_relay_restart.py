@@ -11,40 +11,20 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from kktd.emulator.device import KktDevice
-from kktd.emulator.ofd import FnArchive, FnOfd
 from kktd.emulator.pty import PtyEmulator
-from kktd.kkt.ofd_protocol import OfdCommand
-from kktd.kkt.protocol import Request
 from kktd.ofd.mock_ofd import MockOfd
-from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
+from tests.ofd.conftest import UNSENT, RelayFactory, Stop, Tripwire, run_until, unsent
 
 WORKER = Path(__file__).with_name("relay_worker.py")
 ROOT = Path(__file__).parents[2]
 
 Moment = Literal["awaiting_ofd", "writing_answer"]
-Stop = Callable[[], object]
-
-
-class Tripwire(FnOfd):
-    """The FN's OFD buffer, calling `trip` once, just after the first FF33 block is taken."""
-
-    def __init__(self, archive: FnArchive, block_size: int) -> None:
-        super().__init__(archive, block_size=block_size)
-        self.trip: Stop | None = None
-
-    def execute(self, request: Request) -> tuple[int, bytes]:
-        result = super().execute(request)
-        if request.cmd == OfdCommand.WRITE_BLOCK and self.trip is not None:
-            trip, self.trip = self.trip, None
-            trip()
-        return result
 
 
 def arm(moment: Moment, device: KktDevice, ofd: MockOfd, stop: Stop) -> asyncio.Task[None] | None:
