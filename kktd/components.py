@@ -20,6 +20,8 @@ from kktd.config import Config, KktConfig
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
+from kktd.ofd.audit import MemoryAudit
+from kktd.ofd.relay import OfdRelay
 from kktd.supervisor import Beat, Runner, sliced_sleep
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
@@ -59,6 +61,7 @@ class Components:
     lock: SyncLock
     engine: SyncEngine
     redis: aioredis.Redis | None = None
+    relay: OfdRelay | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -89,7 +92,13 @@ class Components:
             lock = LocalSyncLock(instance)
         engine = SyncEngine(journal, client, breaker, backoff, lock, config.sync)
         link = KktLink(config.kkt.port, config.kkt.baudrate, password=config.kkt.password)
-        poller = Poller(link, journal, _kkt_config(config, journal), on_journaled=engine.wake)
+        relay = _ofd_relay(config, link)
+
+        def journaled() -> None:
+            engine.wake()
+            relay.wake()  # a new FD means a new message for the OFD
+
+        poller = Poller(link, journal, _kkt_config(config, journal), on_journaled=journaled)
         return cls(
             config=config,
             instance=instance,
@@ -102,10 +111,18 @@ class Components:
             lock=lock,
             engine=engine,
             redis=redis,
+            relay=relay,
         )
 
     def runners(self) -> dict[str, Runner]:
-        return {"poller": self.poller.run, "sync": self.engine.run, "retention": self.retention}
+        runners: dict[str, Runner] = {
+            "poller": self.poller.run,
+            "sync": self.engine.run,
+            "retention": self.retention,
+        }
+        if self.relay is not None:
+            runners["ofd_relay"] = self.relay.run
+        return runners
 
     async def retention(self, beat: Beat) -> None:
         """Prune synced FDs older than journal.retention_days, hourly; pending and dead stay."""
@@ -128,6 +145,14 @@ class Components:
         self.engine.reconfigure(config.sync)
         if isinstance(self.lock, RedisSyncLock):
             self.lock.reconfigure(config.lock.key, config.lock.ttl, config.lock.on_unavailable)
+        if self.relay is not None:
+            self.relay.reconfigure(config.ofd)
+            self.relay.breaker.reconfigure(
+                config.breaker.failure_threshold, config.breaker.reset_timeout
+            )
+            self.relay.backoff.reconfigure(
+                config.backoff.base, config.backoff.max, config.backoff.jitter
+            )
 
     async def close(self) -> None:
         """Close what holds OS resources; the tasks were stopped by the daemon."""
@@ -136,3 +161,14 @@ class Components:
         if self.redis is not None:
             await self.redis.aclose()
         await self.journal.close()
+
+
+def _ofd_relay(config: Config, link: KktLink) -> OfdRelay:
+    """The OFD relay (SPEC section 9), with a breaker and backoff of its own for the OFD leg.
+
+    Built and run whatever ofd.mode says: it stays idle (no serial traffic) while "off", so a
+    reload can switch it on. Its audit records stay in memory until the journal keeps them.
+    """
+    breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
+    backoff = Backoff(config.backoff.base, config.backoff.max, config.backoff.jitter)
+    return OfdRelay(link, config.ofd, MemoryAudit(), breaker=breaker, backoff=backoff)
