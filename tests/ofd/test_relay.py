@@ -12,7 +12,7 @@ from kktd.config import OfdConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.link import KktLink
-from kktd.kkt.ofd_protocol import OfdCommand, split_session
+from kktd.kkt.ofd_protocol import OfdCommand, TableField, split_session
 from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
@@ -244,3 +244,24 @@ def test_the_session_messages_carry_the_fds_in_order(device: KktDevice) -> None:
     assert [int.from_bytes(b[:4], "little") for b in bodies] == [
         d.fd for d in device.documents[-UNSENT:]
     ]
+
+
+async def test_a_kkt_set_to_talk_to_the_ofd_itself_is_reported(
+    device: KktDevice, make_relay: RelayFactory
+) -> None:
+    device.ofd.tables[TableField(21, 1, 2)] = b"\x01"
+    relay = make_relay()
+    with capture_logs() as logs:
+        await relay.step()
+    assert "ofd.kkt_not_in_relay_mode" in [e["event"] for e in logs]
+    assert relay.status().exchange_mode == 1
+
+
+async def test_firmware_without_the_tables_still_relays(
+    device: KktDevice, audit: MemoryAudit, make_relay: RelayFactory
+) -> None:
+    device.ofd.tables.clear()  # every 1F answered 33h
+    relay = make_relay()
+    await relay.step()
+    assert (relay.status().exchange_mode, relay.status().kkt_ofd_server) == (None, None)
+    assert [r.outcome for r in audit.records] == ["relayed"]
