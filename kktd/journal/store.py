@@ -185,6 +185,11 @@ class Journal:
         rows = await self._rows("SELECT last_fd FROM cursors WHERE fn = ?", (fn,))
         return int(rows[0][0]) if rows else None
 
+    async def known_fns(self) -> list[str]:
+        """Every FN this journal has a cursor for: a new FN among them was a replaced FN."""
+        rows = await self._rows("SELECT fn FROM cursors ORDER BY fn")
+        return [str(row[0]) for row in rows]
+
     async def set_cursor(self, fn: str, fd: int) -> None:
         """Put the cursor at `fd` without journaling anything (``kkt.start_fd``)."""
         await self._execute(_SET_CURSOR, (fn, fd, self._clock()))

@@ -102,7 +102,6 @@ class Poller:
         self._sleep = sleep
         self._beat: Callable[[], None] = _nothing
         self._fn_status: FnStatus | None = None
-        self._seen_fn: str | None = None  # the FN journaled by this process, to spot a new one
         self._cursor: int | None = None
         self._ofd: OfdStatus | None = None
         self._ofd_read_at: float | None = None
@@ -211,7 +210,6 @@ class Poller:
     async def _catch_up(self, status: FnStatus) -> int:
         fn = status.fn
         cursor = await self._start_cursor(fn, status.last_fd)
-        self._seen_fn = fn
         self._cursor = cursor
         stored = 0
         for fd in range(cursor + 1, status.last_fd + 1):
@@ -234,8 +232,11 @@ class Poller:
         cursor = await self._journal.cursor(fn)
         if cursor is not None:
             return cursor
-        if self._seen_fn is not None and self._seen_fn != fn:
-            log.warning("kkt.fn_replaced", old_fn=self._seen_fn, fn=fn, from_fd=1)
+        # The journal, not this process's memory, tells a replaced FN from a first start, so a
+        # restart right after the FN was swapped still reads the new FN from its first FD.
+        known = await self._journal.known_fns()
+        if known:
+            log.warning("kkt.fn_replaced", old_fns=known, fn=fn, from_fd=1)
             return 0  # SPEC: a new FN is read from its first FD, whatever start_fd says
         start = self._config.start_fd
         if start == "next":

@@ -134,6 +134,18 @@ async def test_a_new_fn_is_read_from_its_first_fd(h: Harness) -> None:
     assert "kkt.fn_replaced" in [entry["event"] for entry in logs]
 
 
+async def test_a_new_fn_seen_first_after_a_restart_is_still_read_from_its_first_fd(
+    h: Harness,
+) -> None:
+    await h.poller("next").poll()
+    h.device.replace_fn(NEW_FN)
+    for _ in range(3):
+        h.device.issue()
+    # a new Poller: this process never saw the old FN, only the journal remembers it
+    assert await h.poller("next").poll() == 3
+    assert await h.journaled(NEW_FN) == [1, 2, 3]
+
+
 async def test_a_busy_kkt_is_retried_shortly(h: Harness) -> None:
     h.device.busy(4)
     assert await h.poller("first").poll() == 10
@@ -205,6 +217,9 @@ class FullJournal:
 
     async def set_cursor(self, fn: str, fd: int) -> None:
         await self.journal.set_cursor(fn, fd)
+
+    async def known_fns(self) -> list[str]:
+        return await self.journal.known_fns()
 
     async def store(
         self, fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any]
