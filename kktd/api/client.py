@@ -119,7 +119,8 @@ class ApiClient:
                     raise ApiError(resp.status, _json_object(resp.status, await resp.text()))
                 async for line in resp.content:
                     yield line
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            # the daemon stopped in the middle of the stream
             raise self._unreachable(exc) from exc
 
     def _open(self) -> aiohttp.ClientSession:

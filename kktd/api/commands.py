@@ -192,6 +192,8 @@ class _Progress:
 
 async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     # imported here: only this command needs Redis
+    from redis.exceptions import RedisError  # noqa: PLC0415
+
     from kktd.fleet import read_fleet  # noqa: PLC0415
     from kktd.sync.lock import redis_from_url  # noqa: PLC0415
 
@@ -201,7 +203,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     client = redis_from_url(config.lock.redis_url, config.lock.password)
     try:
         beats = await read_fleet(client)
-    except (OSError, TimeoutError, ConnectionError) as exc:
+    except (RedisError, OSError, TimeoutError) as exc:
         _err(f"cannot read the fleet from Redis at {config.lock.redis_url}: {exc}")
         return EXIT_FAILURE
     finally:

@@ -273,6 +273,17 @@ async def _other(components: Components) -> dict[str, object]:
     return {**beat, "instance": "till-2", "fn": FN, "pending": 0, "breaker": "open"}
 
 
+async def test_fleet_with_redis_down_names_the_redis(
+    served: Served, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    redis_server.kill()
+    extra = f'\n[lock]\nredis_url = "{redis_server.url}"\n'
+    served.config = client_config(tmp_path, served.daemon.config.api.listen, extra=extra)
+    code, _, err = await served.kktd("fleet")
+    assert code == 1
+    assert f"cannot read the fleet from Redis at {redis_server.url}" in err
+
+
 async def test_fleet_without_redis_says_so(served: Served) -> None:
     code, _, err = await served.kktd("fleet")
     assert code == 1
