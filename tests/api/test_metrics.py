@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kktd.api.server import create_app
@@ -105,14 +106,25 @@ async def test_breaker_state_follows_an_upstream_outage(harness: Harness) -> Non
     assert value(opened, "kktd_sync_deliveries_total", result="unreachable") >= 2
 
 
-async def test_reloads_are_counted_by_result(harness: Harness) -> None:
+async def test_reloads_are_counted_by_result(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a good reload reconfigures logging process-wide; the rest of the suite keeps its own
+    monkeypatch.setattr("kktd.daemon.configure_logging", lambda level, fmt: None)
     config_file = harness.daemon.config_path
-    config_file.write_text('[sync]\nbatch_sise = 3\n', encoding="utf-8")
-    failed = await harness.daemon.reload()
-    assert not failed.ok
+    config_file.write_text("[sync]\nbatch_sise = 3\n", encoding="utf-8")
+    assert not (await harness.daemon.reload()).ok
     samples = await scrape(harness)
     assert value(samples, "kktd_config_reloads_total", result="failed") == 1
     assert value(samples, "kktd_config_reloads_total", result="ok") == 0
+    config_file.write_text(
+        f'[upstream]\nurl = "{harness.upstream.url}"\n\n[sync]\nbatch_size = 3\n',
+        encoding="utf-8",
+    )
+    assert (await harness.daemon.reload()).ok
+    samples = await scrape(harness)
+    assert value(samples, "kktd_config_reloads_total", result="failed") == 1
+    assert value(samples, "kktd_config_reloads_total", result="ok") == 1
 
 
 async def test_fn_backlog_and_kkt_link_come_from_the_emulated_kkt(
