@@ -82,7 +82,7 @@ def status_report(status: dict[str, Any]) -> str:
     rows = [
         ("KKT", _kkt_line(status, kkt)),
         ("FN", _fn_line(kkt)),
-        ("FN -> OFD", _ofd_line(fn)),
+        ("FN -> OFD", _ofd_line(status, fn)),
         ("Journal", _journal_line(journal)),
         ("Upstream", _upstream_line(status, sync)),
         ("Last round", _round_line(status, sync)),
@@ -114,7 +114,7 @@ def _fn_line(kkt: dict[str, Any]) -> str:
     return f"{kkt['fn']}, last FD {number(kkt['last_fd'])}, journaled up to {cursor}"
 
 
-def _ofd_line(fn: dict[str, Any]) -> str:
+def _ofd_line(status: dict[str, Any], fn: dict[str, Any]) -> str:
     if fn["unsent"] is None:
         text = "backlog not read yet"
     elif fn["unsent"] == 0:
@@ -130,6 +130,8 @@ def _ofd_line(fn: dict[str, Any]) -> str:
         text = f"{number(fn['unsent'])} FDs unsent{oldest}{left}"
     if fn["warnings"]:
         text += "; FN warns: " + ", ".join(fn["warnings"])
+    if fn.get("read_at") is not None:
+        text += f" (read {since(status, fn['read_at'])})"
     return text
 
 
@@ -273,27 +275,41 @@ def document_report(doc: dict[str, Any], now: float) -> str:
     items = fields.pop("items", [])
     lines = [
         f"FD {doc['fd']} of FN {doc['fn']}: {fields.get('doc_kind', 'document')}, {doc['state']}",
-        f"journaled {ago(now - doc['journaled_at'])}, {doc['attempts']} delivery attempts",
+        f"journaled {ago(now - doc['journaled_at'])}",
     ]
+    if doc["attempts"]:
+        lines[-1] += f", {doc['attempts']} failed delivery attempts"
     if doc["synced_at"] is not None:
         lines.append(f"synced {ago(now - doc['synced_at'])}")
     if doc["last_error"]:
         lines.append(f"last error: {doc['last_error']}")
     lines.append("")
     width = max((len(key) for key in fields), default=0)
-    lines += [f"{key.ljust(width)}  {value}" for key, value in fields.items()]
+    lines += [f"{key.ljust(width)}  {_field(key, value)}" for key, value in fields.items()]
     if items:
         rows = [
             (
                 str(item.get("name", "")),
-                str(item.get("price", "")),
+                _field("price", item.get("price")),
                 str(item.get("quantity", "")),
-                str(item.get("total", "")),
+                _field("total", item.get("total")),
             )
             for item in items
         ]
         lines += ["", table(("ITEM", "PRICE", "QTY", "TOTAL"), rows)]
     return "\n".join(lines)
+
+
+_MONEY = frozenset({"total", "price", "cash", "card"})
+
+
+def _field(key: str, value: Any) -> str:
+    """Money in roubles (the FD holds kopecks); everything else as it is."""
+    if value is None:
+        return ""
+    if key in _MONEY and isinstance(value, int):
+        return f"{value / 100:.2f}"
+    return str(value)
 
 
 def fleet_table(beats: Sequence[dict[str, Any]], now: float) -> str:

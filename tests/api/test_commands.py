@@ -182,7 +182,7 @@ async def test_doc_shows_one_fd_decoded(served: Served) -> None:
     code, out, _ = await served.kktd("doc", FN, "5")
     assert code == 0
     assert out.startswith(f"FD 5 of FN {FN}: receipt, pending\n")
-    assert "total     500" in out
+    assert "total     5.00" in out
     code, out, _ = await served.kktd("doc", FN, "5", "--json")
     assert json.loads(out)["tlv"] == "AQIF"
     code, _, err = await served.kktd("doc", FN, "6")

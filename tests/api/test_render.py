@@ -247,6 +247,6 @@ def test_a_document_reads_as_fields_and_items() -> None:
         },
     }
     text = render.document_report(doc, NOW)
-    assert text.startswith("FD 7 of FN 1: receipt, synced\njournaled 2 min ago, 1 delivery")
-    assert "total     20000" in text
-    assert "Хлеб  10000  2    20000" in text
+    assert text.startswith("FD 7 of FN 1: receipt, synced\njournaled 2 min ago, 1 failed delivery")
+    assert "total     200.00" in text
+    assert "Хлеб  100.00  2    200.00" in text
