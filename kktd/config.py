@@ -327,8 +327,13 @@ def _check_together(src: Source, values: dict[str, dict[str, Any]]) -> None:
         raise src.error(("ofd", key), 'mode "relay" needs ofd.host')
 
 
-def _resolve_files(src: Source, values: dict[str, dict[str, Any]]) -> None:
-    """Turn configured path strings into absolute paths and read the secret files."""
+def _resolve_files(src: Source, values: dict[str, dict[str, Any]], *, client: bool) -> None:
+    """Turn configured path strings into absolute paths and read the secret files.
+
+    ``client``: for the client commands, which run as an operator outside the unit (no
+    ``$CREDENTIALS_DIRECTORY``): a secret they cannot read is left unset instead of failing,
+    so ``kktd status`` works; a POST then meets the daemon's 401, which says what is missing.
+    """
     journal = values["journal"]
     raw_db = journal.get("path", "")
     journal["path"] = src.relative(raw_db) if raw_db else src.state_file("kktd.db")
@@ -340,17 +345,26 @@ def _resolve_files(src: Source, values: dict[str, dict[str, Any]]) -> None:
     for (section, file_key), secret_key in _SECRET_FILES.items():
         if raw := values[section].pop(file_key, ""):
             path = src.credential(raw)
-            secret = src.read_secret((section, file_key), path)
             values[section][file_key] = path
-            values[section][secret_key] = Secret(secret)
+            try:
+                values[section][secret_key] = Secret(src.read_secret((section, file_key), path))
+            except ConfigError:
+                if not client:
+                    raise
 
 
-def parse_config(text: str, source: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str,
+    source: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    client: bool = False,
+) -> Config:
     """Build the Config from TOML text; raises ConfigError at the first problem found."""
     src = Source(source, text, os.environ if environ is None else environ)
     values = read_sections(src, _SCHEMA)
     _check_together(src, values)
-    _resolve_files(src, values)
+    _resolve_files(src, values, client=client)
     return Config(
         kkt=KktConfig(**values["kkt"]),
         journal=JournalConfig(**values["journal"]),
@@ -366,13 +380,15 @@ def parse_config(text: str, source: Path, *, environ: Mapping[str, str] | None =
     )
 
 
-def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path, *, environ: Mapping[str, str] | None = None, client: bool = False
+) -> Config:
     """Read and build the Config from a TOML file (see `parse_config`)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, None, "-", f"cannot read: {exc.strerror or exc}") from None
-    return parse_config(decode(path, data), path, environ=environ)
+    return parse_config(decode(path, data), path, environ=environ, client=client)
 
 
 def merge_for_reload(old: Config, new: Config) -> tuple[Config, list[str]]:

@@ -314,6 +314,17 @@ def test_an_unusable_secret_file_is_an_error_on_its_key(
     assert re.fullmatch(reason, err.message)
 
 
+def test_client_commands_load_a_config_whose_secrets_they_cannot_read(tmp_path: Path) -> None:
+    """An operator's `kktd status` runs outside the unit, without its credentials."""
+    config = tmp_path / "kktd.toml"
+    config.write_text('[upstream]\ntoken_file = "upstream-token"\n', encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_config(config, environ={})
+    cfg = load_config(config, environ={}, client=True)
+    assert cfg.upstream.token is None
+    assert cfg.upstream.token_file == tmp_path / "upstream-token"
+
+
 def test_secrets_never_appear_in_repr_str_or_render(tmp_path: Path) -> None:
     for name in ("up", "api", "redis"):
         _write(tmp_path / name, SECRET)

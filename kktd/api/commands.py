@@ -59,7 +59,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         if check is not None:
             check(args)  # exits 2 with the parser's usage line
         try:
-            config = load_config(args.config)
+            config = load_config(args.config, client=True)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
