@@ -1,0 +1,273 @@
+"""The six chaos scenarios of issue 7; each breaks one thing repeatedly while receipts flow.
+
+A scenario gets fresh parts (a mock upstream, one or two emulator+kktd pairs, Redis or a tmpfs
+when it needs them), breaks things for `passes` rounds, lets everything drain with the faults
+cleared, stops kktd with SIGTERM and then checks the invariants of `world.check`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kktd.mock_upstream import MockUpstream
+from tests.chaos.world import Kktd, Report, check, drain, watch
+from tests.support.redis_server import RedisServer
+
+RATE = 20.0  # receipts a second from each emulator
+
+
+@dataclass
+class Setup:
+    """What one scenario needs besides a mock upstream: how many tills, Redis, a journal dir."""
+
+    nodes: int = 1
+    redis: RedisServer | None = None
+    on_unavailable: str = "proceed"
+    journal_dir: Path | None = None
+
+
+Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
+
+
+async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Report:
+    """Parts up, `body` breaks things (returns its cycle count), drain, stop, check."""
+    started = time.monotonic()
+    report = Report(name)
+    mock = MockUpstream()
+    await mock.start()
+    nodes: list[Kktd] = []
+    stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        for index in range(setup.nodes):
+            node = Kktd(workdir / name, f"{name}-{index}", mock.url, seed=index)
+            nodes.append(node)
+            await node.emulator.start()
+            journal = None if setup.journal_dir is None else setup.journal_dir / f"{index}.db"
+            node.write_config(
+                journal=journal,
+                redis=setup.redis.url if setup.redis else "",
+                on_unavailable=setup.on_unavailable,
+            )
+            node.start()
+            node.emulator.issue_at_rate(RATE)
+        watcher = asyncio.create_task(watch(nodes, stop))
+        report.cycles = await body(nodes, mock)
+        mock.state.faults.update({"error_rate": 0.0, "rate_limit_rate": 0.0, "delay": 0.0})
+        mock.state.faults.update({"hang_rate": 0.0, "reset_rate": 0.0})
+        for node in nodes:
+            node.emulator.device.clear_faults()
+            if not node.alive and not node.unexpected:
+                node.start()
+        report.violations += await drain(nodes)
+        for node in nodes:
+            await node.stop()
+    except RuntimeError as exc:  # a part that would not come up: report it, do not hang
+        report.violations.append(f"harness: {exc}")
+    finally:
+        stop.set()
+        if watcher is not None:
+            await watcher
+        for node in nodes:
+            node.close()
+            await node.emulator.stop()
+        await mock.stop()
+    found, report.notes = check(nodes, mock)
+    report.violations += found
+    report.fds = sum(node.issued for node in nodes)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def kills(workdir: Path, cycles: int, rng: random.Random, longest: float) -> Report:
+    """SIGKILL at a random moment, restart, again; one cycle in five dies while starting up."""
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        (node,) = nodes
+        for cycle in range(cycles):
+            if not node.alive:
+                node.start()
+            if cycle % 5 == 4:
+                await asyncio.sleep(rng.uniform(0.05, 0.5))  # journal opening, API binding ...
+            else:
+                await node.wait_ready()
+                await asyncio.sleep(rng.uniform(0.2, longest))
+            await node.kill()
+        node.start()
+        await node.wait_ready()
+        return cycles
+
+    return await run_scenario("kill", workdir, Setup(), body)
+
+
+async def redis(workdir: Path, passes: int) -> Report:
+    """Two tills on one FN and one lock key; Redis killed, restarted, paused past the lock ttl."""
+    server = RedisServer(workdir / "redis")
+    (workdir / "redis").mkdir(parents=True)
+    await asyncio.to_thread(server.start)
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        for node in nodes:
+            await node.wait_ready()
+        for _pass in range(passes):
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(server.kill)
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(1.5)
+            server.pause()
+            await asyncio.sleep(3.0)  # the lock ttl is 2 s
+            server.resume()
+        await asyncio.sleep(1.0)
+        return passes * 2
+
+    try:
+        # "skip": with Redis gone the two tills must not both send (the overlap check)
+        return await run_scenario("redis", workdir, Setup(2, server, "skip"), body)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def upstream(workdir: Path, passes: int) -> Report:
+    """5xx bursts, 429 with Retry-After, timeouts, resets, slow answers, a long outage."""
+    faults: list[dict[str, object]] = [
+        {"error_rate": 1.0},
+        {"rate_limit_rate": 1.0, "retry_after": 1},
+        {"hang_rate": 0.5},
+        {"reset_rate": 0.5},
+        {"delay": 0.3},
+    ]
+    healthy = {"error_rate": 0.0, "rate_limit_rate": 0.0, "hang_rate": 0.0, "reset_rate": 0.0}
+
+    async def body(nodes: list[Kktd], mock: MockUpstream) -> int:
+        await nodes[0].wait_ready()
+        for _pass in range(passes):
+            for switches in faults:
+                mock.state.faults.update(switches)
+                await asyncio.sleep(2.0)
+                mock.state.faults.update({**healthy, "delay": 0.0})
+                await asyncio.sleep(0.5)
+            await mock.go_down()
+            await asyncio.sleep(4.0)  # four breaker cycles of 1 s
+            await mock.come_back()
+        return passes * (len(faults) + 1)
+
+    return await run_scenario("upstream", workdir, Setup(), body)
+
+
+async def serial(workdir: Path, passes: int) -> Report:
+    """Bad LRC bursts, lost ACKs, stray FF, garbage, busy, the port vanishing and returning."""
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        node = nodes[0]
+        await node.wait_ready()
+        device = node.emulator.device
+        faults: list[Callable[[], None]] = [
+            lambda: device.corrupt_lrc(5),
+            lambda: device.lose_acks(5),
+            lambda: device.stray_ff(10),
+            lambda: device.inject_garbage(b"\x00\x13\xffgarbage\x02\x05"),
+            lambda: device.busy(5),
+        ]
+        for _pass in range(passes):
+            for fault in faults:
+                fault()
+                await asyncio.sleep(1.0)
+            node.emulator.vanish()
+            await asyncio.sleep(1.5)
+            node.emulator.reappear()
+            await asyncio.sleep(1.0)
+        return passes * (len(faults) + 1)
+
+    return await run_scenario("serial", workdir, Setup(), body)
+
+
+async def sighup(workdir: Path, passes: int) -> Report:
+    """SIGHUP storms alternating valid and invalid configs: kktd keeps running and READY."""
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        node = nodes[0]
+        await node.wait_ready()
+        valid = node.config.read_text(encoding="utf-8")
+        invalid = valid.replace("batch_size = 50", "batch_size = 0")
+        assert invalid != valid
+        sent = 0
+        for index in range(passes * 10):
+            node.config.write_text(invalid if index % 2 else valid, encoding="utf-8")
+            mark = len(node.messages)
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGHUP)
+            sent += 1
+            if index % 5 == 4:  # a burst: two more at once, coalesced by kktd
+                node.proc.send_signal(signal.SIGHUP)
+                node.proc.send_signal(signal.SIGHUP)
+                sent += 2
+            reloading = await node.wait_for_message("RELOADING=1", mark, within=10.0)
+            await node.wait_for_message("READY=1", reloading, within=10.0)
+        node.config.write_text(valid, encoding="utf-8")
+        return sent
+
+    return await run_scenario("sighup", workdir, Setup(), body)
+
+
+@contextlib.asynccontextmanager
+async def tmpfs(directory: Path, size: str) -> AsyncIterator[str | None]:
+    """A small tmpfs at `directory`; yields None when mounted, else why it could not be."""
+    directory.mkdir(parents=True)
+    mounted = await asyncio.to_thread(
+        subprocess.run,
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        yield f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}"
+        return
+    try:
+        yield None
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(directory)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the filesystem is full; the bytes written."""
+    written = 0
+    chunk = b"\0" * 4096
+    with path.open("wb", buffering=0) as filler:
+        try:
+            while True:
+                written += filler.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return written
+
+
+async def disk_full(workdir: Path, passes: int) -> Report:
+    """The journal's filesystem fills up while receipts flow, then space is freed."""
+    async with tmpfs(workdir / "fs", "2m") as problem:
+        if problem is not None:
+            return Report("disk_full", notes=[f"skipped: {problem}"])
+        filler = workdir / "fs" / "filler"
+
+        async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+            node = nodes[0]
+            await node.wait_ready()
+            for _pass in range(passes):
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(fill, filler)
+                await asyncio.sleep(3.0)  # kktd must stay up; the FN keeps the FDs meanwhile
+                filler.unlink()
+            return passes
+
+        return await run_scenario("disk_full", workdir, Setup(journal_dir=workdir / "fs"), body)
