@@ -49,7 +49,7 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 the noise of a shared machine mostly cancels out. Targets come from issue 7; a target on a
 ratio judges the ratio, an absolute target (MB, s, %) judges the value.
 
-Reproduce: `{command}` (about 15 minutes on 2 cores; `scripts/bench --quick` takes 1-2).
+Reproduce: `{command}` (the full run takes about 6 minutes on 2 cores, `--quick` about 1).
 This run: {stamp}, Python {platform.python_version()}, {platform.machine()}, 2 cores shared
 with other work.
 

@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m benchmarks [--quick | --tiny] [--only B1,B3] [--write-docs]`.
 
-Full size by default (about 15 minutes on 2 cores); `--quick` for a 1-2 minute look, `--tiny`
+Full size by default (about 6 minutes on 2 cores); `--quick` for a 1 minute look, `--tiny`
 for the smoke test. `--write-docs` rewrites docs/BENCHMARKS.md and docs/bench-drain.png from
 this run, with benchmarks/notes.md (the analysis, by hand) at the end.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import b1_journal, b2_drain, b3_footprint, b4_latency, report
-from benchmarks.common import Mode, Results, Sizes, quiet_logs
+from benchmarks.common import Mode, Results, Row, Sizes, quiet_logs
 
 REPO = Path(__file__).resolve().parents[1]
 NOTES = Path(__file__).with_name("notes.md")
@@ -39,6 +39,16 @@ async def run_all(mode: Mode, only: Sequence[str]) -> Results:
     return results
 
 
+def load(path: Path) -> tuple[Mode, Results]:
+    """A run's results back from its --json file (to re-render the docs with new notes)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        Row(**{k: v for k, v in row.items() if k not in {"ratio", "met"}}) for row in data["rows"]
+    ]
+    drain = {name: [(x, y) for x, y in points] for name, points in data["drain"].items()}
+    return data["mode"], Results(rows, drain, data["facts"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -48,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the rows and the drain samples here")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/BENCHMARKS.md")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-json", type=Path, help="no run: rewrite the docs from a --json file of a run"
+    )
     args = parser.parse_args(argv)
     only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(only) - set(BENCHES))
@@ -55,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no such benchmark: {', '.join(unknown)}")
     mode: Mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     quiet_logs()
-    results = asyncio.run(run_all(mode, only))
+    if args.from_json is not None:
+        mode, results = load(args.from_json)
+    else:
+        results = asyncio.run(run_all(mode, only))
     if args.json is not None:
         rows = [{**asdict(row), "ratio": row.ratio, "met": row.met} for row in results.rows]
         data = {"mode": mode, "rows": rows, "drain": results.drain, "facts": results.facts}
