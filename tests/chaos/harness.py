@@ -59,7 +59,9 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
     }
 
 
-async def run(plan: Plan, only: Sequence[str] = SCENARIOS, echo: bool = True) -> list[Report]:
+async def run(
+    plan: Plan, only: Sequence[str] = SCENARIOS, echo: bool = True, keep: bool = False
+) -> list[Report]:
     """Run the chosen scenarios one after another in a scratch directory (removed after)."""
     workdir = Path(tempfile.mkdtemp(prefix="kktd-chaos-"))
     reports: list[Report] = []
@@ -71,7 +73,10 @@ async def run(plan: Plan, only: Sequence[str] = SCENARIOS, echo: bool = True) ->
             if echo:
                 print(row(report), flush=True)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            print(f"chaos: kept {workdir} (each kktd's log is kktd.log there)", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return reports
 
 
@@ -101,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the bounded CI run")
     parser.add_argument("--cycles", type=int, help="kill cycles (default 20 quick, 200 full)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--seed", type=int, default=7, help="for the kill moments (7)")
     args = parser.parse_args(argv)
     # the harness's own emulators and mock log warnings only; each kktd logs to its own file
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan.of(args.quick, args.cycles, args.seed)
     print(f"chaos: {plan}", flush=True)
     print(HEADER + "\n" + RULE, flush=True)
-    reports = asyncio.run(run(plan, args.only))
+    reports = asyncio.run(run(plan, args.only, keep=args.keep))
     print("\n" + table(reports), flush=True)
     return 1 if any(report.violations for report in reports) else 0
 
