@@ -15,6 +15,6 @@ from tests.chaos.harness import SCENARIOS, Plan, run, table
 async def test_quick_chaos_run_finds_no_violation() -> None:
     reports = await run(Plan.of(quick=True), SCENARIOS, echo=False)
     assert [report.scenario for report in reports] == list(SCENARIOS)
-    assert reports[0].cycles >= 20 or reports[0].cycles == Plan.of(quick=True).cycles
+    assert reports[0].cycles == Plan.of(quick=True).cycles  # every kill cycle ran
     assert all(report.fds > 0 for report in reports if report.cycles), table(reports)
     assert not any(report.violations for report in reports), table(reports)
