@@ -39,7 +39,10 @@ class Notifier:
         if target.startswith("@"):
             target = "\0" + target[1:]
         # A socket per datagram: notifications are rare, and nothing stays open to leak.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a listener that stops reading must cost a dropped STATUS= line (an
+        # OSError the callers log), never a frozen event loop.
+        flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, flags) as sock:
             sock.sendto("\n".join(assignments).encode("utf-8"), target)
 
     def ready(self, status: str | None = None) -> None:
