@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,7 +90,15 @@ class Kktd:
                 continue
             if "READY=1" in message.split("\n"):
                 self.ready_after = time.perf_counter() - self.started
+        # keep reading, as systemd does: kktd's STATUS= lines must not pile up unread
+        threading.Thread(target=self._drain, daemon=True).start()
         return self.ready_after
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):  # the socket closed by stop()
+            while self.proc.poll() is None:
+                with contextlib.suppress(TimeoutError):
+                    self.sock.recv(65536)
 
     def tail(self) -> str:
         self.log.flush()
