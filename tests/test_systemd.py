@@ -65,6 +65,17 @@ def test_a_missing_socket_raises_instead_of_being_swallowed(tmp_path: Path) -> N
         Notifier(str(tmp_path / "absent.sock")).ready()
 
 
+def test_a_receiver_that_never_reads_makes_send_fail_instead_of_blocking(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """A blocking sendto here would freeze the whole event loop (found by benchmark B3)."""
+    _, path = notify_socket
+    notifier = Notifier(path)
+    with pytest.raises(OSError):  # noqa: PT012 - the queue fills after an unknown count
+        for _ in range(100_000):
+            notifier.status("x" * 1000)
+
+
 def test_without_notify_socket_nothing_is_sent() -> None:
     notifier = Notifier.from_environ({})
     assert not notifier.enabled

@@ -237,7 +237,10 @@ class Poller:
         known = await self._journal.known_fns()
         if known:
             log.warning("kkt.fn_replaced", old_fns=known, fn=fn, from_fd=1)
-            return 0  # SPEC: a new FN is read from its first FD, whatever start_fd says
+            # SPEC: a new FN is read from its first FD, whatever start_fd says. The cursor is
+            # stored at once, so an FN still empty is not "replaced" again at every poll.
+            await self._journal.set_cursor(fn, 0)
+            return 0
         start = self._config.start_fd
         if start == "next":
             await self._journal.set_cursor(fn, last_fd)

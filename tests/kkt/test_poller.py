@@ -134,6 +134,17 @@ async def test_a_new_fn_is_read_from_its_first_fd(h: Harness) -> None:
     assert "kkt.fn_replaced" in [entry["event"] for entry in logs]
 
 
+async def test_a_new_empty_fn_is_reported_replaced_once_not_at_every_poll(h: Harness) -> None:
+    poller = h.poller("next")
+    await poller.poll()
+    h.device.replace_fn(NEW_FN)
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert await poller.poll() == 0
+    assert [entry["event"] for entry in logs].count("kkt.fn_replaced") == 1
+    assert await h.journal.cursor(NEW_FN) == 0
+
+
 async def test_a_new_fn_seen_first_after_a_restart_is_still_read_from_its_first_fd(
     h: Harness,
 ) -> None:
