@@ -6,10 +6,13 @@ how they are connected: poller -> journal -> sync engine -> upstream.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,6 +43,31 @@ def instance_id(environ: dict[str, str] | None = None) -> str:
     return env.get("KKTD_INSTANCE_ID") or socket.gethostname()
 
 
+class StartupError(Exception):
+    """A start that cannot succeed as configured; the message tells the operator why."""
+
+
+def hold_instance_lock(journal_path: Path) -> int:
+    """One kktd per journal: an flock on ``<journal>.lock``, held for the process's life.
+
+    A second ``kktd run`` on the same journal would deliver the same FDs under a lock that only
+    guards its own process, and take over the first one's API socket.
+    """
+    lock_path = journal_path.with_name(journal_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another kktd (pid {holder}) is running with the journal {journal_path}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _kkt_config(config: Config, journal: Journal) -> KktConfig:
     """After a damaged journal was moved aside, the FN is the source of truth: read its whole
     archive again (the upstream answers 409 to what it already has), whatever start_fd says."""
@@ -62,11 +90,25 @@ class Components:
     engine: SyncEngine
     redis: aioredis.Redis | None = None
     relay: OfdRelay | None = None
+    instance_lock: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     async def build(cls, config: Config, instance: str) -> Components:
+        """Open and connect everything; on failure, close what was opened and re-raise."""
+        async with contextlib.AsyncExitStack() as stack:
+            components = await cls._build(config, instance, stack)
+            stack.pop_all()  # from here on, close() owns every resource
+            return components
+
+    @classmethod
+    async def _build(
+        cls, config: Config, instance: str, stack: contextlib.AsyncExitStack
+    ) -> Components:
+        lock_fd = hold_instance_lock(config.journal.path)
+        stack.callback(os.close, lock_fd)
         journal = await Journal.open(config.journal.path)
+        stack.push_async_callback(journal.close)
         if journal.recovered_from is not None:
             log.error(
                 "journal.recovered",
@@ -75,12 +117,14 @@ class Components:
             )
         client = UpstreamClient(config.upstream, instance_id=instance, version=__version__)
         await client.start()
+        stack.push_async_callback(client.close)
         breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
         backoff = Backoff(config.backoff.base, config.backoff.max, config.backoff.jitter)
         redis = None
         lock: SyncLock
         if config.lock.redis_url:
             redis = redis_from_url(config.lock.redis_url, config.lock.password, ttl=config.lock.ttl)
+            stack.push_async_callback(redis.aclose)
             lock = RedisSyncLock(
                 redis,
                 config.lock.key,
@@ -112,6 +156,7 @@ class Components:
             engine=engine,
             redis=redis,
             relay=relay,
+            instance_lock=lock_fd,
         )
 
     def runners(self) -> dict[str, Runner]:
@@ -161,6 +206,9 @@ class Components:
         if self.redis is not None:
             await self.redis.aclose()
         await self.journal.close()
+        if self.instance_lock is not None:
+            os.close(self.instance_lock)
+            self.instance_lock = None
 
 
 def _ofd_relay(config: Config, link: KktLink) -> OfdRelay:

@@ -7,6 +7,7 @@ TOML key takes which check; the generic reading machinery lives in `kktd.config_
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -342,6 +343,13 @@ def _resolve_files(src: Source, values: dict[str, dict[str, Any]], *, client: bo
         upstream["ca_file"] = src.relative(raw_ca)
         if not upstream["ca_file"].is_file():
             raise src.error(("upstream", "ca_file"), f"{upstream['ca_file']} is not a file")
+        try:
+            # The same check the upstream client makes, so check-config catches it first.
+            ssl.create_default_context(cafile=str(upstream["ca_file"]))
+        except (ssl.SSLError, OSError) as exc:
+            raise src.error(
+                ("upstream", "ca_file"), f"{upstream['ca_file']} is not a PEM CA bundle: {exc}"
+            ) from None
     for (section, file_key), secret_key in _SECRET_FILES.items():
         if raw := values[section].pop(file_key, ""):
             path = src.credential(raw)

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from kktd.api.server import ApiServer
-from kktd.components import Components
+from kktd.components import Components, StartupError
 from kktd.config import Config, ConfigError, load_config, merge_for_reload
 from kktd.fleet import Heartbeat
 from kktd.fn_health import FnHealthLog
@@ -35,6 +35,7 @@ STOP_POLLER_WITHIN = 10.0  # an FD read in progress is allowed to finish
 STOP_SYNC_WITHIN = 15.0  # in-flight deliveries are allowed to finish
 STATUS_EVERY = 1.0
 FORCED_EXIT = 1
+START_FAILED = 1
 
 
 @dataclass(slots=True)
@@ -75,7 +76,18 @@ class Daemon:
         self._last_status = ""
 
     async def run(self) -> int:
-        await self.startup()
+        try:
+            await self.startup()
+        except Exception as exc:
+            # Never hang half-started: say why, close what was opened, exit non-zero so
+            # systemd sees a failed start (and restarts it later, when the cause may be gone).
+            log.error(  # noqa: TRY400 - a traceback only for the unexpected, not for a busy port
+                "daemon.start_failed",
+                error=str(exc),
+                exc_info=not isinstance(exc, StartupError | OSError),
+            )
+            await self.shutdown()
+            return START_FAILED
         try:
             await self._stop.wait()
         finally:
@@ -141,21 +153,32 @@ class Daemon:
                 "config.reload_failed", error=str(err), action="the old config keeps running"
             )
         else:
-            merged, kept = merge_for_reload(self.config, new)
-            for key in kept:
-                log.warning("config.restart_required", key=key)
-            self.config = merged
-            configure_logging(merged.log.level, merged.log.format)
-            assert self.components is not None
-            self.components.reconfigure(merged)
-            result = ReloadResult(ok=True, at=time.time())
-            self.reloads["ok"] += 1
-            log.info("config.reloaded", file=str(self.config_path), restart_required=kept)
+            result = self._apply(new)
         self.last_reload = result
         line = await status_line(self)
         self._last_status = line
         self._notify(self.notifier.ready, line)
         return result
+
+    def _apply(self, new: Config) -> ReloadResult:
+        """Swap a loaded config in; if a component refuses it, put the old one back."""
+        old = self.config
+        merged, kept = merge_for_reload(old, new)
+        assert self.components is not None
+        try:
+            self.components.reconfigure(merged)
+        except Exception as exc:
+            self.components.reconfigure(old)
+            self.reloads["failed"] += 1
+            log.exception("config.reload_failed", error=str(exc), action="the old config runs")
+            return ReloadResult(ok=False, at=time.time(), error=f"{self.config_path}: {exc}")
+        for key in kept:
+            log.warning("config.restart_required", key=key)
+        self.config = merged
+        configure_logging(merged.log.level, merged.log.format)
+        self.reloads["ok"] += 1
+        log.info("config.reloaded", file=str(self.config_path), restart_required=kept)
+        return ReloadResult(ok=True, at=time.time())
 
     async def _status_updater(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from kktd.config import (
     parse_config,
     render_config,
 )
+from tests.support.upstream import self_signed_cert
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "etc" / "kktd" / "kktd.toml"
 SECRET = "s3cr3t-Token-42"
@@ -244,7 +245,8 @@ def test_a_file_that_is_not_utf8_is_an_error_on_its_line(tmp_path: Path) -> None
 def test_a_missing_ca_file_is_an_error(tmp_path: Path) -> None:
     err = _error('[upstream]\nca_file = "ca.pem"\n', tmp_path)
     assert (err.line, err.key) == (2, "upstream.ca_file")
-    (tmp_path / "ca.pem").write_text("PEM", encoding="utf-8")
+    cert, _ = self_signed_cert(tmp_path)
+    cert.rename(tmp_path / "ca.pem")
     assert _parse('[upstream]\nca_file = "ca.pem"\n', tmp_path).upstream.ca_file == (
         tmp_path / "ca.pem"
     )
@@ -314,6 +316,13 @@ def test_an_unusable_secret_file_is_an_error_on_its_key(
     assert re.fullmatch(reason, err.message)
 
 
+def test_a_ca_file_that_is_not_pem_is_an_error_on_its_key(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n", encoding="utf-8")
+    err = _error('[upstream]\nca_file = "ca.pem"\n', tmp_path)
+    assert (err.line, err.key) == (2, "upstream.ca_file")
+    assert "not a PEM CA bundle" in err.message
+
+
 def test_client_commands_load_a_config_whose_secrets_they_cannot_read(tmp_path: Path) -> None:
     """An operator's `kktd status` runs outside the unit, without its credentials."""
     config = tmp_path / "kktd.toml"
@@ -344,7 +353,7 @@ def test_secrets_never_appear_in_repr_str_or_render(tmp_path: Path) -> None:
 
 
 def test_rendered_config_parses_back_equal(tmp_path: Path) -> None:
-    _write(tmp_path / "ca.pem", "PEM")
+    self_signed_cert(tmp_path)[0].rename(tmp_path / "ca.pem")
     cfg = Config(
         kkt=KktConfig(
             port="/dev/ttyUSB0", baudrate=4800, password=0, poll_interval=0.05, start_fd=7

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from kktd.api.server import _remove_stale
+from kktd.config import UpstreamConfig, load_config
+from kktd.daemon import Daemon
+from kktd.systemd import Notifier
 from tests.support.daemon import DaemonProcess, write_config
 
 
@@ -143,3 +149,103 @@ def test_a_bad_config_at_start_exits_78_naming_file_line_and_key(
     assert daemon.wait_exit() == 78
     assert f"{config}:" in daemon.log()
     assert "upstream" in daemon.log()
+
+
+def test_a_start_that_cannot_listen_exits_1_instead_of_hanging(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path)
+        text = config.read_text()
+        config.write_text(
+            text.replace(f'listen = "unix:{tmp_path / "api.sock"}"', f'listen = "127.0.0.1:{port}"')
+        )
+        daemon = daemon_factory(config)
+        assert daemon.wait_exit(timeout=30) == 1
+    assert '"daemon.start_failed"' in daemon.log()
+    assert not any(m.startswith("READY=1") for _, m in daemon.messages)
+
+
+def test_a_second_kktd_on_the_same_journal_refuses_to_start(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    first = daemon_factory(write_config(tmp_path))
+    first.wait_ready()
+    other = tmp_path / "second"
+    other.mkdir()
+    config = write_config(other)
+    config.write_text(config.read_text().replace(str(other / "kktd.db"), str(tmp_path / "kktd.db")))
+    second = daemon_factory(config)
+    assert second.wait_exit(timeout=30) == 1
+    assert "another kktd" in second.log()
+    assert first.proc.poll() is None
+
+
+async def test_a_live_api_socket_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+        with pytest.raises(OSError, match="another process answers"):
+            _remove_stale(path)
+    _remove_stale(path)  # now a stale file of a dead process: removed
+    assert not path.exists()
+
+
+async def test_a_reload_a_component_refuses_keeps_the_old_config_and_says_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = write_config(tmp_path)
+    config = load_config(config_path)
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        daemon = Daemon(
+            config_path, config, instance="t", notifier=Notifier(str(notify)), environ={}
+        )
+        await daemon.startup()
+        try:
+            assert daemon.components is not None
+            calls = 0
+            original = daemon.components.client.reconfigure
+
+            def refuse_once(cfg: UpstreamConfig) -> None:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise ValueError("refused by the client")
+                original(cfg)
+
+            monkeypatch.setattr(daemon.components.client, "reconfigure", refuse_once)
+            config_path.write_text(config_path.read_text().replace('"1s"', '"3s"'))
+            result = await daemon.reload()
+            assert not result.ok
+            assert "refused by the client" in (result.error or "")
+            assert daemon.config.sync.interval == 1.0
+            assert calls == 2  # the old config was put back
+            assert daemon.reloads == {"ok": 0, "failed": 1}
+            sock.settimeout(5)
+            received = [sock.recv(4096).decode() for _ in range(3)]
+            # READY of the start, then RELOADING, then READY again whatever the outcome
+            assert [m.split("\n")[0] for m in received] == ["READY=1", "RELOADING=1", "READY=1"]
+            assert "config reload FAILED" in received[2]
+        finally:
+            await daemon.shutdown()
+
+
+async def test_a_second_stop_signal_forces_the_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = write_config(tmp_path)
+    daemon = Daemon(
+        config_path, load_config(config_path), instance="t", notifier=Notifier(None), environ={}
+    )
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    daemon._on_stop_signal(signal.SIGTERM)
+    assert exits == []
+    daemon._on_stop_signal(signal.SIGTERM)
+    assert exits == [1]

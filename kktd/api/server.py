@@ -7,6 +7,7 @@ Every error leaves as JSON ``{"error", "detail"}``; POST endpoints want the API 
 from __future__ import annotations
 
 import hmac
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,7 +82,16 @@ def create_app(daemon: Daemon) -> web.Application:
 
 
 def _remove_stale(path: Path) -> None:
-    """A socket file left by a killed daemon would make the bind fail."""
+    """A socket file left by a killed daemon would make the bind fail; a live one is another
+    process's API, which must not be taken over."""
+    if path.is_socket():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass
+            else:
+                raise OSError(f"another process answers on the API socket {path}")
     path.unlink(missing_ok=True)
 
 
