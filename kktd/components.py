@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,10 @@ import redis.asyncio as aioredis
 import structlog
 
 from kktd import __version__
-from kktd.config import Config, KktConfig
+from kktd.config import Config
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
-from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.relay import OfdRelay
 from kktd.supervisor import Beat, Runner, sliced_sleep
 from kktd.sync.backoff import Backoff
@@ -66,14 +65,6 @@ def hold_instance_lock(journal_path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _kkt_config(config: Config, journal: Journal) -> KktConfig:
-    """After a damaged journal was moved aside, the FN is the source of truth: read its whole
-    archive again (the upstream answers 409 to what it already has), whatever start_fd says."""
-    if journal.recovered_from is not None:
-        return replace(config.kkt, start_fd="first")
-    return config.kkt
 
 
 @dataclass
@@ -136,13 +127,13 @@ class Components:
             lock = LocalSyncLock(instance)
         engine = SyncEngine(journal, client, breaker, backoff, lock, config.sync)
         link = KktLink(config.kkt.port, config.kkt.baudrate, password=config.kkt.password)
-        relay = _ofd_relay(config, link)
+        relay = _ofd_relay(config, link, journal)
 
         def journaled() -> None:
             engine.wake()
             relay.wake()  # a new FD means a new message for the OFD
 
-        poller = Poller(link, journal, _kkt_config(config, journal), on_journaled=journaled)
+        poller = Poller(link, journal, config.kkt, on_journaled=journaled)
         return cls(
             config=config,
             instance=instance,
@@ -183,7 +174,7 @@ class Components:
     def reconfigure(self, config: Config) -> None:
         """Apply a validated config; restart-only keys were already kept by the loader."""
         self.config = config
-        self.poller.reconfigure(_kkt_config(config, self.journal))
+        self.poller.reconfigure(config.kkt)
         self.client.reconfigure(config.upstream)
         self.breaker.reconfigure(config.breaker.failure_threshold, config.breaker.reset_timeout)
         self.backoff.reconfigure(config.backoff.base, config.backoff.max, config.backoff.jitter)
@@ -211,12 +202,12 @@ class Components:
             self.instance_lock = None
 
 
-def _ofd_relay(config: Config, link: KktLink) -> OfdRelay:
+def _ofd_relay(config: Config, link: KktLink, journal: Journal) -> OfdRelay:
     """The OFD relay (SPEC section 9), with a breaker and backoff of its own for the OFD leg.
 
     Built and run whatever ofd.mode says: it stays idle (no serial traffic) while "off", so a
-    reload can switch it on. Its audit records stay in memory until the journal keeps them.
+    reload can switch it on. Its audit records go to the journal's ofd_exchanges table.
     """
     breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
     backoff = Backoff(config.backoff.base, config.backoff.max, config.backoff.jitter)
-    return OfdRelay(link, config.ofd, MemoryAudit(), breaker=breaker, backoff=backoff)
+    return OfdRelay(link, config.ofd, journal, breaker=breaker, backoff=backoff)

@@ -47,7 +47,26 @@ _V1: Migration = (
     )""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+_V2: Migration = (
+    # small facts about the journal itself, e.g. that it replaced a damaged one
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # the OFD relay's audit trail (SPEC section 9): every exchange, whatever its outcome
+    """CREATE TABLE ofd_exchanges (
+        id INTEGER PRIMARY KEY,
+        started_at REAL NOT NULL,
+        fn TEXT,
+        message BLOB NOT NULL,
+        answer BLOB,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        read_seconds REAL NOT NULL,
+        ofd_seconds REAL NOT NULL,
+        write_seconds REAL NOT NULL
+    )""",
+    "CREATE INDEX ofd_exchanges_by_time ON ofd_exchanges (started_at)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import aiosqlite
 import structlog
@@ -28,6 +28,33 @@ log = structlog.get_logger(__name__)
 
 DocState = Literal["pending", "synced", "dead"]
 ERROR_LIMIT = 500  # characters of an upstream error kept (SPEC section 4)
+# next_attempt_at of an FD due at once: 0, not "now", so a wall clock stepped back does not
+# hold back FDs journaled before the step
+DUE_NOW = 0.0
+
+
+class OfdExchange(Protocol):
+    """What the journal keeps of an OFD relay exchange (kktd.ofd.audit.ExchangeRecord)."""
+
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def fn(self) -> str | None: ...
+    @property
+    def message(self) -> bytes: ...
+    @property
+    def answer(self) -> bytes | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def read_seconds(self) -> float: ...
+    @property
+    def ofd_seconds(self) -> float: ...
+    @property
+    def write_seconds(self) -> float: ...
+
 
 _T = TypeVar("_T")
 _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
@@ -134,7 +161,19 @@ class Journal:
             "journal.corrupt_moved_aside", path=str(path), moved_to=str(recovered), error=damage
         )
         # a fresh file; should even that fail, the error propagates: never a loop
-        return cls(await connect(path), clock, recovered)
+        journal = cls(await connect(path), clock, recovered)
+        # Kept in the file, not in memory: a restart before the first FD is read again must
+        # still re-read the FN's whole archive rather than start at its newest FD.
+        await journal._execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('reread_fn_archive', ?)",
+            (str(recovered),),
+        )
+        return journal
+
+    async def reread_pending(self) -> bool:
+        """True when this journal replaced a damaged one: the FN archive is read from FD 1."""
+        rows = await self._rows("SELECT 1 FROM meta WHERE key = 'reread_fn_archive'")
+        return bool(rows)
 
     async def close(self) -> None:
         async with self._lock:
@@ -169,7 +208,7 @@ class Journal:
 
         async def body(conn: aiosqlite.Connection) -> bool:
             async with conn.execute(
-                _INSERT, (fn, fd, doc_type, bytes(raw), fields_json, now, now)
+                _INSERT, (fn, fd, doc_type, bytes(raw), fields_json, now, DUE_NOW)
             ) as cur:
                 inserted = cur.rowcount == 1
             await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
@@ -294,15 +333,43 @@ class Journal:
 
         Returns False when the FD is not dead (or not there).
         """
-        return await self._execute(_RETRY + " AND fn = ? AND fd = ?", (self._clock(), fn, fd)) == 1
+        return await self._execute(_RETRY + " AND fn = ? AND fd = ?", (DUE_NOW, fn, fd)) == 1
 
     async def retry_all_dead(self) -> int:
-        return await self._execute(_RETRY, (self._clock(),))
+        return await self._execute(_RETRY, (DUE_NOW,))
 
     async def prune(self, before: float) -> int:
-        """Delete synced FDs synced before `before`. Pending, dead and cursors are never touched."""
+        """Delete synced FDs synced before `before` (and OFD audit records started before it).
+        Pending, dead and cursors are never touched."""
+        await self._execute("DELETE FROM ofd_exchanges WHERE started_at < ?", (before,))
         return await self._execute(
             "DELETE FROM documents WHERE state = 'synced' AND synced_at < ?", (before,)
+        )
+
+    async def record_ofd_exchange(self, record: OfdExchange) -> None:
+        """Keep one OFD relay exchange for audit (SPEC section 9): bytes, timings, outcome."""
+        await self._execute(
+            "INSERT INTO ofd_exchanges (started_at, fn, message, answer, outcome, error,"
+            " read_seconds, ofd_seconds, write_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.started_at,
+                record.fn,
+                record.message,
+                record.answer,
+                record.outcome,
+                record.error,
+                record.read_seconds,
+                record.ofd_seconds,
+                record.write_seconds,
+            ),
+        )
+
+    async def ofd_exchanges(self, limit: int = 100) -> list[tuple[Any, ...]]:
+        """The newest OFD exchanges, newest first, as stored rows."""
+        return await self._rows(
+            "SELECT started_at, fn, message, answer, outcome, error, read_seconds, ofd_seconds,"
+            " write_seconds FROM ofd_exchanges ORDER BY id DESC LIMIT ?",
+            (limit,),
         )
 
     async def iter_since(self, since: float, batch: int = 500) -> AsyncIterator[JournalEntry]:

@@ -241,6 +241,11 @@ class Poller:
             # stored at once, so an FN still empty is not "replaced" again at every poll.
             await self._journal.set_cursor(fn, 0)
             return 0
+        if await self._journal.reread_pending():
+            # SPEC section 2: a damaged journal was replaced; the FN is the source of truth
+            log.warning("kkt.archive_reread", fn=fn, from_fd=1, reason="journal recovered")
+            await self._journal.set_cursor(fn, 0)
+            return 0
         start = self._config.start_fd
         if start == "next":
             await self._journal.set_cursor(fn, last_fd)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
+from kktd.ofd.audit import ExchangeRecord
 from tests.journal.conftest import T0, Clock
 
 FN = "9999078900005488"
@@ -31,7 +32,8 @@ async def test_store_journals_a_pending_fd_and_advances_the_cursor(journal: Jour
         None,
         None,
     )
-    assert entry.journaled_at == entry.next_attempt_at == T0
+    assert entry.journaled_at == T0
+    assert entry.next_attempt_at == 0.0  # due at once, whatever the wall clock does later
     assert await journal.cursor(FN) == 163
     assert await journal.cursor(FN2) is None
 
@@ -205,7 +207,7 @@ async def test_retry_dead_returns_an_fd_to_pending_with_attempts_reset(
     assert (entry.state, entry.attempts, entry.next_attempt_at, entry.last_error) == (
         "pending",
         0,
-        T0 + 50,
+        0.0,  # due at once
         "HTTP 500",
     )
     assert await journal.retry_dead(FN, 1) is False  # no longer dead
@@ -368,3 +370,50 @@ async def test_data_survives_reopening(db_path: Path) -> None:
         assert entry is not None
         assert entry.fields == FIELDS
         assert await journal.cursor(FN) == 1
+
+
+async def test_an_fd_journaled_before_the_wall_clock_steps_back_is_still_due(
+    journal: Journal, clock: Clock
+) -> None:
+    await journal.store(FN, 1, 3, b"raw", FIELDS)
+    clock.now = T0 - 3600  # NTP corrects a clock that ran an hour ahead
+    assert [e.fd for e in await journal.claim_due(10, clock.now)] == [1]
+
+
+async def test_a_journal_that_replaced_a_damaged_one_asks_for_the_archive_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kktd.db"
+    path.write_bytes(b"this is not a database" * 100)
+    first = await Journal.open(path)
+    assert first.recovered_from is not None
+    assert await first.reread_pending()
+    await first.close()
+    again = await Journal.open(path)  # a restart before anything was read
+    assert again.recovered_from is None
+    assert await again.reread_pending()
+    await again.close()
+    healthy = await Journal.open(tmp_path / "other.db")
+    assert not await healthy.reread_pending()
+    await healthy.close()
+
+
+async def test_ofd_exchanges_are_kept_for_audit_and_pruned_with_retention(
+    journal: Journal,
+) -> None:
+    record = ExchangeRecord(
+        started_at=T0,
+        fn=FN,
+        message=b"\x2a\x08\x41\x0a",
+        answer=b"ok",
+        outcome="relayed",
+        error=None,
+        read_seconds=0.1,
+        ofd_seconds=0.2,
+        write_seconds=0.3,
+    )
+    await journal.record_ofd_exchange(record)
+    rows = await journal.ofd_exchanges()
+    assert rows == [(T0, FN, b"\x2a\x08\x41\x0a", b"ok", "relayed", None, 0.1, 0.2, 0.3)]
+    await journal.prune(T0 + 1)
+    assert await journal.ofd_exchanges() == []

@@ -122,6 +122,22 @@ async def test_an_existing_cursor_wins_over_start_fd(h: Harness) -> None:
     assert await h.journaled() == list(range(5, 11))
 
 
+async def test_after_a_damaged_journal_the_whole_archive_is_read_whatever_start_fd_says(
+    h: Harness, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not sqlite" * 1000)
+    fresh = await Journal.open(damaged)
+    original, h.journal = h.journal, fresh  # journaled() reads from it
+    try:
+        assert fresh.recovered_from is not None
+        assert await h.poller("next", journal=fresh).poll() == 10
+        assert await h.journaled() == list(range(1, 11))
+    finally:
+        h.journal = original
+        await fresh.close()
+
+
 async def test_a_new_fn_is_read_from_its_first_fd(h: Harness) -> None:
     poller = h.poller("next")
     await poller.poll()
@@ -231,6 +247,9 @@ class FullJournal:
 
     async def known_fns(self) -> list[str]:
         return await self.journal.known_fns()
+
+    async def reread_pending(self) -> bool:
+        return await self.journal.reread_pending()
 
     async def store(
         self, fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any]
