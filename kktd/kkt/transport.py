@@ -1,16 +1,20 @@
 """The serial port on the event loop, driving the pure handshake of `protocol.py`.
 
-pyserial opens and configures the port (8N1, exclusive lock, raw mode); after that the port is
-just a non-blocking file descriptor: reads come through `loop.add_reader`, writes go straight to
-the fd (frames are at most 258 bytes; EAGAIN waits on `loop.add_writer`). No thread per byte,
-and no pyserial-asyncio, which is unmaintained. Everything the protocol decides (what to send,
-how long to wait) comes from `protocol.Exchange`; this module only moves bytes and keeps time.
+pyserial opens and configures the port (8N1, raw mode) and we claim it exclusively (flock and
+TIOCEXCL, see `_claim`); after that the port is just a non-blocking file descriptor: reads come
+through `loop.add_reader`, writes go straight to the fd (frames are at most 258 bytes; EAGAIN
+waits on `loop.add_writer`). No thread per byte, and no pyserial-asyncio, which is unmaintained.
+Everything the protocol decides (what to send, how long to wait) comes from `protocol.Exchange`;
+this module only moves bytes and keeps time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import termios
 from collections.abc import Callable
 
 import serial
@@ -90,6 +94,11 @@ class SerialTransport:
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkDown(f"cannot open {path}: {exc}") from exc
+        try:
+            _claim(port.fileno())
+        except OSError as exc:
+            port.close()
+            raise LinkDown(f"cannot open {path} exclusively: {exc}") from exc
         return cls(
             port, byte_timeout=byte_timeout, control_timeout=control_timeout, on_discard=on_discard
         )
@@ -102,6 +111,11 @@ class SerialTransport:
         if self._port.is_open:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
+            # The last close of a real port drops TIOCEXCL, but a pty whose other side keeps
+            # its slave open (the emulator) would stay exclusive, and our own reconnect would
+            # then fail with EBUSY. A port already gone has nothing left to release.
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._fd, termios.TIOCNXCL)
             self._port.close()
 
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response:
@@ -218,6 +232,18 @@ class SerialTransport:
             raise LinkDown(f"the port took no output for {WRITE_STALL} s") from None
         finally:
             self._loop.remove_writer(self._fd)
+
+
+def _claim(fd: int) -> None:
+    """Make the tty refuse every further open(2) while we hold it (EBUSY).
+
+    pyserial's `exclusive=True` is only flock(2), which binds nobody who does not flock too:
+    ModemManager probing the port, or another POS driver doing a plain open(), would still get
+    in and interleave bytes with ours. TIOCEXCL is enforced by the kernel on every open. Both
+    stay: flock also covers the instant between open and this ioctl. Root (CAP_SYS_ADMIN)
+    bypasses TIOCEXCL, so a second kktd running as root is stopped by the flock alone.
+    """
+    fcntl.ioctl(fd, termios.TIOCEXCL)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import os
+import shutil
+import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +21,18 @@ from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
 from tests.kkt import Peer, answer_with
 
 FN_STATUS = encode_request(0xFF01, 30)
+# Linux's _IOR('T', 0x40, int): reads a tty's TIOCEXCL flag; Python's termios does not export it
+TIOCGEXCL = 0x80045440
+CAP_SYS_ADMIN = 21  # the capability that bypasses TIOCEXCL (bit number in CapEff)
+PLAIN_OPEN = """\
+import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY))
+except OSError as exc:
+    print(exc.errno)
+else:
+    print(0)
+"""
 
 
 @pytest.fixture
@@ -45,6 +64,57 @@ async def test_a_second_opener_of_the_port_fails(peer: Peer, transport: SerialTr
     with pytest.raises(LinkDown, match="cannot open"):
         await SerialTransport.open(str(peer.path), 115200)
     assert (await transport.exchange(FN_STATUS, answer_timeout=3.0)).error == 0
+
+
+async def test_the_port_is_marked_exclusive_for_the_kernel_while_open(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    assert _exclusive(transport._fd) == 1
+    transport.close()
+    # the emulator keeps the pty open, so only our release lets kktd (or anyone) open it again
+    fd = os.open(peer.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        assert _exclusive(fd) == 0
+    finally:
+        os.close(fd)
+
+
+async def test_a_plain_open_that_does_not_flock_is_refused_with_ebusy(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    """What ModemManager or another POS driver does: open(2) without flock(2)."""
+    tty = os.path.realpath(peer.path)
+    if not _can_bypass_tiocexcl():
+        assert _plain_open_errno([], tty) == errno.EBUSY
+        return
+    # root with CAP_SYS_ADMIN (as in CI) bypasses TIOCEXCL: try from a child that lacks it
+    if shutil.which("setpriv") is None:
+        pytest.skip("CAP_SYS_ADMIN bypasses TIOCEXCL and setpriv is not here to drop it")
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    assert _plain_open_errno(drop, tty) == errno.EBUSY
+
+
+def _exclusive(fd: int) -> int:
+    flag: int = struct.unpack("i", fcntl.ioctl(fd, TIOCGEXCL, bytes(4)))[0]
+    return flag
+
+
+def _can_bypass_tiocexcl() -> bool:
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    caps = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps, 16) >> CAP_SYS_ADMIN & 1)
+
+
+def _plain_open_errno(prefix: list[str], path: str) -> int:
+    """errno of a plain open of `path` by another process (0 if it got in)."""
+    child = subprocess.run(
+        [*prefix, sys.executable, "-c", PLAIN_OPEN, path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return int(child.stdout)
 
 
 async def test_a_missing_port_is_link_down(tmp_path: Path) -> None:
