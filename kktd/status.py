@@ -75,12 +75,22 @@ def _kkt(components: Components, r: Readings) -> dict[str, Any]:
         "since": r.link.since,
         "model": None if device is None else device.name,
         "last_error": r.link.last_error,
+        "read_error": r.kkt.last_error if r.link.connected else None,
+        "stuck_at_fd": stuck_fd(r),
         "reconnect_in_seconds": _round(r.link.reconnect_in),
         "fn": r.kkt.fn,
         "last_fd": r.kkt.last_fd,
         "cursor": r.kkt.cursor,
         "journal_blocked": r.kkt.journal_blocked,
     }
+
+
+def stuck_fd(r: Readings) -> int | None:
+    """The FD the poller cannot get past, when the KKT answers but reading it keeps failing."""
+    kkt = r.kkt
+    if not r.link.connected or not kkt.last_error or kkt.cursor is None or kkt.last_fd is None:
+        return None
+    return kkt.cursor + 1 if kkt.cursor < kkt.last_fd else None
 
 
 def _fn(r: Readings) -> dict[str, Any]:
@@ -162,6 +172,7 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
             "recovered_from": None if recovered is None else str(recovered),
         },
         "sync": _sync(components, r),
+        "ofd_relay": None if components.relay is None else components.relay.status().to_dict(),
         "config": {
             "file": str(daemon.config_path),
             "reload": None
@@ -219,6 +230,8 @@ def render_line(r: Readings, *, instance: str, reload_failed: bool, recovered: b
         parts.append(f"FN backlog {r.fn.level}: {r.fn.days_left:.0f} days left")
     elif r.fn.level != "ok":
         parts.append(f"FN {r.fn.level}: {', '.join(r.fn.warnings)}")
+    if (stuck := stuck_fd(r)) is not None:
+        parts.append(f"KKT reads failing at FD {stuck}")
     if r.kkt.journal_blocked:
         parts.append("journal writes failing, KKT reads paused")
     if reload_failed:

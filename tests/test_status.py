@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from kktd.api.render import advice
 from kktd.daemon import Daemon, ReloadResult
 from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
+from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
 from kktd.status import heartbeat, snapshot, status_line
 from tests.api.helpers import (
@@ -87,6 +89,27 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
         line = await status_line(daemon)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
+
+
+class FailingFd(KktDevice):
+    """A KKT whose FD 2 can never be opened as TLV: the poller is stuck behind it."""
+
+    def _execute(self, request: Request) -> tuple[int, bytes]:
+        if request.cmd == Command.OPEN_FD_TLV and request.data == fd_request(2):
+            return ErrorCode.NO_TRANSPORT, b""
+        return super()._execute(request)
+
+
+async def test_the_line_and_the_advice_say_when_an_fd_cannot_be_read(daemon: Daemon) -> None:
+    assert daemon.components is not None
+    poller = daemon.components.poller
+    async with polled_kkt(daemon, FailingFd(archive=3)):
+        await wait_until(lambda: _is(poller.status().last_error is not None))
+        line = await status_line(daemon)
+        status = await snapshot(daemon)
+    assert "KKT reads failing at FD 2" in line
+    assert status["kkt"]["stuck_at_fd"] == 2
+    assert any("FD 2 cannot be read" in todo for todo in advice(status))
 
 
 async def _is(value: bool) -> bool:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kktd import __version__
+from kktd.ofd.metrics import relay_metrics
 from kktd.status import Readings, read
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
@@ -88,6 +89,8 @@ class _LiveCollector(Collector):
         )
         yield from self._sync(r)
         yield from self._kkt(r)
+        if components.relay is not None:
+            yield from relay_metrics(components.relay.status())
         reloads = CounterMetricFamily(
             "kktd_config_reloads", "Config reloads (SIGHUP) by result.", labels=["result"]
         )
@@ -118,6 +121,11 @@ class _LiveCollector(Collector):
         )
         yield GaugeMetricFamily(
             "kktd_lock_fence", "The last fence granted with the lock.", value=r.sync.lock_fence or 0
+        )
+        yield CounterMetricFamily(
+            "kktd_lock_unavailable",
+            "Rounds that found Redis unreachable (lock.on_unavailable decided what followed).",
+            value=getattr(components.lock, "unavailable_total", 0),
         )
 
     def _kkt(self, r: Readings) -> Iterator[Metric]:

@@ -199,6 +199,12 @@ def advice(status: dict[str, Any]) -> list[str]:
             f"the KKT does not answer on {kkt['port']}: check that it is on and its cable is in;"
             " kktd reconnects by itself (the FN keeps every document meanwhile)"
         )
+    if kkt.get("stuck_at_fd") is not None:
+        todo.append(
+            f"FD {kkt['stuck_at_fd']} cannot be read from the KKT ({kkt['read_error']}); later FDs"
+            " wait behind it in the FN, which keeps them all: power-cycle the KKT, and if the same"
+            " FD still fails, call the KKT's service centre"
+        )
     if kkt["journal_blocked"]:
         todo.append(
             f"the journal cannot be written ({kkt['journal_blocked']}): free disk space for"

@@ -160,12 +160,15 @@ class Poller:
         except JournalFullError as exc:
             self._block(str(exc))
         except (LinkError, DocumentReadError, ProtocolError) as exc:
+            if str(exc) != self._last_error:  # once per distinct failure, not once a second
+                log.warning("kkt.poll_failed", error=str(exc))
             self._last_error = str(exc)
-            log.warning("kkt.poll_failed", error=str(exc))
         except KktError as exc:
             self._last_error = str(exc)
             log.warning("kkt.error", cmd=f"{exc.cmd:#x}", code=f"{exc.code:#04x}", name=exc.name)
         else:
+            if self._last_error is not None and self._link.connected:
+                log.info("kkt.poll_recovered", after=self._last_error)
             self._last_error = None
             return stored
         return 0

@@ -72,6 +72,9 @@ async def test_every_spec_name_is_exposed(harness: Harness) -> None:
     assert value(samples, "kktd_build_info", version="0.1.0") == 1
     # the FN has not been read: no made-up backlog
     assert not names & FN_NAMES
+    # beyond SPEC: the OFD relay (off here) and Redis outages the lock met
+    assert value(samples, "kktd_ofd_relay_enabled") == 0
+    assert value(samples, "kktd_lock_unavailable_total") == 0
 
 
 async def test_journaled_fds_are_pending_until_delivered_then_counted_accepted(

@@ -216,6 +216,36 @@ async def test_an_error_mid_document_restarts_that_document_from_ff3a(tmp_path: 
     assert device.executed[Command.OPEN_FD_TLV] == 7
 
 
+class NeverOpens(KktDevice):
+    """FD 5 can never be opened as TLV."""
+
+    def _execute(self, request: Request) -> tuple[int, bytes]:
+        if request.cmd == Command.OPEN_FD_TLV and request.data == fd_request(5):
+            return ErrorCode.NO_TRANSPORT, b""
+        return super()._execute(request)
+
+
+async def test_a_stuck_fd_is_logged_once_not_at_every_poll(
+    tmp_path: Path,
+) -> None:
+    device = NeverOpens(archive=8)
+    async with PtyEmulator(device, link=tmp_path / "kkt1") as emulator:
+        journal = await Journal.open(tmp_path / "stuck.db")
+        harness = Harness(emulator, journal, Clock())
+        try:
+            poller = harness.poller("first")
+            with capture_logs() as logs:
+                for _ in range(3):
+                    assert await poller.poll() in (0, 4)
+                events = [entry["event"] for entry in logs]
+                assert events.count("kkt.poll_failed") == 1
+                assert poller.status().last_error is not None
+                assert await harness.journaled() == [1, 2, 3, 4]
+        finally:
+            await harness.link.close()
+            await journal.close()
+
+
 async def test_an_fd_that_does_not_decode_is_journaled_raw_with_the_error(h: Harness) -> None:
     poller = h.poller("next")
     await poller.poll()
