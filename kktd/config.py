@@ -6,6 +6,7 @@ TOML key takes which check; the generic reading machinery lives in `kktd.config_
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
@@ -254,6 +255,21 @@ def _listen(value: str) -> None:
         raise InvalidValueError(
             f'expected "host:port" ("[::1]:port" for IPv6) or "unix:/path", got {show(value)}'
         )
+    if not _loopback(host.strip("[]")):
+        # SPEC section 6: the API holds receipts and can retry dead FDs; it is for this till only
+        raise InvalidValueError(
+            f"the API listens on loopback only (127.0.0.1, [::1], localhost) or a unix socket,"
+            f" got {show(value)}"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _BAUDRATES = (2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -313,7 +329,19 @@ _SECRET_FILES = {
     ("lock", "password_file"): "password",
 }
 
-RESTART_KEYS = ("kkt.port", "kkt.baudrate", "journal.path", "api.listen")
+# Keys a reload cannot apply to a running daemon: the serial port and its login, the journal
+# file, the API socket, and the Redis connection (with its password) are opened once at start.
+RESTART_KEYS = (
+    "kkt.port",
+    "kkt.baudrate",
+    "kkt.password",
+    "journal.path",
+    "api.listen",
+    "lock.redis_url",
+    "lock.password_file",
+)
+# a secret file's path and what was read from it change together
+_READ_FROM = {"lock.password_file": "password"}
 
 
 def _check_together(src: Source, values: dict[str, dict[str, Any]]) -> None:
@@ -408,10 +436,11 @@ def merge_for_reload(old: Config, new: Config) -> tuple[Config, list[str]]:
     held: list[str] = []
     for dotted in RESTART_KEYS:
         name, key = dotted.split(".")
-        running = getattr(getattr(old, name), key)
-        if getattr(getattr(new, name), key) != running:
+        keys = [key] + ([_READ_FROM[dotted]] if dotted in _READ_FROM else [])
+        running = {k: getattr(getattr(old, name), k) for k in keys}
+        if any(getattr(getattr(new, name), k) != v for k, v in running.items()):
             held.append(dotted)
-            merged = replace(merged, **{name: replace(getattr(merged, name), **{key: running})})
+            merged = replace(merged, **{name: replace(getattr(merged, name), **running)})
     return merged, held
 
 

@@ -168,6 +168,8 @@ def test_a_wrong_type_is_an_error(text: str, key: str, expected: str, tmp_path: 
         ("api", 'listen = "127.0.0.1:99999"', '"host:port"'),
         ("api", 'listen = "::1:8765"', "[::1]:port"),
         ("api", 'listen = "unix:run/kktd.sock"', "absolute socket path"),
+        ("api", 'listen = "0.0.0.0:8765"', "loopback only"),
+        ("api", 'listen = "192.168.1.10:8765"', "loopback only"),
         ("log", 'level = "trace"', '"debug", "info", "warning", "error"'),
         ("log", 'format = "text"', '"auto", "journal", "json", "console"'),
         ("ofd", 'mode = "on"', 'one of "off", "relay"'),
@@ -380,11 +382,18 @@ def test_rendered_config_with_secrets_reads_the_same_files_back(tmp_path: Path) 
 
 
 def test_reload_keeps_restart_keys_and_applies_the_rest(tmp_path: Path) -> None:
-    old = _parse("", tmp_path, STATE_DIRECTORY="/var/lib/kktd")
+    (tmp_path / "redis-a").write_text("a\n", encoding="utf-8")
+    (tmp_path / "redis-b").write_text("b\n", encoding="utf-8")
+    old = _parse(
+        '[lock]\nredis_url = "redis://127.0.0.1:6380/0"\npassword_file = "redis-a"\n',
+        tmp_path,
+        STATE_DIRECTORY="/var/lib/kktd",
+    )
     new = _parse(
-        '[kkt]\nport = "/dev/ttyS1"\nbaudrate = 9600\npoll_interval = "2s"\n'
+        '[kkt]\nport = "/dev/ttyS1"\nbaudrate = 9600\npassword = 29\npoll_interval = "2s"\n'
         '[journal]\npath = "/tmp/other.db"\n[api]\nlisten = "127.0.0.1:9999"\n'
-        "[sync]\nbatch_size = 10\n",
+        '[lock]\nredis_url = "redis://127.0.0.1:6381/0"\npassword_file = "redis-b"\n'
+        'ttl = "20s"\n[sync]\nbatch_size = 10\n',
         tmp_path,
     )
     applied, held = merge_for_reload(old, new)
@@ -392,7 +401,20 @@ def test_reload_keeps_restart_keys_and_applies_the_rest(tmp_path: Path) -> None:
     assert applied.kkt == replace(old.kkt, poll_interval=2.0)
     assert applied.journal == old.journal
     assert applied.api == old.api
+    assert applied.lock == replace(old.lock, ttl=20.0)
+    assert applied.lock.password == Secret("a")
     assert applied.sync == SyncConfig(batch_size=10)
+
+
+def test_a_changed_redis_password_in_the_same_file_is_held_for_a_restart(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-pw"
+    secret.write_text("old\n", encoding="utf-8")
+    text = '[lock]\nredis_url = "redis://127.0.0.1:6380/0"\npassword_file = "redis-pw"\n'
+    old = _parse(text, tmp_path)
+    secret.write_text("new\n", encoding="utf-8")
+    applied, held = merge_for_reload(old, _parse(text, tmp_path))
+    assert held == ["lock.password_file"]
+    assert applied.lock.password == Secret("old")
 
 
 def test_reload_without_restart_changes_applies_the_new_config(tmp_path: Path) -> None:
