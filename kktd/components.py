@@ -34,6 +34,12 @@ from kktd.sync.lock import LocalSyncLock, RedisSyncLock, SyncLock, redis_from_ur
 log = structlog.get_logger(__name__)
 
 RETENTION_EVERY = 3600.0
+# How long a component may go without beating before the watchdog stops pinging systemd. The
+# poller and the relay wait inside one serial exchange without beating: a KKT that takes an
+# ENQ but never answers holds one command for up to 11 answer timeouts of 30 s. That is a dead
+# KKT, which a restart would not cure (SPEC section 7), so their allowance covers it.
+DEADLINES = {"poller": 420.0, "ofd_relay": 420.0}
+DEFAULT_DEADLINE = 120.0
 
 
 def instance_id(environ: dict[str, str] | None = None) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from kktd.api.server import ApiServer
-from kktd.components import Components, StartupError
+from kktd.components import DEADLINES, DEFAULT_DEADLINE, Components, StartupError
 from kktd.config import Config, ConfigError, load_config, merge_for_reload
 from kktd.fleet import Heartbeat
 from kktd.fn_health import FnHealthLog
@@ -45,6 +45,7 @@ class ReloadResult:
     ok: bool
     at: float
     error: str | None = None
+    key: str | None = None  # the key (or file:line) at fault, for the short STATUS= line
 
 
 class Daemon:
@@ -104,7 +105,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         for name, runner in components.runners().items():
-            self._spawn(name, self.supervisor.supervise(name, runner))
+            deadline = DEADLINES.get(name, DEFAULT_DEADLINE)
+            self._spawn(name, self.supervisor.supervise(name, runner, deadline=deadline))
         if components.redis is not None:
             fleet = Heartbeat(components.redis, self.instance, lambda: heartbeat(components))
             self._spawn("fleet", self.supervisor.supervise("fleet", fleet.run))
@@ -147,7 +149,8 @@ class Daemon:
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as err:
-            result = ReloadResult(ok=False, at=time.time(), error=str(err))
+            where = err.key if err.key != "-" else f"{err.file.name}:{err.line or '?'}"
+            result = ReloadResult(ok=False, at=time.time(), error=str(err), key=where)
             self.reloads["failed"] += 1
             log.exception(
                 "config.reload_failed", error=str(err), action="the old config keeps running"

@@ -214,12 +214,20 @@ async def status_line(daemon: Daemon) -> str:
     return render_line(
         r,
         instance=daemon.instance,
-        reload_failed=daemon.last_reload is not None and not daemon.last_reload.ok,
+        reload_failed=_failed_reload(daemon),
         recovered=components.journal.recovered_from is not None,
     )
 
 
-def render_line(r: Readings, *, instance: str, reload_failed: bool, recovered: bool) -> str:
+def _failed_reload(daemon: Daemon) -> str | None:
+    """None when the last reload (if any) worked; else what to show: the key at fault."""
+    result = daemon.last_reload
+    if result is None or result.ok:
+        return None
+    return result.key or "see log"
+
+
+def render_line(r: Readings, *, instance: str, reload_failed: str | None, recovered: bool) -> str:
     model = r.link.device.name if r.link.connected and r.link.device is not None else None
     parts = [f"KKT online ({model})" if model else "KKT offline"]
     parts += [f"pending {r.counts.pending}", f"dead {r.counts.dead}"]
@@ -234,8 +242,8 @@ def render_line(r: Readings, *, instance: str, reload_failed: bool, recovered: b
         parts.append(f"KKT reads failing at FD {stuck}")
     if r.kkt.journal_blocked:
         parts.append("journal writes failing, KKT reads paused")
-    if reload_failed:
-        parts.append("config reload FAILED, old config running")
+    if reload_failed is not None:
+        parts.append(f"config reload FAILED ({reload_failed}), old config running")
     if recovered:
         parts.append("journal was damaged: re-reading from FN")
     return ", ".join(parts)

@@ -67,9 +67,12 @@ async def test_the_line_says_the_upstream_circuit_is_open(
 
 
 async def test_the_line_says_a_failed_reload_and_a_recovered_journal(daemon: Daemon) -> None:
-    daemon.last_reload = ReloadResult(ok=False, at=0.0, error="bad key")
+    daemon.last_reload = ReloadResult(
+        ok=False, at=0.0, error="kktd.toml:5: sync.batch_sise: unknown key", key="sync.batch_sise"
+    )
     assert await status_line(daemon) == (
-        "KKT offline, pending 0, dead 0, upstream ok, config reload FAILED, old config running"
+        "KKT offline, pending 0, dead 0, upstream ok,"
+        " config reload FAILED (sync.batch_sise), old config running"
     )
     assert daemon.components is not None
     daemon.components.journal.recovered_from = Path("kktd.db.corrupt-1")
