@@ -2,7 +2,8 @@
 `fleet`. They find the daemon through the same `--config` as `kktd run` (api.listen, the API
 token, lock.redis_url), print tables for people and JSON with `--json` for scripts.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error.
+Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error. An answer that is
+not kktd's (see `client.BadAnswer`) is a failure: one line on stderr, nothing on stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
 from kktd.api import render
-from kktd.api.client import ApiClient, ApiError, DaemonUnreachable
+from kktd.api.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable, Shape
 from kktd.api.export import csv_header, csv_line, iso, parse_since
 from kktd.config import Config, ConfigError, load_config
 
@@ -30,6 +31,39 @@ PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
 DLQ_PAGE = 200
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
+
+# What each command reads of a successful answer (kktd/api/routes.py, kktd/status.py): an answer
+# without it is not kktd's, and must not pass for a success.
+NUMBER = (int, float)
+STATUS_SHAPE: Shape = {
+    "version": str,
+    "instance": str,
+    "now": NUMBER,
+    "uptime_seconds": NUMBER,
+    "kkt": dict,
+    "fn": dict,
+    "journal": dict,
+    "sync": dict,
+    "config": dict,
+}
+SYNC_SHAPE: Shape = {
+    "status": str,
+    "synced": int,
+    "failed": int,
+    "dead": int,
+    "duration_seconds": NUMBER,
+}
+DLQ_SHAPE: Shape = {"items": list, "next": (str, type(None))}
+RETRY_SHAPE: Shape = {"status": str, "retried": int}
+DOC_SHAPE: Shape = {
+    "fn": str,
+    "fd": int,
+    "state": str,
+    "attempts": int,
+    "journaled_at": NUMBER,
+    "fields": dict,
+}
+RECORD_SHAPE: Shape = {"fn": str, "fd": int, "fields": dict}
 
 
 def _out(text: str) -> None:
@@ -49,6 +83,17 @@ def _explain(exc: ApiError) -> str:
         return "the daemon wants the API token: run as a user who can read api.token_file"
     detail = exc.body.get("detail") or exc.body.get("error") or ""
     return f"the daemon answered {exc.status}: {detail}"
+
+
+def _readable(address: str, show: Callable[[], str]) -> str:
+    """`show()`: the text of an answer; one it cannot read is not the kktd this client knows."""
+    try:
+        return show()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadAnswer(
+            f"{address} answered in a shape this kktd client cannot read"
+            f" ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
@@ -71,6 +116,9 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         except ApiError as exc:
             _err(_explain(exc))
             return EXIT_FAILURE
+        except BadAnswer as exc:
+            _err(str(exc))
+            return EXIT_FAILURE
         except BrokenPipeError:
             return EXIT_FAILURE  # `kktd export | head`: the reader has had enough
 
@@ -79,17 +127,17 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
 
 async def cmd_status(args: argparse.Namespace, config: Config) -> int:
     async with ApiClient(config.api) as api:
-        status = await api.call("GET", "/v1/status")
+        status = await api.call("GET", "/v1/status", shape=STATUS_SHAPE)
     if args.json:
         _json(status)
     else:
-        _out(render.status_report(status))
+        _out(_readable(api.address, lambda: render.status_report(status)))
     return EXIT_OK
 
 
 async def cmd_sync(args: argparse.Namespace, config: Config) -> int:
     async with ApiClient(config.api) as api:
-        code, body = await api.request("POST", "/v1/kkt/buffer/sync", timeout=300)
+        code, body = await api.request("POST", "/v1/kkt/buffer/sync", timeout=300, shape=SYNC_SHAPE)
     if code == 401 or (code >= 400 and "status" not in body):
         raise ApiError(code, body)
     if args.json:
@@ -109,7 +157,7 @@ async def cmd_dlq_list(args: argparse.Namespace, config: Config) -> int:
     params = {"limit": str(DLQ_PAGE)}
     async with ApiClient(config.api) as api:
         while len(items) < args.limit:
-            page = await api.call("GET", "/v1/dlq", params)
+            page = await api.call("GET", "/v1/dlq", params, shape=DLQ_SHAPE)
             items += page["items"]
             if page["next"] is None:
                 break
@@ -118,14 +166,14 @@ async def cmd_dlq_list(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _json(items)
     else:
-        _out(render.dlq_table(items, time.time()))
+        _out(_readable(api.address, lambda: render.dlq_table(items, time.time())))
     return EXIT_OK
 
 
 async def cmd_dlq_retry(args: argparse.Namespace, config: Config) -> int:
     path = "/v1/dlq/retry-all" if args.all else f"/v1/dlq/{args.fn}/{args.fd}/retry"
     async with ApiClient(config.api) as api:
-        body = await api.call("POST", path)
+        body = await api.call("POST", path, shape=RETRY_SHAPE)
     if args.json:
         _json(body)
     elif args.all:
@@ -137,36 +185,46 @@ async def cmd_dlq_retry(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_doc(args: argparse.Namespace, config: Config) -> int:
     async with ApiClient(config.api) as api:
-        doc = await api.call("GET", f"/v1/documents/{args.fn}/{args.fd}")
+        doc = await api.call("GET", f"/v1/documents/{args.fn}/{args.fd}", shape=DOC_SHAPE)
     if args.json:
         _json(doc)
     else:
-        _out(render.document_report(doc, time.time()))
+        _out(_readable(api.address, lambda: render.document_report(doc, time.time())))
     return EXIT_OK
 
 
 async def cmd_export(args: argparse.Namespace, config: Config) -> int:
-    params = {"since": iso(args.since) or ""}
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    out = sys.stdout
-    if args.format == "csv":
-        out.write(csv_header())
     count = 0
-    async with ApiClient(config.api) as api:
-        async for line in api.lines("/v1/export", params):
-            if not line.strip():
-                continue
-            if args.format == "csv":
-                out.write(csv_line(json.loads(line)))
-            else:
-                out.write(line.decode("utf-8"))
-            count += 1
-            if progress is not None:
-                progress.show(count)
-    out.flush()
+    try:
+        async with ApiClient(config.api) as api:
+            count = await _export(api, args, progress)
+    finally:
+        if progress is not None:
+            progress.end()
+    if args.format == "csv" and count == 0:
+        sys.stdout.write(csv_header())  # nothing since then: a file with its header all the same
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def _export(api: ApiClient, args: argparse.Namespace, progress: _Progress | None) -> int:
+    """Write each exported record as it arrives; how many there were."""
+    params = {"since": iso(args.since) or ""}
+    out = sys.stdout
+    count = 0
+    # the CSV header waits for the first record: an answer that is not kktd's prints nothing
+    async for line, item in api.records("/v1/export", params, RECORD_SHAPE):
+        if args.format == "csv":
+            out.write((csv_header() if count == 0 else "") + csv_line(item))
+        else:
+            out.write(line)
+        count += 1
+        if progress is not None:
+            progress.show(count)
     if progress is not None:
         progress.done(count)
-    return EXIT_OK
+    return count
 
 
 class _Progress:
@@ -175,6 +233,7 @@ class _Progress:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._started = self._drawn = time.monotonic()
+        self._shown = False
 
     def show(self, count: int) -> None:
         now = time.monotonic()
@@ -183,11 +242,19 @@ class _Progress:
             rate = count / max(now - self._started, 1e-6)
             self._stream.write(f"\rexported {render.number(count)} FDs ({rate:,.0f}/s)")
             self._stream.flush()
+            self._shown = True
 
     def done(self, count: int) -> None:
         seconds = time.monotonic() - self._started
-        self._stream.write(f"\rexported {render.number(count)} FDs in {seconds:.1f} s\n")
+        self._stream.write(f"\rexported {render.number(count)} FDs in {seconds:.1f} s")
         self._stream.flush()
+        self._shown = True
+
+    def end(self) -> None:
+        """End the line, finished or not: an error after it reads on a line of its own."""
+        if self._shown:
+            self._stream.write("\n")
+            self._stream.flush()
 
 
 async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:

@@ -13,13 +13,18 @@ import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
+from kktd.api.export import csv_header, csv_line
 from kktd.api.server import ApiServer
 from kktd.cli import main
 from kktd.components import Components
@@ -359,3 +364,178 @@ def _read_all(fd: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+# ---- answers that are not kktd's API: a clear error, exit 1, never a false success ----
+
+HTML = (
+    "<!DOCTYPE html>\n<html>\n<head><title>Welcome to nginx!</title></head>\n"
+    "<body><h1>Welcome to nginx!</h1><p>If you see this page, the web server works.</p>"
+    "</body>\n</html>\n"
+)
+NDJSON = "application/x-ndjson"
+SINCE = ("--since", "2000-01-01")
+CLIENT_COMMANDS = {
+    "status": ("status",),
+    "status --json": ("status", "--json"),
+    "sync": ("sync",),
+    "dlq list": ("dlq", "list"),
+    "dlq retry FN FD": ("dlq", "retry", FN, "1"),
+    "dlq retry --all": ("dlq", "retry", "--all"),
+    "doc": ("doc", FN, "1"),
+    "export jsonl": ("export", *SINCE),
+    "export csv": ("export", *SINCE, "--format", "csv"),
+}
+Foreign = Literal[
+    "html", "html_404", "truncated_json", "json_list", "other_json", "cut", "not_http"
+]
+# what the one line on stderr says, for a plain call and for the export stream
+SAYS: dict[Foreign, tuple[str, str]] = {
+    "html": ("not kktd's API (HTTP 200, text/html): <!DOCTYPE html> <html> <head><title>",) * 2,
+    "html_404": ("not kktd's API (HTTP 404, text/html): <!DOCTYPE html>",) * 2,
+    "truncated_json": (
+        'not kktd\'s API (HTTP 200, application/json): {"version": "0.1.0", "inst',
+        "sent a line that is not kktd's export after 1 record (not a JSON object): {",
+    ),
+    "json_list": (
+        "not kktd's API (HTTP 200, application/json; not a JSON object): [1, 2, 3]",
+        "not kktd's export after 0 records (not a JSON object): [1, 2, 3]",
+    ),
+    "other_json": (
+        "not kktd's API (HTTP 200, application/json; no ",
+        'not kktd\'s export after 0 records (no \'fn\'): {"status": "ok"}',
+    ),
+    "cut": ("broke off: Response payload is not completed", "broke off after 2 records"),
+    "not_http": ("not kktd's API (not HTTP): Bad status line",) * 2,
+}
+
+
+def _record(fd: int) -> bytes:
+    return json.dumps({"fn": FN, "fd": fd, "doc_type": 3, "fields": {"total": fd}}).encode() + b"\n"
+
+
+def _foreign_answer(kind: Foreign, export: bool) -> web.Response:
+    """What a server that is not kktd sends back, as aiohttp builds it."""
+    content_type = NDJSON if export else "application/json"
+    if kind in ("html", "html_404"):
+        return web.Response(
+            text=HTML, status=404 if kind == "html_404" else 200, content_type="text/html"
+        )
+    if kind == "truncated_json":
+        cut = _record(2)[:20] + b"\n" if export else b'{"version": "0.1.0", "instance": "till-1"'
+        return web.Response(body=(_record(1) if export else b"") + cut, content_type=content_type)
+    body = b"[1, 2, 3]\n" if kind == "json_list" else b'{"status": "ok"}\n'
+    return web.Response(body=body, content_type=content_type)
+
+
+def _raw_answer(kind: Foreign, export: bool) -> bytes:
+    """What a server sends that aiohttp would not: not HTTP, or a body cut short."""
+    if kind == "not_http":
+        return b"SSH-2.0-OpenSSH_9.6\r\n"
+    if not export:  # promises 400 bytes and sends a few
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+        return head + b'{"version": "0.1.0", "instance": "till-1", "kkt": {'
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    data = _record(1) + _record(2) + _record(3)[:25]  # and then the connection drops
+    return head + b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+async def _raw_connection(
+    kind: Foreign, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.write(_raw_answer(kind, head.startswith(b"GET /v1/export")))
+    await writer.drain()
+    writer.close()
+
+
+@asynccontextmanager
+async def foreign_api(directory: Path, kind: Foreign) -> AsyncIterator[str]:
+    """A server on a unix socket where kktd's API should be; yields its `api.listen`."""
+    path = directory / "foreign.sock"
+    if kind in ("cut", "not_http"):
+        server = await asyncio.start_unix_server(partial(_raw_connection, kind), path=path)
+        try:
+            yield f"unix:{path}"
+        finally:
+            server.close()
+            await server.wait_closed()
+        return
+
+    async def answer(request: web.Request) -> web.Response:
+        return _foreign_answer(kind, request.path == "/v1/export")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        yield f"unix:{path}"
+    finally:
+        await runner.cleanup()
+
+
+def _exported_before_the_fault(kind: Foreign, command: str) -> str:
+    """The complete records a command prints before the fault: never half of one."""
+    fds = (
+        {"cut": [1, 2], "truncated_json": [1]}.get(kind, []) if command.startswith("export") else []
+    )
+    records = [_record(fd) for fd in fds]
+    if command == "export csv":
+        return "".join([csv_header()] * bool(fds) + [csv_line(json.loads(r)) for r in records])
+    return b"".join(records).decode()
+
+
+@pytest.mark.parametrize("kind", list(SAYS))
+@pytest.mark.parametrize("command", list(CLIENT_COMMANDS))
+async def test_an_answer_that_is_not_kktds_fails_with_one_line_and_no_false_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: Foreign, command: str
+) -> None:
+    async with foreign_api(tmp_path, kind) as listen:
+        config = client_config(tmp_path, listen)
+        capsys.readouterr()
+        code = await asyncio.to_thread(_main, [*CLIENT_COMMANDS[command], "--config", str(config)])
+        out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert err.startswith("kktd: ")
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert "Traceback" not in err
+    assert listen in err
+    assert SAYS[kind][command.startswith("export")] in err
+    assert out == _exported_before_the_fault(kind, command)
+
+
+async def test_an_answer_of_another_shape_inside_is_a_failure_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every field `kktd status` checks is there, but one it reads deeper is not."""
+    status = {
+        "version": "9.0",
+        "instance": "till-1",
+        "now": 1.0,
+        "uptime_seconds": 1.0,
+        **{part: {} for part in ("kkt", "fn", "journal", "sync", "config")},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(status)
+
+    app = web.Application()
+    app.router.add_get("/v1/status", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "other.sock")).start()
+    try:
+        config = client_config(tmp_path, f"unix:{tmp_path / 'other.sock'}")
+        capsys.readouterr()
+        code = await asyncio.to_thread(_main, ["status", "--config", str(config)])
+        out, err = capsys.readouterr()
+    finally:
+        await runner.cleanup()
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "answered in a shape this kktd client cannot read (KeyError: " in err
