@@ -31,7 +31,7 @@ from kktd.kkt.protocol import (
     Response,
     fd_request,
 )
-from kktd.kkt.tlv import decode_document
+from kktd.kkt.tlv import decode_document, doc_kind
 from kktd.kkt.transport import LinkDown, LinkError
 
 log = structlog.get_logger(__name__)
@@ -297,7 +297,13 @@ class Poller:
         try:
             fields = decode_document(doc_type, raw).to_fields()
         except Exception as exc:  # a decoder bug must never lose an FD: raw is kept, logged
-            fields = {"doc_type": doc_type, "doc_kind": "unknown", "decode_error": str(exc)}
+            # doc_type and its kind are facts from FF3A; the error is for `kktd doc`, and the
+            # upstream client sends only SPEC's body fields, so nothing is invented upstream
+            fields = {
+                "doc_type": doc_type,
+                "doc_kind": doc_kind(doc_type),
+                "decode_error": str(exc),
+            }
             log.exception("kkt.decode_failed", fn=fn, fd=fd, doc_type=doc_type, error=str(exc))
         inserted = await self._journal.store(fn, fd, doc_type, raw, fields)
         if self._journal_blocked is not None:
