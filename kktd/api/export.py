@@ -13,20 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from kktd.journal import JournalEntry
+from kktd.kkt.tlv import BODY_FIELDS
 
+# items are nested: the CSV keeps one row per FD and leaves them to the JSON lines
 CSV_COLUMNS = (
     "fn",
     "fd",
-    "doc_type",
-    "doc_kind",
-    "issued_at",
-    "operation",
-    "total",
-    "fiscal_sign",
-    "shift",
-    "receipt_no",
-    "kkt_reg_no",
-    "inn",
+    *(name for name in BODY_FIELDS if name != "items"),
     "state",
     "attempts",
     "journaled_at",

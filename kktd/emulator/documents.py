@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kktd.kkt import tlv
-from kktd.kkt.tlv import encode_string, encode_tlv, encode_u32, encode_vln
+from kktd.kkt.tlv import BODY_FIELDS, encode_string, encode_tlv, encode_u32, encode_vln
 
 DOC_SHIFT_OPEN = 2
 DOC_RECEIPT = 3
@@ -256,24 +256,9 @@ class DocumentGenerator:
         return self.rng.randint(1, total - 1)
 
 
-_FIELD_ORDER = (
-    "doc_type",
-    "doc_kind",
-    "issued_at",
-    "operation",
-    "total",
-    "fiscal_sign",
-    "shift",
-    "receipt_no",
-    "kkt_reg_no",
-    "inn",
-    "items",
-)
-
-
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     """The record in the field order of SPEC section 4 (only for readable dumps)."""
-    return {key: record[key] for key in _FIELD_ORDER if key in record}
+    return {key: record[key] for key in BODY_FIELDS if key in record}
 
 
 # --- fixtures ----------------------------------------------------------------------------------

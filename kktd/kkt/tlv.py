@@ -226,6 +226,23 @@ class Item:
         return {key: value for key, value in fields.items() if value is not None}
 
 
+# The fields of the upstream body (SPEC section 4) that come from the FD itself, in the
+# order SPEC lists them; the body adds "fn", "fd" and "tlv".
+BODY_FIELDS = (
+    "doc_type",
+    "doc_kind",
+    "issued_at",
+    "operation",
+    "total",
+    "fiscal_sign",
+    "shift",
+    "receipt_no",
+    "kkt_reg_no",
+    "inn",
+    "items",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Document:
     """A decoded FD: the tags kktd understands; the rest stays in `raw`."""
