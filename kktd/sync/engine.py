@@ -120,7 +120,8 @@ class SyncEngine:
         self._cfg = cfg
         self._clock = clock
         self._monotonic = monotonic
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._sleepers: set[asyncio.Future[None]] = set()
         self._round_lock = asyncio.Lock()
         self._beat: Callable[[], None] = _no_beat
         self._last_report: SyncReport | None = None
@@ -136,7 +137,9 @@ class SyncEngine:
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
-        self._wake.set()
+        self._woken = True
+        for sleeper in self._sleepers:
+            _resolve(sleeper)
 
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
@@ -159,7 +162,7 @@ class SyncEngine:
                 await self._pause(self._breaker.retry_in(), interruptible=False)
                 continue
             async with self._round_lock:
-                tally, _ = await self._pass()
+                tally, _ = await self._pass_in_own_task()
             seconds, interruptible = self._next_pause(tally)
             await self._pause(seconds, interruptible=interruptible)
 
@@ -170,7 +173,7 @@ class SyncEngine:
                 "circuit_open", 0, 0, 0, 0.0, retry_in_seconds=self._breaker.retry_in()
             )
         async with self._round_lock:
-            tally, report = await self._pass()
+            tally, report = await self._pass_in_own_task()
         if self._next_pause(tally)[0] == 0:
             self.wake()  # more is due: let the loop carry on draining
         return report
@@ -208,28 +211,55 @@ class SyncEngine:
         return self._cfg.interval, True
 
     async def _pause(self, seconds: float, *, interruptible: bool) -> None:
+        """Wait `seconds` in slices, beating; a wake ends an interruptible wait early."""
         deadline = self._monotonic() + seconds
         self._next_round_at = deadline
         try:
             while (left := deadline - self._monotonic()) > 0:
                 self._beat()
-                if interruptible and self._wake.is_set():
+                if interruptible and self._woken:
                     return
-                wait = self._wake.wait() if interruptible else asyncio.sleep(left)
-                try:
-                    async with asyncio.timeout(min(left, _BEAT_SLICE)):
-                        await wait
-                except TimeoutError:
-                    pass
+                await self._sleep(min(left, _BEAT_SLICE), interruptible=interruptible)
         finally:
             self._next_round_at = None
 
+    async def _sleep(self, seconds: float, *, interruptible: bool) -> None:
+        """A plain future and a timer, so that nothing in this task plays with cancellation.
+
+        (`asyncio.timeout` cancels and uncancels the task; on Python 3.11 a stop request that
+        lands in the same loop iteration as its expiry can be lost, and the loop never ends.)
+        """
+        loop = asyncio.get_running_loop()
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, sleeper)
+        if interruptible:
+            self._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleepers.discard(sleeper)
+
     # -- rounds --
+
+    async def _pass_in_own_task(self) -> tuple[_Tally, SyncReport]:
+        """Run a pass in a task of its own.
+
+        The lock cancels the task holding a lost lease, and Redis and HTTP timeouts cancel and
+        uncancel the task they run in; a short-lived task keeps all of that away from the
+        long-lived loop (or the API handler). Cancelling the caller cancels the pass, and should
+        something in the pass swallow that cancellation, the caller still stops here.
+        """
+        result = await asyncio.create_task(self._pass(), name="sync-pass")
+        caller = asyncio.current_task()
+        if caller is not None and caller.cancelling():
+            raise asyncio.CancelledError
+        return result
 
     async def _pass(self) -> tuple[_Tally, SyncReport]:
         """One round for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
-        self._wake.clear()  # from here on, a wake means "journaled after this pass looked"
+        self._woken = False  # from here on, a wake means "journaled after this pass looked"
         total = _Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
@@ -377,6 +407,11 @@ class SyncEngine:
             breaker=str(self._breaker.state),
             backoff=round(self._backoff.current_delay, 3),
         )
+
+
+def _resolve(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)
 
 
 def _no_beat() -> None:

@@ -126,10 +126,10 @@ async def test_engines_on_one_lock_never_overlap(
             )
             rigs.append(rig)
             await stack.enter_async_context(running(rig.engine))
-        for first in range(1, total + 1, chunk):
-            # receipts keep coming, and every instance hears of them
+        for n, first in enumerate(range(1, total + 1, chunk)):
+            # receipts keep coming and every instance hears of them, each in turn the first
             await store_fds(journals[0], range(first, min(first + chunk, total + 1)))
-            for rig in rigs:
+            for rig in rigs[n % engines :] + rigs[: n % engines]:
                 rig.engine.wake()
             await asyncio.sleep(0.02)  # the pace of the till, not a wait for an event
         await wait_until(lambda: all_synced(journals[0], total), what="the journal to drain")
