@@ -150,6 +150,7 @@ async def engine_rig(
     backoff: tuple[float, float] = (0.001, 0.01),
     clock: Callable[[], float] = time.time,
     instance: str = "till-1",
+    on_breaker_change: Callable[[BreakerState, BreakerState], None] | None = None,
 ) -> AsyncIterator[Rig]:
     client = UpstreamClient(
         UpstreamConfig(url=url, timeout=timeout, max_in_flight=max_in_flight),
@@ -157,9 +158,13 @@ async def engine_rig(
         version="test",
     )
     changes: list[tuple[BreakerState, BreakerState]] = []
-    breaker = CircuitBreaker(
-        failure_threshold, reset_timeout, on_change=lambda old, new: changes.append((old, new))
-    )
+
+    def changed(old: BreakerState, new: BreakerState) -> None:
+        changes.append((old, new))
+        if on_breaker_change is not None:
+            on_breaker_change(old, new)
+
+    breaker = CircuitBreaker(failure_threshold, reset_timeout, on_change=changed)
     back = Backoff(backoff[0], backoff[1], "none")
     engine = SyncEngine(
         journal,

@@ -6,6 +6,7 @@ Real mock upstream on loopback, real journal files, a real redis-server from the
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,6 +22,7 @@ from kktd.sync.lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, Rig, engine_rig, running, running_mock, store_fds, wait_until
 
+TTL = 0.9  # the lock's ttl in these tests: renewals every 0.3 s, Redis calls time out at 0.15 s
 FAST = SyncConfig(interval=0.05, batch_size=10, max_attempts=20)
 
 
@@ -41,7 +43,7 @@ async def mock() -> AsyncIterator[MockUpstream]:
 
 @pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis_from_url(redis_server.url, None, ttl=0.9)
+    client = redis_from_url(redis_server.url, None, ttl=TTL)
     try:
         yield client
     finally:
@@ -85,14 +87,26 @@ async def test_while_the_breaker_is_open_no_request_reaches_the_upstream(
 ) -> None:
     await store_fds(journal, range(1, 31))
     mock.set_faults(unauthorized=True)
+    sent_when_opened: list[int] = []
+
+    def changed(_: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            sent_when_opened.append(len(mock.state.requests))
+
     async with (
-        engine_rig(journal, mock.url, sync=FAST, max_in_flight=1, reset_timeout=0.2) as rig,
+        engine_rig(
+            journal,
+            mock.url,
+            sync=FAST,
+            max_in_flight=1,
+            reset_timeout=0.05,
+            on_breaker_change=changed,
+        ) as rig,
         running(rig.engine),
     ):
-        await wait_until(lambda: rig.opens() >= 3, what="three breaker cycles")
-        assert rig.breaker.state is BreakerState.OPEN
-        # five failures open it, then one probe per cycle, and nothing while open
-        assert len(mock.state.requests) == 5 + 2
+        await wait_until(lambda: len(sent_when_opened) >= 4, what="four breaker cycles")
+    # five failures open it; after that, one probe per cycle and nothing while it is open
+    assert sent_when_opened[:4] == [5, 6, 7, 8]
     entry = await journal.get(FN, 1)
     assert entry is not None
     assert (entry.state, entry.attempts) == ("pending", 0)  # 401 is never counted
@@ -101,7 +115,7 @@ async def test_while_the_breaker_is_open_no_request_reaches_the_upstream(
 def redis_lock(
     client: redis.asyncio.Redis, instance: str, on_unavailable: OnUnavailable = "proceed"
 ) -> RedisSyncLock:
-    return RedisSyncLock(client, "kktd:sync:{fn}", 0.9, on_unavailable, instance)
+    return RedisSyncLock(client, "kktd:sync:{fn}", TTL, on_unavailable, instance)
 
 
 @pytest.mark.parametrize("engines", [2, 3])
@@ -232,13 +246,22 @@ async def test_redis_paused_past_the_ttl_stops_the_round_before_the_lease_ends(
     ):
         await wait_until(lambda: len(mock.state.requests) >= 5, what="a round under way")
         fence = mock.state.highest_fence[FN]
+        paused_at = time.time()  # the mock stamps requests with time.time() too
         redis_server.pause()
         try:
-            await wait_until(lambda: lock.unavailable_total >= 1, what="the round to stop")
+            await wait_until(
+                lambda: lock.unavailable_total >= 1 and time.time() > paused_at + TTL,
+                what="the round to stop and the ttl to pass",
+            )
         finally:
             redis_server.resume()
         await wait_until(lambda: all_synced(journal, total), what="the journal to drain")
-    held = [r.at for r in mock.state.requests if r.fence == fence]
-    assert max(held) - min(held) < 0.9  # every send of that lease started inside its ttl
+    held = [r for r in mock.state.requests if r.fence == fence]
+    # the last renewal was before the pause, so the lease in Redis ended by paused_at + TTL
+    assert all(r.at < paused_at + TTL for r in held)
+    assert len(held) < 50  # the round was cut short, not finished
+    later = [r for r in mock.state.requests if r.at >= paused_at + TTL]
+    assert later
+    assert all(r.fence is not None and r.fence > fence for r in later)
     assert mock.state.fence_violations == 0
     assert set(mock.state.accepted) == {(FN, fd) for fd in range(1, total + 1)}
