@@ -20,6 +20,7 @@ import structlog
 
 from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
+from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.backoff import parse_retry_after
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ class Outcome(StrEnum):
     FORBIDDEN = "forbidden"
     TRANSIENT = "transient"
     UNREACHABLE = "unreachable"
+    MISROUTED = "misrouted"
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,13 @@ class Delivery:
 
 
 def build_body(entry: JournalEntry) -> dict[str, Any]:
-    """The JSON body of SPEC section 4: the decoded fields, the FD's identity and its raw TLV."""
+    """The JSON body of SPEC section 4: the decoded fields, the FD's identity and its raw TLV.
+
+    Only SPEC's fields are sent: what else the journal keeps (a decode error) is for the
+    operator, and the identity and the raw bytes come from the journal row itself.
+    """
     body: dict[str, Any] = {"fn": entry.fn, "fd": entry.fd}
-    # the identity and the raw bytes come from the journal row, never from decoded fields
-    body.update((k, v) for k, v in entry.fields.items() if k not in {"fn", "fd", "tlv"})
+    body.update((k, entry.fields[k]) for k in BODY_FIELDS if k in entry.fields)
     body["tlv"] = base64.b64encode(entry.raw).decode("ascii")
     return body
 
@@ -183,6 +188,15 @@ class UpstreamClient:
         outcome = classify_status(status)
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             return Delivery(outcome, status, "", None)
+        if status == 404 and not _is_error_object(body):
+            # Not a verdict on this FD but a wrong upstream.url (a web server's own 404 page):
+            # dead-lettering the whole backlog would be SPEC's rule followed off a cliff.
+            return Delivery(
+                Outcome.MISROUTED,
+                status,
+                'HTTP 404 without an {"error"} body: upstream.url names no receipt collector',
+                None,
+            )
         text = error_text(body)
         if outcome is Outcome.REJECTED:
             return Delivery(outcome, status, text or f"HTTP {status}", None)
@@ -195,12 +209,23 @@ class UpstreamClient:
         if delivery.outcome is Outcome.FORBIDDEN:
             # kktd is locked out: nothing gets delivered until an operator fixes the token
             log.error("sync.forbidden", url=self._cfg.url, reason=delivery.reason, **fields)
+        elif delivery.outcome is Outcome.MISROUTED:
+            log.error("sync.misrouted", url=self._cfg.url, reason=delivery.reason, **fields)
         elif delivery.outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif delivery.outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
         else:
             log.debug("sync.delivered", outcome=str(delivery.outcome), **fields)
+
+
+def _is_error_object(body: bytes) -> bool:
+    """True for the collector's own JSON error (`{"error": ...}`), the contract of SPEC 4."""
+    try:
+        parsed = json.loads(body.decode("utf-8", errors="replace"))
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and "error" in parsed
 
 
 def _unexpected(status: int | None) -> bool:

@@ -7,7 +7,8 @@ the end of the round, when the round's backoff delay (the FD's next attempt) is 
 
 After a round: a full, clean batch goes again at once (a backlog drains at the upstream's pace);
 an open breaker sleeps until its probe time; a failed round waits the backoff delay; otherwise
-the loop idles `sync.interval`. A `wake()` (a new FD, a retried one) ends the wait early.
+the loop idles `sync.interval`. A `wake()` (a new FD, a retried one) ends the wait early,
+except a wait the upstream asked for with Retry-After.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class _Tally:
         self.refused = self.refused or other.refused
         self.failure = self.failure or other.failure
         self.delivered = self.delivered or other.delivered
+        if other.retry_after is not None:
+            self.retry_after = max(self.retry_after or 0.0, other.retry_after)
 
 
 class SyncEngine:
@@ -202,7 +205,9 @@ class SyncEngine:
         if self._breaker.state is BreakerState.OPEN:
             return self._breaker.retry_in(), False
         if tally.failure:
-            return self._backoff.current_delay, True
+            # A new FD may end the backoff wait early (SPEC section 3), unless the upstream
+            # asked for the pause itself with Retry-After: then new FDs wait too.
+            return self._backoff.current_delay, tally.retry_after is None
         if tally.full or (tally.refused and self._breaker.state is BreakerState.CLOSED):
             return 0.0, True  # a backlog, or a probe that just closed the breaker
         if not tally.delivered and self._backoff.failures > 0:
@@ -357,7 +362,7 @@ class SyncEngine:
             if delivery.retry_after is not None:
                 tally.retry_after = max(tally.retry_after or 0.0, delivery.retry_after)
         else:
-            # forbidden or unreachable: the FD is not at fault, so its row stays as it is
+            # forbidden, misrouted or unreachable: the FD is not at fault; its row stays as is
             tally.failed += 1
 
     async def _settle(self, tally: _Tally) -> None:

@@ -158,9 +158,23 @@ async def test_each_status_is_classified_by_the_outcome_table(
     upstream, url = scripted
     upstream.status = status
     upstream.headers = {"Location": url} if status == 301 else {}
+    if status == 404:
+        upstream.body = b'{"error": "no such KKT registered"}'  # the collector's own verdict
     delivery = await deliver(make_client(url))
     assert (delivery.outcome, delivery.status) == (outcome, status)
     assert len(upstream.seen) == 1  # a redirect is not followed
+
+
+async def test_a_404_page_without_an_error_object_is_a_wrong_url_not_a_rejection(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status, upstream.body = 404, b"<html><h1>404 Not Found</h1></html>"
+    with capture_logs() as logs:
+        delivery = await deliver(make_client(url))
+    assert (delivery.outcome, delivery.status) == (Outcome.MISROUTED, 404)
+    assert "upstream.url" in delivery.reason
+    assert [(e["event"], e["log_level"]) for e in logs] == [("sync.misrouted", "error")]
 
 
 async def test_a_rejection_keeps_the_upstreams_json_error_text(

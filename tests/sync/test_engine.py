@@ -169,6 +169,39 @@ async def test_unreachable_upstream_is_a_breaker_failure_never_counted_against_t
     assert report.failed == 1
 
 
+async def test_a_wrong_upstream_path_dead_letters_nothing(
+    journal: Journal, mock: MockUpstream, clock: Clock
+) -> None:
+    await store_fds(journal, [1, 2])
+    before = await row(journal, 1)
+    wrong = mock.url.rsplit("/", 1)[0] + "/no-such-path"
+    async with engine_rig(journal, wrong, clock=clock) as rig:
+        report = await rig.engine.sync_now()
+        assert rig.breaker.consecutive_failures >= 1
+        assert rig.engine.deliveries["misrouted"] >= 1
+    assert await row(journal, 1) == before  # pending, no attempt counted
+    assert (report.dead, (await journal.counts()).dead) == (0, 0)
+
+
+async def test_a_retry_after_pause_is_not_cut_short_by_new_fds(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, [1])
+    mock.set_faults(rate_limit_rate=1.0, retry_after=30)
+    async with engine_rig(journal, mock.url) as rig, running(rig.engine) as beats:
+        await wait_until(lambda: rig.engine.deliveries["transient"] == 1)
+        mock.set_faults(rate_limit_rate=0.0)
+        requests = len(mock.state.requests)
+        await store_fds(journal, [2])
+        rig.engine.wake()
+        seen = len(beats)
+        # the paused loop beats once a slice and looks at wakes each time: two beats later it
+        # has seen this one, and still sent nothing
+        await wait_until(lambda: len(beats) >= seen + 2, timeout=10.0)
+        assert len(mock.state.requests) == requests
+        assert (rig.engine.status().next_round_in_seconds or 0) > 20
+
+
 # -- rounds --
 
 
