@@ -259,10 +259,20 @@ class Journal:
 
     async def mark_synced(self, fn: str, fd: int, now: float) -> None:
         """The upstream has the FD. Attempts and last error stay as history."""
-        await self._execute(
-            "UPDATE documents SET state = 'synced', synced_at = ? WHERE fn = ? AND fd = ?",
-            (now, fn, fd),
-        )
+        await self.mark_synced_many([(fn, fd)], now)
+
+    async def mark_synced_many(self, keys: Sequence[tuple[str, int]], now: float) -> None:
+        """Several FDs the upstream has, in one transaction (a round's worth: one commit)."""
+        if not keys:
+            return
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE documents SET state = 'synced', synced_at = ? WHERE fn = ? AND fd = ?",
+                [(now, fn, fd) for fn, fd in keys],
+            )
+
+        await self._write(body)
 
     async def mark_failed(
         self, fn: str, fd: int, error: str, next_attempt_at: float, max_attempts: int

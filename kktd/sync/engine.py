@@ -86,6 +86,7 @@ class _Tally:
     delivered: bool = False  # the upstream answered something
     retry_after: float | None = None
     transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
+    accepted: list[tuple[str, int]] = field(default_factory=list)
 
     def add(self, other: _Tally) -> None:
         """Fold one FN round into the pass."""
@@ -351,7 +352,9 @@ class SyncEngine:
         if outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             self.last_failure = DeliveryFailure(self._clock(), entry.fn, entry.fd, delivery)
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            await self._journal.mark_synced(entry.fn, entry.fd, self._clock())
+            # written with the round's other outcomes in one commit (_settle): a crash before it
+            # only re-sends, and the Idempotency-Key turns that into a 409
+            tally.accepted.append((entry.fn, entry.fd))
             tally.synced += 1
         elif outcome is Outcome.REJECTED:
             await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
@@ -366,7 +369,10 @@ class SyncEngine:
             tally.failed += 1
 
     async def _settle(self, tally: _Tally) -> None:
-        """End of a round: grow or reset the backoff, then count the transient failures."""
+        """End of a round: record the accepted FDs, grow or reset the backoff, then count the
+        transient failures."""
+        accepted, tally.accepted = tally.accepted, []
+        await self._journal.mark_synced_many(accepted, self._clock())
         if tally.failure:
             delay = self._backoff.record_failure(tally.retry_after)
         else:
