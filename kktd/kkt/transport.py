@@ -20,6 +20,7 @@ from collections.abc import Callable
 import serial
 
 from kktd.kkt.protocol import (
+    Action,
     ArmTimeout,
     Discarded,
     Done,
@@ -71,9 +72,11 @@ class SerialTransport:
         self.byte_timeout = byte_timeout
         self.control_timeout = control_timeout
         self._on_discard = on_discard
-        self._input = bytearray()
-        self._arrived = asyncio.Event()
+        self._byte_time = BITS_PER_BYTE / port.baudrate  # seconds per byte on the line
+        self._input = bytearray()  # bytes that came with no exchange ready to take them
         self._error: LinkDown | None = None
+        self._run: _Run | None = None
+        self._timer: asyncio.TimerHandle | None = None
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._readable)
 
@@ -111,6 +114,11 @@ class SerialTransport:
         if self._port.is_open:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._run is not None:
+                _settle(self._run.result, LinkDown("the port is closed"))
             # The last close of a real port drops TIOCEXCL, but a pty whose other side keeps
             # its slave open (the emulator) would stay exclusive, and our own reconnect would
             # then fail with EBUSY. A port already gone has nothing left to release.
@@ -119,8 +127,15 @@ class SerialTransport:
             self._port.close()
 
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response:
-        """Send one request body and return its answer, whatever the error byte says."""
+        """Send one request body and return its answer, whatever the error byte says.
+
+        The exchange runs in the reader's callback: each chunk of input goes to the machine the
+        moment it arrives and its actions (the frame after a NAK, the ACK after the answer) are
+        written at once, so the task wakes only for the result. One timer serves the deadline.
+        """
         self._check()
+        if self._run is not None:
+            raise RuntimeError("one exchange at a time (the link serializes callers)")
         machine = Exchange(
             body,
             answer_timeout=answer_timeout,
@@ -128,25 +143,71 @@ class SerialTransport:
             byte_timeout=self.byte_timeout,
         )
         self._drop_stale_input()
-        actions = machine.start()
-        deadline = self._loop.time()
-        while True:
-            on_the_wire = 0.0  # the KKT answers after our bytes have crossed a slow line
-            for action in actions:
+        run = _Run(machine, self._loop.create_future())
+        self._run = run
+        try:
+            self._apply(run, machine.start())
+            return await run.result
+        finally:
+            self._run = None
+            if run.stalled is not None:
+                run.stalled.cancel()
+                self._loop.remove_writer(self._fd)
+
+    # --- driving the machine ---
+
+    def _apply(self, run: _Run, actions: list[Action], on_the_wire: float = 0.0) -> None:
+        """Carry out `actions` in order; a write the port cannot take yet suspends the rest."""
+        try:
+            for index, action in enumerate(actions):
                 match action:
                     case Send(data):
-                        await self._write(data)
-                        on_the_wire += len(data) * BITS_PER_BYTE / self._port.baudrate
+                        written = self._write_now(data)
+                        # the KKT answers after our bytes have crossed a slow line
+                        on_the_wire += len(data) * self._byte_time
+                        if written < len(data):
+                            self._suspend(run, data[written:], actions[index + 1 :], on_the_wire)
+                            return
                     case ArmTimeout(seconds):
-                        deadline = self._loop.time() + seconds + on_the_wire
+                        self._arm(run, self._loop.time() + seconds + on_the_wire)
                     case Done(response):
-                        return response
+                        _settle(run.result, response)
+                        return
                     case Failed(reason, detail):
-                        raise ExchangeError(reason, detail)
+                        _settle(run.result, ExchangeError(reason, detail))
+                        return
                     case Discarded():
                         self._discarded(action)
-            data = await self._read(deadline)
-            actions = machine.receive(data) if data else machine.timeout()
+            if self._input:  # what came while we were writing
+                data = bytes(self._input)
+                self._input.clear()
+                self._apply(run, run.machine.receive(data))
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the waiting caller gets it
+            _settle(run.result, exc)
+
+    def _arm(self, run: _Run, deadline: float) -> None:
+        """Set the deadline; the timer is only re-created when it would fire too late.
+
+        A later deadline (the usual case: the next step of the handshake) keeps the timer, which
+        re-arms itself when it fires early.
+        """
+        run.deadline = deadline
+        if self._timer is not None and self._timer.when() <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._timer_fired, deadline)
+
+    def _timer_fired(self, when: float) -> None:
+        self._timer = None
+        run = self._run
+        if run is None or run.result.done() or run.stalled is not None:
+            return  # no exchange waiting, or one waiting on its write (it has its own timer)
+        if when < run.deadline:  # the deadline moved on since this timer was set
+            self._timer = self._loop.call_at(run.deadline, self._timer_fired, run.deadline)
+            return
+        run.deadline = float("inf")  # until the machine's next ArmTimeout
+        self._apply(run, run.machine.timeout())
 
     # --- reading ---
 
@@ -161,39 +222,25 @@ class SerialTransport:
         if not data:  # readable yet empty: the other end hung up
             self._fail(LinkDown("the port hung up"))
             return
+        run = self._run
+        if run is not None and run.stalled is None and not run.result.done():
+            self._apply(run, run.machine.receive(data))
+            return
         self._input += data
         if len(self._input) > MAX_BUFFERED:
             del self._input[:-MAX_BUFFERED]
-        self._arrived.set()
 
     def _fail(self, error: LinkDown) -> None:
         self._error = error
         self._loop.remove_reader(self._fd)
-        self._arrived.set()
+        if self._run is not None:
+            _settle(self._run.result, error)
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
         if self.closed:
             raise LinkDown("the port is closed")
-
-    async def _read(self, deadline: float) -> bytes:
-        """Bytes that arrived, or b"" once the deadline passes with nothing."""
-        while not self._input:
-            self._check()
-            left = deadline - self._loop.time()
-            if left <= 0:
-                return b""
-            self._arrived.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return b""
-        self._check()
-        data = bytes(self._input)
-        self._input.clear()
-        return data
 
     def _drop_stale_input(self) -> None:
         """Bytes left from before this exchange belong to nobody; the ENQ recovers any answer."""
@@ -207,31 +254,67 @@ class SerialTransport:
 
     # --- writing ---
 
-    async def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            self._check()
-            try:
-                written = os.write(self._fd, view)
-            except BlockingIOError:
-                await self._writable()
-                continue
-            except OSError as exc:
-                error = LinkDown(f"write failed: {exc}")
-                self._fail(error)
-                raise error from exc
-            view = view[written:]
-
-    async def _writable(self) -> None:
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_writer(self._fd, _resolve, ready)
+    def _write_now(self, data: bytes) -> int:
+        """Write what the port takes now (all of it, but for a full output queue)."""
+        self._check()
         try:
-            async with asyncio.timeout(WRITE_STALL):
-                await ready
-        except TimeoutError:
-            raise LinkDown(f"the port took no output for {WRITE_STALL} s") from None
-        finally:
-            self._loop.remove_writer(self._fd)
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            error = LinkDown(f"write failed: {exc}")
+            self._fail(error)
+            raise error from exc
+
+    def _suspend(self, run: _Run, rest: bytes, then: list[Action], on_the_wire: float) -> None:
+        """The port's output queue is full: finish the write when it drains, then go on."""
+        run.stalled = self._loop.call_later(WRITE_STALL, self._stall_expired, run)
+        self._loop.add_writer(self._fd, self._writable, run, rest, then, on_the_wire)
+
+    def _writable(self, run: _Run, rest: bytes, then: list[Action], wire: float) -> None:
+        self._loop.remove_writer(self._fd)
+        if run.stalled is not None:
+            run.stalled.cancel()
+            run.stalled = None
+        if run.result.done():
+            return
+        try:
+            written = self._write_now(rest)
+        except LinkDown as exc:
+            _settle(run.result, exc)
+            return
+        if written < len(rest):
+            self._suspend(run, rest[written:], then, wire)
+            return
+        if self._timer is None and run.deadline < float("inf"):
+            self._arm(run, run.deadline)  # it fired while we waited to write: the deadline holds
+        self._apply(run, then, wire)
+
+    def _stall_expired(self, run: _Run) -> None:
+        run.stalled = None
+        self._loop.remove_writer(self._fd)
+        _settle(run.result, LinkDown(f"the port took no output for {WRITE_STALL} s"))
+
+
+class _Run:
+    """The exchange in progress: its machine, the caller's future, its deadline."""
+
+    __slots__ = ("deadline", "machine", "result", "stalled")
+
+    def __init__(self, machine: Exchange, result: asyncio.Future[Response]) -> None:
+        self.machine = machine
+        self.result = result
+        self.deadline = float("inf")
+        self.stalled: asyncio.TimerHandle | None = None  # waiting for room to write
+
+
+def _settle(result: asyncio.Future[Response], outcome: Response | BaseException) -> None:
+    if result.done():
+        return
+    if isinstance(outcome, BaseException):
+        result.set_exception(outcome)
+    else:
+        result.set_result(outcome)
 
 
 def _claim(fd: int) -> None:
@@ -244,8 +327,3 @@ def _claim(fd: int) -> None:
     bypasses TIOCEXCL, so a second kktd running as root is stopped by the flock alone.
     """
     fcntl.ioctl(fd, termios.TIOCEXCL)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from kktd.kkt.protocol import Discarded, Response, encode_request
+from kktd.kkt.protocol import Discarded, Response, encode_frame, encode_request
 from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
 from tests.kkt import Peer, answer_with
 
 FN_STATUS = encode_request(0xFF01, 30)
+FRAME = encode_frame(FN_STATUS)
 # Linux's _IOR('T', 0x40, int): reads a tty's TIOCEXCL flag; Python's termios does not export it
 TIOCGEXCL = 0x80045440
 CAP_SYS_ADMIN = 21  # the capability that bypasses TIOCEXCL (bit number in CapEff)
@@ -206,6 +207,56 @@ async def test_a_full_output_queue_waits_for_the_line_instead_of_failing(
     peer.resume_reading()
     assert (await task).data == b"\x01\x02\x03"
     assert peer.received.lstrip(b"\xee").startswith(b"\x05")
+
+
+async def test_a_deadline_moved_later_is_kept_not_cut_to_the_first_one(tmp_path: Path) -> None:
+    """ACK to the frame, then silence: the answer timeout runs, not the shorter ENQ timeout."""
+    master, slave = os.openpty()
+    tty_path = tmp_path / "kkt0"
+    tty_path.symlink_to(os.ttyname(slave))
+    os.set_blocking(master, False)
+    transport = await SerialTransport.open(
+        str(tty_path), 115200, control_timeout=0.1, byte_timeout=0.05
+    )
+    task = asyncio.create_task(transport.exchange(FN_STATUS, answer_timeout=0.6))
+    try:
+        assert await _read_from(master, 1) == b"\x05"
+        os.write(master, b"\x15")  # NAK: idle, send the frame
+        assert await _read_from(master, len(FRAME)) == FRAME
+        os.write(master, b"\x06")  # ACK: the answer is being prepared ... and never comes
+        accepted = time.monotonic()
+        assert await _read_from(master, 1, within=3.0) == b"\x05"  # asked again with ENQ
+        assert time.monotonic() - accepted >= 0.5  # not after the 0.1 s control timeout
+        assert not task.done()
+    finally:
+        task.cancel()
+        transport.close()
+        os.close(master)
+        os.close(slave)
+
+
+async def test_closing_the_port_mid_exchange_fails_the_exchange_at_once(
+    peer: Peer, transport: SerialTransport
+) -> None:
+    peer.silent = True
+    waiting = asyncio.create_task(transport.exchange(FN_STATUS, answer_timeout=30.0))
+    await _until(lambda: bool(peer.received))  # the ENQ went out
+    transport.close()
+    with pytest.raises(LinkDown, match="closed"):
+        await asyncio.wait_for(waiting, 1.0)
+
+
+async def _read_from(fd: int, size: int, within: float = 2.0) -> bytes:
+    """Exactly `size` bytes from a non-blocking fd, polling with a deadline."""
+    deadline = time.monotonic() + within
+    data = b""
+    while len(data) < size:
+        assert time.monotonic() < deadline, f"only {data!r} in time"
+        try:
+            data += os.read(fd, size - len(data))
+        except BlockingIOError:
+            await asyncio.sleep(0.005)
+    return data
 
 
 async def _until(condition: Callable[[], bool], within: float = 2.0) -> None:
