@@ -11,6 +11,7 @@ at FF3A; the daemon's shutdown waits for that unit through `link.exclusive()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -215,21 +216,41 @@ class Poller:
         cursor = await self._start_cursor(fn, status.last_fd)
         self._cursor = cursor
         stored = 0
-        for fd in range(cursor + 1, status.last_fd + 1):
-            try:
+        # The store of one FD overlaps the read of the next (the journal's commit is the slow
+        # part); stores still run one at a time and in FD order, so the cursor never passes an
+        # FD that is not in the journal.
+        storing: tuple[int, asyncio.Task[bool]] | None = None
+        try:
+            for fd in range(cursor + 1, status.last_fd + 1):
                 async with self._link.exclusive():
                     doc_type, raw = await self._read_document(fd)
-                    inserted = await self._store(fn, fd, doc_type, raw)
-            except JournalFullError as exc:
-                self._block(str(exc))
-                break
-            self._cursor = fd
-            if inserted:
-                stored += 1
-                self._journaled += 1
-                self._on_journaled()
-            self._beat()
+                if storing is not None:
+                    stored += await self._stored(*storing)
+                storing = fd, asyncio.create_task(self._store(fn, fd, doc_type, raw))
+            if storing is not None:
+                stored += await self._stored(*storing)
+            storing = None
+        except JournalFullError as exc:
+            storing = None
+            self._block(str(exc))
+        finally:
+            if storing is not None:
+                # a read failed or we are being stopped: the FD already read still gets its
+                # commit, so a shutdown finishes the FD in progress
+                with contextlib.suppress(Exception):
+                    stored += await self._stored(*storing)
         return stored
+
+    async def _stored(self, fd: int, storing: asyncio.Task[bool]) -> int:
+        """Wait for one FD's commit and account for it; 1 when it was new."""
+        inserted = await asyncio.shield(storing)  # a stop request must not cut a commit short
+        self._cursor = fd
+        self._beat()
+        if not inserted:
+            return 0
+        self._journaled += 1
+        self._on_journaled()
+        return 1
 
     async def _start_cursor(self, fn: str, last_fd: int) -> int:
         cursor = await self._journal.cursor(fn)

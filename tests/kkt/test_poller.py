@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -288,6 +289,44 @@ class FullJournal:
             self.full -= 1
             raise JournalFullError("database or disk is full")
         return await self.journal.store(fn, fd, doc_type, raw, fields)
+
+
+class SlowJournal(FullJournal):
+    """The real journal, whose commit of FD `hold` waits until the test lets it go."""
+
+    def __init__(self, journal: Journal, hold: int) -> None:
+        super().__init__(journal, full=0)
+        self.hold = hold
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def store(
+        self, fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any]
+    ) -> bool:
+        if fd == self.hold:
+            self.holding.set()
+            await self.release.wait()
+        return await self.journal.store(fn, fd, doc_type, raw, fields)
+
+
+async def test_a_stop_while_an_fd_is_being_committed_still_commits_it(tmp_path: Path) -> None:
+    device = KktDevice(archive=3, strict_output=True)
+    async with PtyEmulator(device, link=tmp_path / "kkt3") as emulator:
+        journal = await Journal.open(tmp_path / "slow.db")
+        harness = Harness(emulator, journal, Clock())
+        try:
+            slow = SlowJournal(journal, hold=3)  # the last FD: the poll then waits on its commit
+            poll = asyncio.create_task(harness.poller("first", journal=slow).poll())
+            await asyncio.wait_for(slow.holding.wait(), 10)
+            poll.cancel()
+            slow.release.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            assert await harness.journaled() == [1, 2, 3]  # FD 3's commit was not cut short
+            assert await journal.cursor(device.fn) == 3
+        finally:
+            await harness.link.close()
+            await journal.close()
 
 
 async def test_a_full_journal_pauses_reading_and_resumes_when_there_is_room(h: Harness) -> None:
