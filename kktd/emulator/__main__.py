@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DEFAULT_FN, DocumentGenerator, load_fixtures
 from kktd.emulator.pty import PtyEmulator
 from kktd.log import configure_logging
+from kktd.tools import stop_on_signals
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,10 +40,7 @@ async def serve(args: argparse.Namespace) -> None:
     generator = DocumentGenerator(fn=args.fn, rng=random.Random(args.seed))
     fixtures = load_fixtures(args.fixtures) if args.fixtures else ()
     device = KktDevice(generator, archive=args.archive, documents=fixtures)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     emulator = PtyEmulator(device, link=args.link, baud=args.baud, rate_per_second=args.rate)
     async with emulator:
         print(emulator.path, flush=True)  # the path is this command's output

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import random
-import signal
 
 from kktd.mock_upstream.server import MockUpstream
+from kktd.tools import stop_on_signals
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,10 +26,7 @@ async def _serve(host: str, port: int, seed: int) -> None:
     mock = MockUpstream(rng=random.Random(seed).random)
     await mock.start(host, port)
     print(f"mock upstream: POST {mock.url}; GET /_mock/stats; POST /_mock/faults", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import signal
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import structlog
 
 from kktd.kkt.ofd_protocol import HEADER_SIZE, SessionError, SessionHeader, session_message
 from kktd.log import configure_logging
+from kktd.tools import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -201,10 +201,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.fault:
         await ofd.set_fault(args.fault)
     print(f"mock OFD on {args.host}:{ofd.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:
