@@ -142,7 +142,13 @@ class Daemon:
         while True:
             await self._reload.wait()
             self._reload.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:
+                # whatever broke, systemd waits for READY=1 after RELOADING=1, and the next
+                # SIGHUP must still be heard
+                log.exception("config.reload_crashed")
+                self._notify(self.notifier.ready, self._last_status)
 
     async def reload(self) -> ReloadResult:
         self._notify(self.notifier.reloading)
