@@ -23,7 +23,7 @@ from typing import Literal
 import structlog
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, JournalEntry, JournalError
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Delivery, Outcome, UpstreamClient
@@ -281,13 +281,21 @@ class SyncEngine:
                 outcome = status = "skipped"
             except LeaseLost:
                 outcome, status = "lease_lost", "skipped"  # the lock has logged lock.lost
+            except JournalError as exc:
+                # e.g. the disk is full: the outcomes are not written, so those FDs go again
+                # later (the Idempotency-Key makes that a 409); wait an interval, do not spin
+                outcome, status = "journal_failed", "skipped"
+                tally.full = tally.refused = False
+                # not a bug of ours, so no traceback: the error says what the disk said
+                log.error("sync.journal_failed", fn=fn, error=str(exc))  # noqa: TRY400
             total.add(tally)
             duration = self._monotonic() - round_started
             self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
             if self.on_round is not None and outcome in ("completed", "lease_lost"):
                 ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
                 self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
-            if outcome == "lease_lost" or self._breaker.state is BreakerState.OPEN:
+            stop = outcome in ("lease_lost", "journal_failed")
+            if stop or self._breaker.state is BreakerState.OPEN:
                 break
         report = SyncReport(
             status, total.synced, total.failed, total.dead, self._monotonic() - started, holder

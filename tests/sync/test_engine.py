@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, JournalEntry, JournalFullError
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
@@ -409,3 +409,35 @@ async def test_a_stop_request_swallowed_inside_a_round_still_ends_the_loop(
         done, _ = await asyncio.wait([task], timeout=10)
     assert done, "the sync loop lost the stop request"
     assert task.cancelled()
+
+
+async def test_a_journal_that_cannot_be_written_pauses_the_loop_instead_of_ending_it(
+    journal: Journal, mock: MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store_fds(journal, [1, 2])
+    failures = 0
+    real = journal.mark_synced_many
+
+    async def full_once(keys: list[tuple[str, int]], now: float) -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise JournalFullError("database or disk is full")
+        await real(keys, now)
+
+    monkeypatch.setattr(journal, "mark_synced_many", full_once)
+    async with (
+        engine_rig(journal, mock.url, sync=SyncConfig(interval=0.05)) as rig,
+        running(rig.engine),
+    ):
+        await wait_until(lambda: failures == 1)
+        report = rig.engine.status().last_report
+        assert report is not None
+        assert report.status == "skipped"
+
+        async def both_synced() -> bool:
+            return (await journal.counts()).synced == 2
+
+        await wait_until(both_synced)
+    # sent again after the failed write: the upstream's Idempotency-Key answered 409
+    assert mock.state.duplicates >= 1
