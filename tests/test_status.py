@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -156,3 +157,23 @@ async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> No
         process.close()
         await emulator.stop()
     assert MODEL in process.messages[index][1]
+
+
+async def test_status_is_sent_when_the_kkt_comes_online_and_only_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
+    try:
+        ready = await asyncio.to_thread(process.wait_ready)
+        assert "STATUS=KKT offline" in process.messages[ready][1]
+        await emulator.start()
+        online = await asyncio.to_thread(
+            process.wait_for, lambda m: m.startswith(f"STATUS=KKT online ({MODEL})"), 30.0, ready
+        )
+        assert online > ready  # a STATUS= of its own, not the READY=1 line
+    finally:
+        process.close()
+        await emulator.stop()
+    lines = [m for _, m in process.messages if m.startswith("STATUS=")]
+    assert all(a != b for a, b in itertools.pairwise(lines)), lines
