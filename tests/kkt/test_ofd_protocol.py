@@ -33,53 +33,23 @@ from kktd.kkt.protocol import (
     encode_request,
     encode_response,
 )
-
-# The FF30-FF33 and 1F lines of vectors/shtrih.txt, verbatim (CI runs from a bare clone).
-VECTORS = """\
-[capture] FF32 start writing a 121-byte OFD answer
-  -> 02 08 FF 32 1E 00 00 00 79 00 A2
-[spec] FF30 OFD read-buffer status request, and answer: 334 bytes pending, block 240
-  -> 02 06 FF 30 1E 00 00 00 D7
-  <- 02 06 FF 30 00 4E 01 F0 76
-[spec] FF31 read block at offset 0, 240 bytes
-  -> 02 09 FF 31 1E 00 00 00 00 00 F0 29
-[spec] FF32 answer: block size 240
-  <- 02 04 FF 32 00 F0 39
-[spec] FF33 write 3 bytes at offset 0, and its answer
-  -> 02 0C FF 33 1E 00 00 00 00 00 03 2A 08 41 BE
-  <- 02 03 FF 33 00 CF
-[spec] 1Fh read table 19 row 1 field 1
-  -> 02 09 1F 1E 00 00 00 13 01 00 01 1B
-"""
-
-
-def vector(title: str, index: int = 0) -> bytes:
-    """The index-th frame under the vector whose title starts with `title`."""
-    lines = VECTORS.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("[") and title in line)
-    frames = []
-    for line in lines[start + 1 :]:
-        if line.startswith("["):
-            break
-        frames.append(bytes.fromhex(line.split(maxsplit=1)[1]))
-    return frames[index]
-
+from tests.kkt.vectors import vector_bytes
 
 PWD = 30
 
 
 def test_ff30_request_and_answer_match_the_vector() -> None:
-    assert encode_frame(encode_request(OfdCommand.BUFFER_STATUS, PWD)) == vector("FF30")
-    answer = decode_response(vector("FF30", 1)[2:-1])
+    assert encode_frame(encode_request(OfdCommand.BUFFER_STATUS, PWD)) == vector_bytes("FF30")
+    answer = decode_response(vector_bytes("FF30", 1)[2:-1])
     assert (answer.cmd, answer.error) == (0xFF30, 0)
     assert BufferStatus.decode(answer.data) == BufferStatus(pending=334, block_size=240)
-    assert encode_frame(encode_response(0xFF30, 0, BufferStatus(334, 240).encode())) == vector(
-        "FF30", 1
-    )
+    assert encode_frame(
+        encode_response(0xFF30, 0, BufferStatus(334, 240).encode())
+    ) == vector_bytes("FF30", 1)
 
 
 def test_ff31_request_matches_the_vector_and_decodes_device_side() -> None:
-    frame = vector("FF31")
+    frame = vector_bytes("FF31")
     assert encode_frame(encode_request(OfdCommand.READ_BLOCK, PWD, ReadBlock(0, 240).encode())) == (
         frame
     )
@@ -90,25 +60,25 @@ def test_ff31_request_matches_the_vector_and_decodes_device_side() -> None:
 
 def test_ff32_request_matches_the_capture_and_its_answer_the_vector() -> None:
     body = encode_request(OfdCommand.START_ANSWER, PWD, StartAnswer(121).encode())
-    assert encode_frame(body) == vector("FF32 start")
+    assert encode_frame(body) == vector_bytes("FF32 start")
     assert StartAnswer.decode(decode_request(body).data) == StartAnswer(121)
-    answer = decode_response(vector("FF32 answer")[2:-1])
+    answer = decode_response(vector_bytes("FF32 answer")[2:-1])
     assert AnswerBlockSize.decode(answer.data) == AnswerBlockSize(240)
-    assert encode_frame(encode_response(0xFF32, 0, AnswerBlockSize(240).encode())) == vector(
+    assert encode_frame(encode_response(0xFF32, 0, AnswerBlockSize(240).encode())) == vector_bytes(
         "FF32 answer"
     )
 
 
 def test_ff33_request_and_answer_match_the_vector() -> None:
     block = WriteBlock(0, bytes([0x2A, 0x08, 0x41]))
-    frame = vector("FF33")
+    frame = vector_bytes("FF33")
     assert encode_frame(encode_request(OfdCommand.WRITE_BLOCK, PWD, block.encode())) == frame
     assert WriteBlock.decode(decode_request(frame[2:-1]).data) == block
-    assert encode_frame(encode_response(0xFF33, 0)) == vector("FF33", 1)
+    assert encode_frame(encode_response(0xFF33, 0)) == vector_bytes("FF33", 1)
 
 
 def test_1f_request_matches_the_vector() -> None:
-    frame = vector("1Fh")
+    frame = vector_bytes("1Fh")
     assert encode_frame(
         encode_request(OfdCommand.READ_TABLE, PWD, TableField(19, 1, 1).encode())
     ) == (frame)

@@ -2,14 +2,12 @@
 
 # The vectors below are kept verbatim, long lines included, so they can be diffed against the
 # contract file: hence no line-length rule in this module.
-# ruff: noqa: E501
 
 from __future__ import annotations
 
 import itertools
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import pytest
@@ -59,99 +57,8 @@ from kktd.kkt.protocol import (
     fd_request,
     lrc,
 )
+from tests.kkt.vectors import ALL_VECTORS, Vector
 
-# vectors/shtrih.txt from the shared contract folder, copied verbatim up to (not including) the
-# whole-receipt TLV block, which belongs to the TLV decoder's tests. CI runs from a bare clone,
-# so the text lives here.
-VECTORS = """\
-# Shtrih-M standard protocol (v1) test vectors
-#
-# Bytes in hex. "->" host to KKT, "<-" KKT to host. Frames are STX LEN CMD DATA LRC.
-# [capture] = copied from real device logs in public issue threads, checksum re-verified.
-# [spec]    = built from the public protocol description and checked: LEN and LRC are right;
-#             field values are plausible examples, not captures.
-
-## Real captures
-[capture] ENQ on an idle KKT
-  -> 05
-  <- 15
-[capture] FF39 request, password 30
-  -> 02 06 FF 39 1E 00 00 00 DE
-[capture] FF39 response, nothing queued for the OFD
-  <- 02 10 FF 39 00 00 00 00 00 00 00 00 00 00 00 00 00 00 D6
-[capture] 10h short status, password 28, and its answer
-  -> 02 05 10 1C 00 00 00 09
-  <- 06
-  <- 02 10 10 00 1C 90 02 02 00 00 9D D7 D3 01 00 A0 02 00 B6
-[capture] FF32 start writing a 121-byte OFD answer
-  -> 02 08 FF 32 1E 00 00 00 79 00 A2
-  <- 06
-[capture] error answer: FF0C failed with 33h (bad parameters)
-  <- 02 03 FF 0C 33 C3
-[capture] ENQ answered with a stray FF before the control byte (USB/RNDIS)
-  -> 05
-  <- FF
-  <- 15
-
-## Built from the spec
-[spec] FC device type request (no password)
-  -> 02 01 FC FD
-[spec] FF01 FN status request
-  -> 02 06 FF 01 1E 00 00 00 E6
-[spec] FF01 response: phase 03, no open document, shift open, 2017-03-24 20:53, FN 9999078900005488, last FD 163
-  <- 02 21 FF 01 00 03 00 00 01 00 11 03 18 14 35 39 39 39 39 30 37 38 39 30 30 30 30 35 34 38 38 A3 00 00 00 52
-[spec] FF39 response: message pending, 3 queued for the OFD, first unsent FD 161, 2017-03-24 20:41
-  <- 02 10 FF 39 00 02 00 03 00 A1 00 00 00 11 03 18 14 29 41
-[spec] FF3A open FD 163 as TLV
-  -> 02 0A FF 3A 1E 00 00 00 A3 00 00 00 72
-[spec] FF3A response: type 3 (receipt), 136 bytes
-  <- 02 07 FF 3A 00 03 00 88 00 49
-[spec] FF3B read next TLV
-  -> 02 06 FF 3B 1E 00 00 00 DC
-[spec] FF3B responses, one TLV each: 1048 "ООО ТЕСТ" (cp866), 1018 INN, 1012 = 1490388780
-  <- 02 0F FF 3B 00 18 04 08 00 8E 8E 8E 20 92 85 91 92 65
-  <- 02 13 FF 3B 00 FA 03 0C 00 37 37 30 32 32 30 33 32 37 36 20 20 22
-  <- 02 0B FF 3B 00 F4 03 04 00 2C 87 D5 58 1A
-[spec] FF3B end of document (error 08)
-  <- 02 03 FF 3B 08 CF
-[spec] FF30 OFD read-buffer status request, and answer: 334 bytes pending, block 240
-  -> 02 06 FF 30 1E 00 00 00 D7
-  <- 02 06 FF 30 00 4E 01 F0 76
-[spec] FF31 read block at offset 0, 240 bytes
-  -> 02 09 FF 31 1E 00 00 00 00 00 F0 29
-[spec] FF32 answer: block size 240
-  <- 02 04 FF 32 00 F0 39
-[spec] FF33 write 3 bytes at offset 0, and its answer
-  -> 02 0C FF 33 1E 00 00 00 00 00 03 2A 08 41 BE
-  <- 02 03 FF 33 00 CF
-[spec] 1Fh read table 19 row 1 field 1
-  -> 02 09 1F 1E 00 00 00 13 01 00 01 1B
-"""
-
-
-@dataclass(frozen=True)
-class Vector:
-    label: str
-    lines: tuple[tuple[str, bytes], ...]  # ("->" | "<-", bytes)
-
-    def frames(self, direction: str) -> list[bytes]:
-        return [raw for arrow, raw in self.lines if arrow == direction and raw[0] == STX]
-
-
-def parse_vectors(text: str) -> list[Vector]:
-    vectors: list[Vector] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("[capture]", "[spec]")):
-            vectors.append(Vector(stripped.split("] ", 1)[1], ()))
-        elif stripped.startswith(("->", "<-")):
-            arrow, hexes = stripped[:2], stripped[2:]
-            last = vectors[-1]
-            vectors[-1] = Vector(last.label, (*last.lines, (arrow, bytes.fromhex(hexes))))
-    return vectors
-
-
-ALL_VECTORS = parse_vectors(VECTORS)
 BY_LABEL = {v.label: v for v in ALL_VECTORS}
 
 
