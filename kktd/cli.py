@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kktd import __version__
+from kktd.api.commands import register as register_client_commands
 from kktd.config import Config, ConfigError, load_config, render_config
 
 EXIT_OK = 0
@@ -123,20 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("print-config", cmd_print_config, "print the effective config, secrets redacted")
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=f"{help_text} (see kktd {name} --help)", add_help=False)
-    register_client_commands(sub, config_opt)
+    register_client_commands(sub, config_opt)  # status, sync, dlq, doc, export, fleet
     return parser
-
-
-def register_client_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    config_opt: argparse.ArgumentParser,
-) -> None:
-    """Client commands talking to the local API (``kktd status`` …) plug in here."""
-    try:
-        from kktd.api.commands import register  # noqa: PLC0415
-    except ImportError:
-        return
-    register(sub, config_opt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

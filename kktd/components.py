@@ -11,9 +11,8 @@ import fcntl
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -88,7 +87,6 @@ class Components:
     redis: aioredis.Redis | None = None
     relay: OfdRelay | None = None
     instance_lock: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     async def build(cls, config: Config, instance: str) -> Components:
