@@ -208,7 +208,11 @@ class RedisSyncLock(SyncLock):
         return _RedisHold(self, fn)
 
     def lease_alive(self, lease: Lease) -> bool:
-        """No send starts without this: the lease is held, not lost, and inside its deadline."""
+        """No request is written without this: the lease is held, not lost, inside its deadline.
+
+        Asked right before each request's first byte; a lease found past its deadline here is
+        lost at once (the round is cancelled), even if the deadline timer has not run yet.
+        """
         hold = self.live.get(lease.token)
         return hold is not None and hold.alive()
 
@@ -240,11 +244,14 @@ class _RedisHold:
         self.timer: asyncio.TimerHandle | None = None
 
     def alive(self) -> bool:
-        if self.lost is not None or self.closing:
+        if self.lost is not None or self.closing or self.lease is None:
             return False
-        return self.lease is not None and (
-            self.lease.fence is None or self.owner.clock() < self.deadline
-        )
+        if self.lease.fence is None or self.owner.clock() < self.deadline:
+            return True
+        # After a pause (SIGSTOP, a VM paused, swap) the deadline timer is queued behind the
+        # very callback asking: end the round here rather than let it send one more request.
+        self._lose("deadline_passed")
+        return False
 
     async def __aenter__(self) -> Lease:
         if self.task is not None:
