@@ -28,6 +28,7 @@ from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Delivery, Outcome, UpstreamClient, WriteRefused
 from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
+from kktd.sync.redis_trouble import LockProblem
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,7 @@ class SyncStatus:
     lock_holder: str | None
     lock_fence: int | None
     next_round_in_seconds: float | None
+    lock_problem: LockProblem | None = None  # Redis refuses the lock: no round runs
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class SyncEngine:
             last_round_at=self._last_round_at,
             lock_holder=self._holder,
             lock_fence=self._lock.last_fence,
+            lock_problem=self._lock.problem,
             next_round_in_seconds=None
             if next_at is None
             else max(0.0, next_at - self._monotonic()),

@@ -12,6 +12,9 @@ Fences never go backwards, even across a Redis that lost its data: when the fenc
 the script starts it from the Redis clock in milliseconds (which is past any count handed out
 before the loss), and each instance also passes the highest fence it has seen for the key as a
 floor.
+
+A failed Redis call is one of three things (`redis_trouble`): unreachable (`lock.on_unavailable`
+decides), misconfigured (the round never runs without the lock) or transient (retried).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from kktd.config import OnUnavailable, Secret
+from kktd.sync.redis_trouble import LockProblem, TroubleLog, classify, describe
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +77,9 @@ return 0
 
 # What a call to an unreachable, hung or broken Redis raises (asyncio.timeout raises TimeoutError).
 _REDIS_TROUBLE = (RedisError, OSError, TimeoutError)
+# A transient refusal (Redis loading its data, busy in a script) is asked again this many times.
+_TRANSIENT_TRIES = 3
+_TRANSIENT_PAUSE = 0.05  # seconds, doubled after each try
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +105,26 @@ class LockUnavailable(Exception):  # noqa: N818 - a pinned name, as LockBusy
     """Redis could not be reached and `lock.on_unavailable` is "skip"."""
 
 
+class LockMisconfigured(LockUnavailable):
+    """Redis answered and refused the lock (password, replica, memory, scripts): never proceed."""
+
+    def __init__(self, problem: LockProblem) -> None:
+        super().__init__(f"{problem.error}; {problem.next_step}")
+        self.problem = problem
+
+
 class LeaseLost(Exception):  # noqa: N818 - a pinned name, as LockBusy
     """The lease failed to renew or passed its deadline: the body was cancelled."""
 
 
 class SyncLock(Protocol):
-    """What the sync engine needs of a lock; `holder_seen` and `last_fence` are for status."""
+    """What the sync engine needs of a lock; `holder_seen`, `last_fence`, `problem` for status."""
 
     holder_seen: str | None
     last_fence: int | None
+
+    @property
+    def problem(self) -> LockProblem | None: ...
 
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]: ...
 
@@ -141,6 +159,10 @@ class LocalSyncLock(SyncLock):
         self.holder_seen: str | None = None
         self.last_fence: int | None = None
         self._slots = _Slots()
+
+    @property
+    def problem(self) -> LockProblem | None:
+        return None  # nothing outside this process to be misconfigured
 
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]:
         return self._hold(fn)
@@ -182,7 +204,7 @@ class RedisSyncLock(SyncLock):
         self.new_token = new_token
         self.holder_seen: str | None = None
         self.last_fence: int | None = None
-        self.unavailable_total = 0
+        self.trouble = TroubleLog()
         self._margin = margin
         self._renew_interval = renew_interval
         self.reconfigure(key_template, ttl, on_unavailable)
@@ -206,6 +228,16 @@ class RedisSyncLock(SyncLock):
 
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]:
         return _RedisHold(self, fn)
+
+    @property
+    def problem(self) -> LockProblem | None:
+        """What Redis refused, while no round can run because of it."""
+        return self.trouble.problem
+
+    @property
+    def unavailable_total(self) -> int:
+        """Rounds that found Redis unreachable, for `kktd_lock_unavailable_total`."""
+        return self.trouble.unavailable_total
 
     def lease_alive(self, lease: Lease) -> bool:
         """No request is written without this: the lease is held, not lost, inside its deadline.
@@ -274,15 +306,13 @@ class _RedisHold:
 
     async def _acquire(self) -> Lease:
         owner = self.owner
-        sent = owner.clock()
         try:
-            async with asyncio.timeout(owner.op_timeout):
-                granted, detail = await owner.acquire_script(
-                    keys=[self.key, f"{self.key}:fence"],
-                    args=[self.value, round(self.ttl * 1000), owner.floor(self.key)],
-                )
+            sent, (granted, detail) = await self._call_acquire()
         except _REDIS_TROUBLE as exc:
+            if classify(exc) == "misconfigured":
+                raise LockMisconfigured(owner.trouble.misconfigured(self.key, exc)) from exc
             return self._unavailable(exc)
+        owner.trouble.answered(self.key)
         if not granted:
             holder = _holder_of(detail)
             owner.holder_seen = holder
@@ -295,18 +325,34 @@ class _RedisHold:
         log.debug("lock.acquired", key=self.key, fence=fence, ttl=self.ttl)
         return Lease(key=self.key, token=self.token, fence=fence, instance=owner.instance_id)
 
+    async def _call_acquire(self) -> tuple[float, tuple[int, Any]]:
+        """(when it was sent, the script's answer), asking again after a transient refusal."""
+        owner = self.owner
+        tries = 0
+        while True:
+            sent = owner.clock()
+            try:
+                async with asyncio.timeout(owner.op_timeout):
+                    answer = await owner.acquire_script(
+                        keys=[self.key, f"{self.key}:fence"],
+                        args=[self.value, round(self.ttl * 1000), owner.floor(self.key)],
+                    )
+                return sent, answer
+            except _REDIS_TROUBLE as exc:
+                tries += 1
+                if classify(exc) != "transient" or tries == _TRANSIENT_TRIES:
+                    raise
+            await asyncio.sleep(_TRANSIENT_PAUSE * 2 ** (tries - 1))
+
     def _unavailable(self, exc: BaseException) -> Lease:
         owner = self.owner
-        owner.unavailable_total += 1
-        log.warning(
-            "lock.unavailable",
-            key=self.key,
-            error=_describe(exc),
-            on_unavailable=owner.on_unavailable,
-            unavailable_total=owner.unavailable_total,
-        )
+        if (problem := owner.trouble.skipped()) is not None:
+            # The last thing Redis said is that the setup is wrong; that is not fixed by Redis
+            # going quiet, so "proceed" does not apply until an acquisition works again.
+            raise LockMisconfigured(problem) from exc
+        owner.trouble.unreachable(self.key, exc, owner.on_unavailable)
         if owner.on_unavailable == "skip":
-            raise LockUnavailable(f"redis unreachable for {self.key}: {_describe(exc)}") from exc
+            raise LockUnavailable(f"redis unreachable for {self.key}: {describe(exc)}") from exc
         return Lease(key=self.key, token=self.token, fence=None, instance=owner.instance_id)
 
     async def _renew_forever(self) -> None:
@@ -320,7 +366,7 @@ class _RedisHold:
                         keys=[self.key], args=[self.value, round(self.ttl * 1000)]
                     )
             except _REDIS_TROUBLE as exc:
-                self._lose("renewal_failed", error=_describe(exc))
+                self._lose("renewal_failed", error=describe(exc), trouble=classify(exc))
                 return
             if not renewed:
                 self._lose("renewal_refused")
@@ -393,14 +439,14 @@ class _RedisHold:
         renewer.cancel()
         await asyncio.wait([renewer])
         if not renewer.cancelled() and (error := renewer.exception()) is not None:
-            log.error("lock.renewal_crashed", key=self.key, error=_describe(error))
+            log.error("lock.renewal_crashed", key=self.key, error=describe(error))
 
     async def _release(self) -> None:
         try:
             async with asyncio.timeout(self.owner.op_timeout):
                 deleted = await self.owner.release_script(keys=[self.key], args=[self.value])
         except _REDIS_TROUBLE as exc:
-            log.warning("lock.release_failed", key=self.key, error=_describe(exc))
+            log.warning("lock.release_failed", key=self.key, error=describe(exc))
             return
         log.debug("lock.released", key=self.key, was_ours=bool(deleted))
 
@@ -418,10 +464,6 @@ def _holder_of(value: object) -> str | None:
     if isinstance(parsed, dict) and isinstance(parsed.get("instance"), str):
         return str(parsed["instance"])
     return value
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def redis_from_url(url: str, password: Secret | None, *, ttl: float = 30.0) -> redis.asyncio.Redis:
