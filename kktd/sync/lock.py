@@ -36,44 +36,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from kktd.config import OnUnavailable, Secret
+from kktd.sync.lock_scripts import ACQUIRE, RELEASE, RENEW
 from kktd.sync.redis_trouble import LockProblem, TroubleLog, classify, describe
 
 log = structlog.get_logger(__name__)
-
-# Grants when the key is free, or already ours: a call retried after a lost answer must not
-# report us as our own blocker (it takes a new fence, which only moves fences forward).
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then
-  return {0, current}
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local fence = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[3])
-if fence == 1 then
-  local now = redis.call('TIME')
-  fence = math.max(fence, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-end
-if fence <= floor then
-  fence = floor + 1
-end
-redis.call('SET', KEYS[2], string.format('%d', fence))
-return {1, fence}
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 # What a call to an unreachable, hung or broken Redis raises (asyncio.timeout raises TimeoutError).
 _REDIS_TROUBLE = (RedisError, OSError, TimeoutError)
@@ -208,9 +174,9 @@ class RedisSyncLock(SyncLock):
         self._margin = margin
         self._renew_interval = renew_interval
         self.reconfigure(key_template, ttl, on_unavailable)
-        self.acquire_script = redis.register_script(_ACQUIRE)
-        self.renew_script = redis.register_script(_RENEW)
-        self.release_script = redis.register_script(_RELEASE)
+        self.acquire_script = redis.register_script(ACQUIRE)
+        self.renew_script = redis.register_script(RENEW)
+        self.release_script = redis.register_script(RELEASE)
         self.slots = _Slots()
         self.live: dict[str, _RedisHold] = {}
         self._highest: dict[str, int] = {}
