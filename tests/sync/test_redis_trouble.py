@@ -305,6 +305,7 @@ async def test_health_status_and_status_line_show_a_refused_lock(
             sync = await client.post("/v1/kkt/buffer/sync", headers=auth())
             health = await (await client.get("/v1/health")).json()
             status = await (await client.get("/v1/status", headers=auth())).json()
+            metrics = await (await client.get("/metrics")).text()
             line = await status_line(daemon)
         finally:
             await daemon.components.close()
@@ -316,3 +317,4 @@ async def test_health_status_and_status_line_show_a_refused_lock(
     assert (problem["kind"], problem["skipped_rounds"]) == ("auth", 1)
     assert "lock.password_file" in problem["next_step"]
     assert "Redis REFUSES the sync lock (auth)" in line
+    assert "\nkktd_lock_refused 1.0\n" in metrics
