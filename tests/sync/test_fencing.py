@@ -26,7 +26,7 @@ from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
 from kktd.sync.lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import FN, engine_rig, make_entry, running_mock, store_fds
+from tests.support.upstream import FN, engine_rig, make_entry, store_fds
 
 KEY = "kktd:sync:{fn}"
 TTL, MARGIN = 30.0, 5.0  # the lease's deadline is 25 s after its grant, by the injected clock
@@ -41,21 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    j = await Journal.open(tmp_path / "kktd.db")
-    try:
-        yield j
-    finally:
-        await j.close()
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with running_mock() as upstream:
-        yield upstream
 
 
 @pytest.fixture

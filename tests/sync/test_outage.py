@@ -20,25 +20,10 @@ from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import FN, Rig, engine_rig, running, running_mock, store_fds, wait_until
+from tests.support.upstream import FN, Rig, engine_rig, running, store_fds, wait_until
 
 TTL = 0.9  # the lock's ttl in these tests: renewals every 0.3 s, Redis calls time out at 0.15 s
 FAST = SyncConfig(interval=0.05, batch_size=10, max_attempts=20)
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    j = await Journal.open(tmp_path / "kktd.db")
-    try:
-        yield j
-    finally:
-        await j.close()
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with running_mock() as upstream:
-        yield upstream
 
 
 @pytest.fixture

@@ -35,15 +35,19 @@ KEY = "kktd:sync:{fn}"
 PASSWORD = "right-one"
 
 
-@pytest.fixture
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server that wants PASSWORD."""
-    server = RedisServer(tmp_path_factory.mktemp("guarded"), ["--requirepass", PASSWORD])
+def serving(directory: Path, *options: str) -> Iterator[RedisServer]:
+    server = RedisServer(directory, options)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server that wants PASSWORD."""
+    yield from serving(tmp_path_factory.mktemp("guarded"), "--requirepass", PASSWORD)
 
 
 @pytest.fixture
@@ -51,14 +55,8 @@ def replica(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisServer]:
     """A read-only replica of `redis_server` (replica-read-only is Redis's default)."""
-    server = RedisServer(
-        tmp_path_factory.mktemp("replica"), ["--replicaof", "127.0.0.1", str(redis_server.port)]
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    primary = ("127.0.0.1", str(redis_server.port))
+    yield from serving(tmp_path_factory.mktemp("replica"), "--replicaof", *primary)
 
 
 @pytest.fixture
@@ -67,21 +65,6 @@ async def clients() -> AsyncIterator[list[redis.asyncio.Redis]]:
     yield opened
     for client in opened:
         await client.aclose()
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    j = await Journal.open(tmp_path / "kktd.db")
-    try:
-        yield j
-    finally:
-        await j.close()
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with running_mock() as upstream:
-        yield upstream
 
 
 def lock_on(
