@@ -19,6 +19,7 @@ from kktd.journal import JournalCounts
 from kktd.kkt.link import LinkState
 from kktd.kkt.poller import PollerStatus
 from kktd.sync.engine import SyncStatus
+from kktd.sync.redis_trouble import LockProblem
 
 if TYPE_CHECKING:
     from kktd.components import Components
@@ -123,6 +124,7 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
             "holder": sync.lock_holder or components.lock.holder_seen,
             "fence": sync.lock_fence,
             "held": components.lock.holder_seen == components.instance,
+            "problem": _lock_problem(sync.lock_problem),
         },
         "last_round": None
         if report is None
@@ -144,6 +146,18 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
             "status": failure.delivery.status,
             "reason": failure.delivery.reason,
         },
+    }
+
+
+def _lock_problem(problem: LockProblem | None) -> dict[str, Any] | None:
+    if problem is None:
+        return None
+    return {
+        "kind": problem.kind,
+        "error": problem.error,
+        "next_step": problem.next_step,
+        "since": problem.since,
+        "skipped_rounds": problem.skipped_rounds,
     }
 
 
@@ -234,6 +248,8 @@ def render_line(r: Readings, *, instance: str, reload_failed: str | None, recove
     parts.append(f"upstream {_UPSTREAM_WORDS.get(str(r.sync.breaker_state), 'unknown')}")
     if r.sync.lock_holder and r.sync.lock_holder != instance:
         parts.append(f"lock held by {r.sync.lock_holder}")
+    if r.sync.lock_problem is not None:
+        parts.append(f"Redis REFUSES the sync lock ({r.sync.lock_problem.kind}): not syncing")
     if r.fn.level != "ok" and r.fn.days_left is not None:
         parts.append(f"FN backlog {r.fn.level}: {r.fn.days_left:.0f} days left")
     elif r.fn.level != "ok":

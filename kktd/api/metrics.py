@@ -127,6 +127,11 @@ class _LiveCollector(Collector):
             "Rounds that found Redis unreachable (lock.on_unavailable decided what followed).",
             value=getattr(components.lock, "unavailable_total", 0),
         )
+        yield GaugeMetricFamily(
+            "kktd_lock_refused",
+            "1 while Redis refuses the sync lock (password, replica, memory, scripts): no sync.",
+            value=int(components.lock.problem is not None),
+        )
 
     def _kkt(self, r: Readings) -> Iterator[Metric]:
         yield GaugeMetricFamily(

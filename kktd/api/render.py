@@ -174,6 +174,8 @@ def _round_line(status: dict[str, Any], sync: dict[str, Any]) -> str:
 def _lock_line(status: dict[str, Any], sync: dict[str, Any]) -> str:
     lock = sync["lock"]
     fence = "" if lock["fence"] is None else f", fence {lock['fence']}"
+    if (problem := lock.get("problem")) is not None:
+        return f"REFUSED by Redis ({problem['kind']}): {clip(problem['error'], 120)}"
     if lock["held"]:
         return f"held by this instance{fence}"
     if lock["holder"] and lock["holder"] != status["instance"]:
@@ -219,6 +221,8 @@ def advice(status: dict[str, Any]) -> list[str]:
             " see `kktd dlq list`, fix the cause, then `kktd dlq retry --all`"
         )
     lock = sync["lock"]
+    if (problem := lock.get("problem")) is not None:
+        todo.append(f"no FD is synced: {problem['next_step']}; kktd tries again every round")
     report = sync["last_round"]
     if report is not None and report["status"] == "busy" and lock["holder"]:
         todo.append(

@@ -62,6 +62,9 @@ async def health(request: web.Request) -> web.Response:
         "journal": "ok" if not components.poller.status().journal_blocked else "blocked",
         "kkt": "ok" if components.link.connected else "offline",
         "upstream": "ok" if breaker == "closed" else breaker,
+        "lock": "ok"
+        if (problem := components.lock.problem) is None
+        else f"refused: {problem.kind}",
         "supervisor": "ok" if not stale else "stale: " + ", ".join(stale),
     }
     status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"

@@ -75,6 +75,7 @@ async def test_every_spec_name_is_exposed(harness: Harness) -> None:
     # beyond SPEC: the OFD relay (off here) and Redis outages the lock met
     assert value(samples, "kktd_ofd_relay_enabled") == 0
     assert value(samples, "kktd_lock_unavailable_total") == 0
+    assert value(samples, "kktd_lock_refused") == 0
 
 
 async def test_journaled_fds_are_pending_until_delivered_then_counted_accepted(

@@ -34,6 +34,7 @@ async def test_health_is_degraded_without_a_kkt_and_names_the_part(harness: Harn
         "journal": "ok",
         "kkt": "offline",
         "upstream": "ok",
+        "lock": "ok",
         "supervisor": "ok",
     }
 
@@ -49,7 +50,7 @@ async def test_status_reports_counts_version_and_the_unread_kkt(harness: Harness
     assert body["kkt"]["fn"] is None
     assert body["fn"]["unsent"] is None
     assert body["sync"]["breaker"] == "closed"
-    assert body["sync"]["lock"] == {"holder": None, "fence": None, "held": False}
+    assert body["sync"]["lock"] == {"holder": None, "fence": None, "held": False, "problem": None}
     assert body["config"]["reload"] is None
 
 

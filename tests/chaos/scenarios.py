@@ -33,13 +33,18 @@ class Setup:
     redis: RedisServer | None = None
     on_unavailable: str = "proceed"
     journal_dir: Path | None = None
+    rate: float = RATE  # receipts a second from each emulator
 
 
 Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
+Check = Callable[[list[Kktd], MockUpstream], tuple[list[str], list[str]]]
 
 
-async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Report:
-    """Parts up, `body` breaks things (returns its cycle count), drain, stop, check."""
+async def run_scenario(
+    name: str, workdir: Path, setup: Setup, body: Body, extra_check: Check | None = None
+) -> Report:
+    """Parts up, `body` breaks things (returns its cycle count), drain, stop, check (`check`,
+    then the scenario's own `extra_check`, which adds violations and notes)."""
     started = time.monotonic()
     report = Report(name)
     mock = MockUpstream()
@@ -59,7 +64,7 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
                 on_unavailable=setup.on_unavailable,
             )
             node.start()
-            node.emulator.issue_at_rate(RATE)
+            node.emulator.issue_at_rate(setup.rate)
         watcher = asyncio.create_task(watch(nodes, stop))
         report.cycles = await body(nodes, mock)
         mock.state.faults.update({"error_rate": 0.0, "rate_limit_rate": 0.0, "delay": 0.0})
@@ -83,6 +88,10 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
         await mock.stop()
     found, report.notes = check(nodes, mock)
     report.violations += found
+    if extra_check is not None:
+        found, notes = extra_check(nodes, mock)
+        report.violations += found
+        report.notes += notes
     report.fds = sum(node.issued for node in nodes)
     report.seconds = time.monotonic() - started
     return report
