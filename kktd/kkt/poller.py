@@ -54,6 +54,7 @@ BUSY_RETRIES = 50  # 10 s of "printing" before the poll gives up and tries again
 DOCUMENT_TRIES = 5
 DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 08 is left alone
 FN_CONFIRM_READS = 3  # FF01 answers read to find two in a row that agree on a new FN number
+SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
 BEAT_EVERY = 1.0
 
 
@@ -351,13 +352,23 @@ class Poller:
 
     # --- the operator's last resort ---
 
-    async def skip(self, fn: str, fd: int, reason: str, requester: Requester) -> SkipRecord:
+    async def skip(
+        self, fn: str, fd: int, reason: str, requester: Requester, *, wait: float = SKIP_WAIT
+    ) -> SkipRecord:
         """Skip the FD this poller is stuck on (`kktd skip`): audited, never automatic.
 
-        Holding the link: no read of that FD is under way, and a poll that was waiting for the
-        link to read it passes it by. `SkipRefused` names why any other FD is refused.
+        Holding the link, so no read of that FD is under way, and a poll that was waiting for
+        the link to read it passes it by. `SkipRefused` says why anything else is refused,
+        including a link still busy after `wait` seconds (a long read of the backlog).
         """
-        async with self._link.exclusive():
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(wait):
+                    await held.enter_async_context(self._link.exclusive())
+            except TimeoutError:
+                raise SkipRefused(
+                    "busy", f"the KKT link stayed busy for {wait:g} s: try again"
+                ) from None
             stuck = self._stuck
             if stuck is None or (stuck.fn, stuck.fd) != (fn, fd):
                 at = "no FD" if stuck is None else f"FD {stuck.fd} of FN {stuck.fn}"
