@@ -26,7 +26,7 @@ import structlog
 from tests.chaos import scenarios
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full")
+SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "long_tlv")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "serial": lambda: scenarios.serial(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
+        "long_tlv": lambda: scenarios.long_tlv(workdir, plan.passes),
     }
 
 
