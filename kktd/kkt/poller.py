@@ -55,6 +55,9 @@ DOCUMENT_TRIES = 5
 DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 08 is left alone
 FN_CONFIRM_READS = 3  # FF01 answers read to find two in a row that agree on a new FN number
 SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
+# Failed polls before an FD may be skipped: one failure can be a garbled FF01 last FD (an FD not
+# issued yet), which the next poll corrects; a skipped FD is never read again.
+SKIP_AFTER_POLLS = 2
 BEAT_EVERY = 1.0
 
 
@@ -376,6 +379,12 @@ class Poller:
                     "not_stuck",
                     f"FD {fd} of FN {fn} is not the FD kktd is stuck on ({at}): only an FD that"
                     " every read failed on can be skipped",
+                )
+            if stuck.polls < SKIP_AFTER_POLLS:
+                raise SkipRefused(
+                    "not_stuck",
+                    f"FD {fd} of FN {fn} failed in {stuck.polls} poll so far: wait for the next"
+                    " poll to fail on it too, then try again",
                 )
             record = await record_skip(
                 self._journal, fn, fd, reason=reason, requester=requester, read_error=stuck.error

@@ -243,6 +243,9 @@ async def test_only_the_stuck_fd_can_be_skipped_and_the_poller_reads_on(tmp_path
         with pytest.raises(SkipRefused, match="no FD"):
             await poller.skip(device.fn, 4, "not stuck yet", OPERATOR)
         await poller.poll()
+        with pytest.raises(SkipRefused, match="failed in 1 poll so far"):
+            await poller.skip(device.fn, 4, "too early", OPERATOR)  # a garbled last FD?
+        await poller.poll()
         with pytest.raises(SkipRefused, match="stuck on") as refused:
             await poller.skip(device.fn, 5, "the wrong one", OPERATOR)
         assert refused.value.name == "not_stuck"
