@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kktd import __version__
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts
+from kktd.journal.skips import list_skips, skipped_count
 from kktd.kkt.link import LinkState
 from kktd.kkt.poller import PollerStatus
 from kktd.sync.engine import SyncStatus
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from kktd.daemon import Daemon
 
 _UPSTREAM_WORDS = {"closed": "ok", "open": "circuit open", "half_open": "probing"}
+SKIPS_SHOWN = 5  # the newest skips in /v1/status; the journal keeps them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class Readings:
     kkt: PollerStatus
     sync: SyncStatus
     fn: FnHealth
+    skipped: int = 0  # FDs the operator skipped (`kktd skip`), ever, in this journal
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -61,7 +64,9 @@ async def read(
         kkt.warning_flags,
         local_now(),
     )
-    return Readings(clock(), counts, components.link.state, kkt, components.engine.status(), fn)
+    skipped = await skipped_count(components.journal)
+    sync = components.engine.status()
+    return Readings(clock(), counts, components.link.state, kkt, sync, fn, skipped)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -83,6 +88,7 @@ def _kkt(components: Components, r: Readings) -> dict[str, Any]:
         "last_fd": r.kkt.last_fd,
         "cursor": r.kkt.cursor,
         "journal_blocked": r.kkt.journal_blocked,
+        "stuck": None if r.kkt.stuck is None else asdict(r.kkt.stuck),
     }
 
 
@@ -91,6 +97,8 @@ def stuck_fd(r: Readings) -> int | None:
     kkt = r.kkt
     if not r.link.connected or not kkt.last_error or kkt.cursor is None or kkt.last_fd is None:
         return None
+    if kkt.stuck is not None and kkt.stuck.fn == kkt.fn:
+        return kkt.stuck.fd  # the poller knows which FD failed: the one `kktd skip` accepts
     return kkt.cursor + 1 if kkt.cursor < kkt.last_fd else None
 
 
@@ -184,6 +192,8 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
             "oldest_pending_age_seconds": _round(r.oldest_pending_age),
             "journaled_total": r.kkt.journaled,
             "recovered_from": None if recovered is None else str(recovered),
+            "skipped": r.skipped,
+            "skips": [s.to_dict() for s in await list_skips(components.journal, SKIPS_SHOWN)],
         },
         "sync": _sync(components, r),
         "ofd_relay": None if components.relay is None else components.relay.status().to_dict(),

@@ -82,6 +82,11 @@ class _LiveCollector(Collector):
         ):
             documents.add_metric([state], count)
         yield documents
+        yield CounterMetricFamily(
+            "kktd_documents_skipped",
+            "FDs the operator skipped with `kktd skip` (the KKT could not produce them).",
+            value=r.skipped,
+        )
         yield GaugeMetricFamily(
             "kktd_oldest_pending_age_seconds",
             "Age of the oldest pending FD (0 when none is pending).",

@@ -38,6 +38,7 @@ SPEC_NAMES = {
     "kktd_kkt_connected",
     "kktd_config_reloads_total",
     "kktd_build_info",
+    "kktd_documents_skipped_total",
 }
 FN_NAMES = {
     "kktd_fn_ofd_unsent",

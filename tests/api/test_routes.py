@@ -276,4 +276,5 @@ def test_app_routes_cover_every_endpoint_of_the_spec() -> None:
         ("POST", "/v1/dlq/retry-all"),
         ("GET", "/v1/documents/{fn}/{fd}"),
         ("GET", "/metrics"),
+        ("POST", "/v1/kkt/skip"),
     }

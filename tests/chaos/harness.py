@@ -27,7 +27,7 @@ import structlog
 from tests.chaos import freezes, scenarios
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "fencing")
+SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "fencing", "long_tlv")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
         "fencing": lambda: freezes.fencing(workdir, plan.freezes, random.Random(plan.seed)),
+        "long_tlv": lambda: scenarios.long_tlv(workdir, plan.passes),
     }
 
 
