@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
 
+from kktd.kkt.noise import LineNoise
 from kktd.kkt.protocol import (
     BUSY_ERRORS,
     NO_PASSWORD,
@@ -123,8 +123,7 @@ class KktLink:
         self._last_error: str | None = None
         self._retry_at = float("-inf")
         self._backoff = BACKOFF_FIRST
-        self._noise: Counter[str] = Counter()  # the current burst of line noise
-        self._noisy = False  # noise seen during the exchange in progress
+        self.noise = LineNoise(port, monotonic=clock)
 
     @property
     def connected(self) -> bool:
@@ -193,7 +192,6 @@ class KktLink:
     ) -> Response:
         pwd = self.password if password and cmd not in NO_PASSWORD else None
         body = encode_request(cmd, pwd, data)
-        self._noisy = False
         try:
             response = await transport.exchange(
                 body, answer_timeout=answer_wait or answer_timeout(cmd)
@@ -207,8 +205,7 @@ class KktLink:
                 raise LinkDown(f"the KKT stopped answering: {exc}") from exc
             self._last_error = str(exc)
             raise
-        if not self._noisy:
-            self._end_noise_burst()
+        self.noise.clean_exchange()
         return response
 
     async def _ensure_open(self) -> SerialTransport:
@@ -270,13 +267,4 @@ class KktLink:
         if what.kind == "stale_answer":
             log.info("kkt.stale_answer_drained", body=what.data[:16].hex(" "))
             return
-        self._noisy = True
-        if not self._noise:
-            log.warning("kkt.line_noise", kind=what.kind, sample=what.data[:16].hex(" "))
-        self._noise[f"{what.kind}_events"] += 1
-        self._noise[f"{what.kind}_bytes"] += len(what.data)
-
-    def _end_noise_burst(self) -> None:
-        if self._noise:
-            log.info("kkt.line_clean", **self._noise)
-            self._noise.clear()
+        self.noise.seen(what)
