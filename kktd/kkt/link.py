@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -39,15 +39,29 @@ from kktd.kkt.transport import (
     LinkError,
     SerialTransport,
 )
+from kktd.sync.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
-BUSY_RETRY = 0.2
-IDENTIFY_BUSY_RETRIES = 25
+# Busy (50/58, printing): ask again after 10 ms, doubling to 200 ms (a print lasts a second or
+# two), until this much waiting; then the caller's error handling takes over.
+BUSY_FIRST = 0.01
+BUSY_MAX = 0.2
+IDENTIFY_BUSY_WAIT = 5.0
 
 Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[SerialTransport]]
+
+
+def busy_delays(budget: float) -> Iterator[float]:
+    """The pauses between busy retries: 10, 20, 40, 80, 160, 200, 200 … ms, `budget` in all."""
+    backoff = Backoff(BUSY_FIRST, BUSY_MAX, "none")
+    waited = 0.0
+    while waited < budget:
+        delay = min(backoff.record_failure(), budget - waited)
+        waited += delay
+        yield delay
 
 
 async def open_serial(
@@ -236,11 +250,12 @@ class KktLink:
 
     async def _identify(self, transport: SerialTransport) -> DeviceType:
         """FC: the exchange starts with the ENQ probe, which also drains a pending answer."""
-        for _ in range(IDENTIFY_BUSY_RETRIES):
-            response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        for delay in busy_delays(IDENTIFY_BUSY_WAIT):
             if response.error not in BUSY_ERRORS:
                 break
-            await self._sleep(BUSY_RETRY)  # printing: a KKT mid-receipt is still a KKT
+            await self._sleep(delay)  # printing: a KKT mid-receipt is still a KKT
+            response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
         if response.error:
             raise KktError(Command.DEVICE_TYPE, response.error)
         return DeviceType.decode(response.data)

@@ -21,7 +21,7 @@ import structlog
 
 from kktd.config import KktConfig
 from kktd.journal import Journal, JournalFullError
-from kktd.kkt.link import KktError, KktLink
+from kktd.kkt.link import KktError, KktLink, busy_delays
 from kktd.kkt.protocol import (
     Command,
     DocumentInfo,
@@ -38,8 +38,7 @@ from kktd.kkt.transport import LinkDown, LinkError
 log = structlog.get_logger(__name__)
 
 OFD_STATUS_EVERY = 60.0
-BUSY_RETRY = 0.2
-BUSY_RETRIES = 50  # 10 s of "printing" before the poll gives up and tries again later
+BUSY_WAIT = 10.0  # of "printing" before the poll gives up and tries again later
 DOCUMENT_TRIES = 5
 MAX_TLVS = 4096  # an FD is at most 64 KiB: more TLVs than this is a KKT that never says 08
 BEAT_EVERY = 1.0
@@ -341,14 +340,14 @@ class Poller:
 
     async def _request(self, cmd: int, data: bytes = b"") -> Response:
         """A request, retried shortly while the KKT is printing (busy 50/58)."""
-        for _ in range(BUSY_RETRIES):
+        for delay in busy_delays(BUSY_WAIT):
             try:
                 return await self._link.request(cmd, data)
             except KktError as exc:
                 if not exc.busy:
                     raise
             self._beat()
-            await self._sleep(BUSY_RETRY)
+            await self._sleep(delay)
         return await self._link.request(cmd, data)
 
     async def _idle(self, seconds: float) -> None:
