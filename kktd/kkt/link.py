@@ -1,11 +1,13 @@
 """The KKT link: requests by command, exclusive sequences, reconnect with backoff, link state.
 
-One `KktLink` owns the serial port. Callers ask `request(cmd, data)` and get the answer's data
-or a `KktError` carrying the KKT's error byte by name; `exclusive()` keeps the link for a
-sequence of commands (an FD read: FF3A then FF3B … until 08) that must not be interleaved.
-When the port vanishes or stops answering the link closes it and reopens it no sooner than the
-backoff allows (1 s doubling to 30 s): `request` then fails fast with `LinkDown` and the caller
-(the poller) decides how to wait, so it can keep beating meanwhile.
+One `KktLink` owns the byte pipe to the KKT: a serial port or a TCP connection, chosen by
+`kkt.port` (`open_transport`); nothing above this module knows which. Callers ask
+`request(cmd, data)` and get the answer's data or a `KktError` carrying the KKT's error byte by
+name; `exclusive()` keeps the link for a sequence of commands (an FD read: FF3A then FF3B …
+until 08) that must not be interleaved. When the port vanishes, the connection drops or the KKT
+stops answering, the link closes the pipe and reopens it no sooner than the backoff allows (1 s
+doubling to 30 s): `request` then fails fast with `LinkDown` and the caller (the poller) decides
+how to wait, so it can keep beating meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from kktd.kkt.address import SerialAddress, parse_address
 from kktd.kkt.noise import LineNoise
 from kktd.kkt.protocol import (
     BUSY_ERRORS,
@@ -31,6 +34,7 @@ from kktd.kkt.protocol import (
     encode_request,
     error_name,
 )
+from kktd.kkt.tcp import TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT, TcpTransport
 from kktd.kkt.transport import (
     BYTE_TIMEOUT,
     CONTROL_TIMEOUT,
@@ -38,6 +42,7 @@ from kktd.kkt.transport import (
     LinkDown,
     LinkError,
     SerialTransport,
+    Transport,
 )
 from kktd.sync.backoff import Backoff
 
@@ -51,7 +56,7 @@ BUSY_FIRST = 0.01
 BUSY_MAX = 0.2
 IDENTIFY_BUSY_WAIT = 5.0
 
-Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[SerialTransport]]
+Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[Transport]]
 
 
 def busy_delays(budget: float) -> Iterator[float]:
@@ -64,16 +69,26 @@ def busy_delays(budget: float) -> Iterator[float]:
         yield delay
 
 
-async def open_serial(
-    path: str,
+async def open_transport(
+    port: str,
     baudrate: int,
     byte_timeout: float,
     control_timeout: float,
     on_discard: Callable[[Discarded], None],
-) -> SerialTransport:
-    return await SerialTransport.open(
-        path,
-        baudrate,
+) -> Transport:
+    """The pipe `kkt.port` names: a serial device, or a TCP connection for tcp://HOST:PORT."""
+    address = parse_address(port)
+    if isinstance(address, SerialAddress):
+        return await SerialTransport.open(
+            address.path,
+            baudrate,
+            byte_timeout=byte_timeout,
+            control_timeout=control_timeout,
+            on_discard=on_discard,
+        )
+    return await TcpTransport.open(
+        address.host,
+        address.port,
         byte_timeout=byte_timeout,
         control_timeout=control_timeout,
         on_discard=on_discard,
@@ -105,7 +120,11 @@ class LinkState:
 
 
 class KktLink:
-    """The serial link to one KKT, shared by every caller through `exclusive()`."""
+    """The link to one KKT, shared by every caller through `exclusive()`.
+
+    Timeouts left as None take the transport's own: a serial line's, or the longer ones a
+    network needs (`tcp.py`).
+    """
 
     def __init__(
         self,
@@ -113,23 +132,28 @@ class KktLink:
         baudrate: int,
         *,
         password: int = 30,
-        byte_timeout: float = BYTE_TIMEOUT,
-        control_timeout: float = CONTROL_TIMEOUT,
+        byte_timeout: float | None = None,
+        control_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        opener: Opener = open_serial,
+        opener: Opener = open_transport,
     ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.password = password
-        self._byte_timeout = byte_timeout
-        self._control_timeout = control_timeout
+        self.transport_kind = parse_address(port).kind
+        serial = self.transport_kind == "serial"
+        default_byte, default_control = (
+            (BYTE_TIMEOUT, CONTROL_TIMEOUT) if serial else (TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT)
+        )
+        self._byte_timeout = default_byte if byte_timeout is None else byte_timeout
+        self._control_timeout = default_control if control_timeout is None else control_timeout
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._opener = opener
-        self._transport: SerialTransport | None = None
+        self._transport: Transport | None = None
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
         self._device: DeviceType | None = None
@@ -198,7 +222,7 @@ class KktLink:
 
     async def _exchange(
         self,
-        transport: SerialTransport,
+        transport: Transport,
         cmd: int,
         data: bytes,
         password: bool,
@@ -222,7 +246,7 @@ class KktLink:
         self.noise.clean_exchange()
         return response
 
-    async def _ensure_open(self) -> SerialTransport:
+    async def _ensure_open(self) -> Transport:
         if self._transport is not None:
             return self._transport
         left = self._retry_at - self._clock()
@@ -245,10 +269,16 @@ class KktLink:
         self._device = device
         self._since = self._wall_clock()
         self._backoff = BACKOFF_FIRST
-        log.info("kkt.connected", port=self.port, model=device.model, name=device.name)
+        log.info(
+            "kkt.connected",
+            port=self.port,
+            transport=self.transport_kind,
+            model=device.model,
+            name=device.name,
+        )
         return transport
 
-    async def _identify(self, transport: SerialTransport) -> DeviceType:
+    async def _identify(self, transport: Transport) -> DeviceType:
         """FC: the exchange starts with the ENQ probe, which also drains a pending answer."""
         response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
         for delay in busy_delays(IDENTIFY_BUSY_WAIT):
