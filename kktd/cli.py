@@ -94,7 +94,7 @@ def run_mock_upstream(argv: list[str]) -> int:
 # Tools with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER cannot take a leading option such as --help, so they are dispatched before it).
 TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "emulator": (run_emulator, "run the built-in Shtrih-M KKT emulator on a pty"),
+    "emulator": (run_emulator, "run the built-in Shtrih-M KKT emulator (pty or TCP)"),
     "mock-upstream": (run_mock_upstream, "run the mock receipt collector"),
 }
 
