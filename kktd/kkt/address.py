@@ -52,6 +52,10 @@ KktAddress = SerialAddress | TcpAddress
 
 def parse_address(value: str) -> KktAddress:
     """`kkt.port` as written in the config -> where to find the KKT; `AddressError` if neither."""
+    if not value:
+        raise AddressError(
+            f"expected a non-empty device path or tcp://HOST[:PORT] (e.g. {EXAMPLES})"
+        )
     if value[: len(TCP_PREFIX)].lower() == TCP_PREFIX:
         return _tcp(value[len(TCP_PREFIX) :])
     if scheme := _SCHEME.match(value):
@@ -94,7 +98,10 @@ def _tcp(rest: str) -> TcpAddress:
             raise AddressError(f"expected :PORT after [{host}], got {tail!r}")
         return TcpAddress(host, _port(tail[1:]) if tail else DEFAULT_TCP_PORT)
     if rest.count(":") > 1:
-        raise AddressError(f"an IPv6 address goes in brackets: tcp://[{rest}]:{DEFAULT_TCP_PORT}")
+        raise AddressError(
+            f"an IPv6 address goes in brackets, the port after them (tcp://[::1]:7778),"
+            f" got tcp://{rest}"
+        )
     host, colon, port = rest.partition(":")
     _host(host)
     return TcpAddress(host, _port(port) if colon else DEFAULT_TCP_PORT)

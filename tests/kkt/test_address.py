@@ -42,7 +42,7 @@ def test_a_device_path_or_a_tcp_address_is_understood(value: str, expected: obje
         ("tcp://10.0.0.5:70000", "from 1 to 65535"),
         ("tcp://10.0.0.5:77x", "from 1 to 65535"),
         ("tcp://192.168.1.300", "not an IPv4 address: 192.168.1.300"),
-        ("tcp://::1", "an IPv6 address goes in brackets: tcp://[::1]:7778"),
+        ("tcp://::1", "an IPv6 address goes in brackets, the port after them (tcp://[::1]:7778)"),
         ("tcp://[::1", "needs its closing bracket"),
         ("tcp://[::g]:7778", "not an IPv6 address in brackets: [::g]"),
         ("tcp://[::1]7778", "expected :PORT after [::1]"),
