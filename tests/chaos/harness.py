@@ -26,7 +26,7 @@ import structlog
 from tests.chaos import scenarios
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full")
+SCENARIOS = ("kill", "redis", "upstream", "serial", "serial_tcp", "sighup", "disk_full")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "redis": lambda: scenarios.redis(workdir, plan.passes),
         "upstream": lambda: scenarios.upstream(workdir, plan.passes),
         "serial": lambda: scenarios.serial(workdir, plan.passes),
+        "serial_tcp": lambda: scenarios.serial_tcp(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
     }

@@ -33,6 +33,7 @@ class Setup:
     redis: RedisServer | None = None
     on_unavailable: str = "proceed"
     journal_dir: Path | None = None
+    transport: str = "pty"  # how kktd reaches each emulated KKT: "pty" or "tcp"
 
 
 Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
@@ -49,7 +50,7 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
     watcher: asyncio.Task[None] | None = None
     try:
         for index in range(setup.nodes):
-            node = Kktd(workdir / name, f"{name}-{index}", mock.url, seed=index)
+            node = Kktd(workdir / name, f"{name}-{index}", mock.url, index, setup.transport)
             nodes.append(node)
             await node.emulator.start()
             journal = None if setup.journal_dir is None else setup.journal_dir / f"{index}.db"
@@ -189,6 +190,38 @@ async def serial(workdir: Path, passes: int) -> Report:
         return passes * (len(faults) + 1)
 
     return await run_scenario("serial", workdir, Setup(), body)
+
+
+async def serial_tcp(workdir: Path, passes: int) -> Report:
+    """The serial scenario with the KKT on TCP; vanish = connection closed and refused; plus a
+    KKT that hangs with the connection open (only its unanswered ENQs tell)."""
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        node = nodes[0]
+        await node.wait_ready()
+        device = node.emulator.device
+        faults: list[Callable[[], None]] = [
+            lambda: device.corrupt_lrc(5),
+            lambda: device.lose_acks(5),
+            lambda: device.stray_ff(10),
+            lambda: device.inject_garbage(b"\x00\x13\xffgarbage\x02\x05"),
+            lambda: device.busy(5),
+        ]
+        for _pass in range(passes):
+            for fault in faults:
+                fault()
+                await asyncio.sleep(1.0)
+            node.emulator.vanish()
+            await asyncio.sleep(1.5)
+            node.emulator.reappear()
+            await asyncio.sleep(1.0)
+            node.emulator.freeze()
+            await asyncio.sleep(2.0)
+            node.emulator.thaw()
+            await asyncio.sleep(1.0)
+        return passes * (len(faults) + 2)
+
+    return await run_scenario("serial_tcp", workdir, Setup(transport="tcp"), body)
 
 
 async def sighup(workdir: Path, passes: int) -> Report:
