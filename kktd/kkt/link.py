@@ -50,8 +50,9 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
-# Busy (50/58, printing): ask again after 10 ms, doubling to 200 ms (a print lasts a second or
-# two), until this much waiting; then the caller's error handling takes over.
+# Busy (50/58, printing): ask again at once (a KKT busy for one command is ready for the next),
+# then after 10 ms, doubling to 200 ms (a print lasts a second or two), until this much waiting;
+# then the caller's error handling takes over. SPEC section 1.
 BUSY_FIRST = 0.01
 BUSY_MAX = 0.2
 IDENTIFY_BUSY_WAIT = 5.0
@@ -60,7 +61,8 @@ Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitab
 
 
 def busy_delays(budget: float) -> Iterator[float]:
-    """The pauses between busy retries: 10, 20, 40, 80, 160, 200, 200 … ms, `budget` in all."""
+    """The pauses between busy retries: 0, 10, 20, 40, 80, 160, 200, 200 … ms, `budget` in all."""
+    yield 0.0
     backoff = Backoff(BUSY_FIRST, BUSY_MAX, "none")
     waited = 0.0
     while waited < budget:
