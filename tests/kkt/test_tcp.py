@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +22,7 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.protocol import FnStatus, encode_request
 from kktd.kkt.tcp import TcpTransport
 from kktd.kkt.transport import ExchangeError, LinkDown
+from tests.support.daemon import DaemonProcess, write_config
 
 FN_STATUS = encode_request(0xFF01, 30)
 
@@ -144,3 +150,45 @@ async def test_over_tcp_the_link_waits_longer_for_bytes_than_on_a_serial_line(
         tcp.TCP_CONTROL_TIMEOUT,
     )
     assert tcp.TCP_BYTE_TIMEOUT > 0.2  # past Linux's minimum retransmission timeout
+
+
+def test_kktd_run_reads_a_kkt_over_tcp_and_warns_of_a_baud_rate_that_does_not_apply(
+    tmp_path: Path,
+) -> None:
+    """The whole daemon, a real process, against the emulator serving TCP in its own process."""
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "kktd.emulator", "--tcp", "0", "--archive", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    daemon: DaemonProcess | None = None
+    try:
+        assert emulator.stdout is not None
+        port = emulator.stdout.readline().decode().strip()
+        config = write_config(tmp_path, kkt_port=port)
+        text = config.read_text(encoding="utf-8").replace(
+            'poll_interval = "200ms"',
+            'poll_interval = "200ms"\nstart_fd = "first"\nbaudrate = 9600',
+        )
+        config.write_text(text, encoding="utf-8")
+        daemon = DaemonProcess(config)
+        daemon.wait_ready()
+        deadline = time.monotonic() + 20
+        while daemon.log().count('"journal.stored"') < 5:
+            assert time.monotonic() < deadline, daemon.log()
+            assert daemon.proc.poll() is None, daemon.log()
+            time.sleep(0.05)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        events = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    finally:
+        if daemon is not None:
+            daemon.close()
+        emulator.terminate()
+        emulator.wait(10)
+        assert emulator.stdout is not None
+        emulator.stdout.close()
+    (warning,) = [e for e in events if e["event"] == "config.warning"]
+    assert warning["detail"].startswith(f"{config}:5: kkt.baudrate: ignored: ")
+    (connected,) = [e for e in events if e["event"] == "kkt.connected"]
+    assert (connected["transport"], connected["port"]) == ("tcp", port)
