@@ -167,34 +167,18 @@ async def upstream(workdir: Path, passes: int) -> Report:
 
 async def serial(workdir: Path, passes: int) -> Report:
     """Bad LRC bursts, lost ACKs, stray FF, garbage, busy, the port vanishing and returning."""
-
-    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
-        node = nodes[0]
-        await node.wait_ready()
-        device = node.emulator.device
-        faults: list[Callable[[], None]] = [
-            lambda: device.corrupt_lrc(5),
-            lambda: device.lose_acks(5),
-            lambda: device.stray_ff(10),
-            lambda: device.inject_garbage(b"\x00\x13\xffgarbage\x02\x05"),
-            lambda: device.busy(5),
-        ]
-        for _pass in range(passes):
-            for fault in faults:
-                fault()
-                await asyncio.sleep(1.0)
-            node.emulator.vanish()
-            await asyncio.sleep(1.5)
-            node.emulator.reappear()
-            await asyncio.sleep(1.0)
-        return passes * (len(faults) + 1)
-
-    return await run_scenario("serial", workdir, Setup(), body)
+    return await run_scenario("serial", workdir, Setup(), line_faults(passes, hang=False))
 
 
 async def serial_tcp(workdir: Path, passes: int) -> Report:
-    """The serial scenario with the KKT on TCP; vanish = connection closed and refused; plus a
-    KKT that hangs with the connection open (only its unanswered ENQs tell)."""
+    """The serial scenario with the KKT on TCP (vanish = the connection closed and refused), plus
+    a KKT that hangs with the connection open (only its unanswered ENQs tell)."""
+    return await run_scenario("serial_tcp", workdir, Setup(transport="tcp"), line_faults(passes))
+
+
+def line_faults(passes: int, *, hang: bool = True) -> Body:
+    """Each pass: every fault of the line for a second, the port gone for 1.5 s, then (`hang`)
+    the KKT hung for 2 s with the port open."""
 
     async def body(nodes: list[Kktd], _: MockUpstream) -> int:
         node = nodes[0]
@@ -215,13 +199,14 @@ async def serial_tcp(workdir: Path, passes: int) -> Report:
             await asyncio.sleep(1.5)
             node.emulator.reappear()
             await asyncio.sleep(1.0)
-            node.emulator.freeze()
-            await asyncio.sleep(2.0)
-            node.emulator.thaw()
-            await asyncio.sleep(1.0)
-        return passes * (len(faults) + 2)
+            if hang:
+                node.emulator.freeze()
+                await asyncio.sleep(2.0)
+                node.emulator.thaw()
+                await asyncio.sleep(1.0)
+        return passes * (len(faults) + 1 + hang)
 
-    return await run_scenario("serial_tcp", workdir, Setup(transport="tcp"), body)
+    return body
 
 
 async def sighup(workdir: Path, passes: int) -> Report:
