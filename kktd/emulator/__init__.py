@@ -39,7 +39,8 @@ what is left, `device.clear_faults()` drops them all):
 - `emulator.busy_every = 11`, `emulator.bad_lrc_every = 7`: periodic faults, by host frame.
 
 `TcpEmulator(device, port=0)` serves the same device on a TCP port (`emulator.port` is then
-`tcp://127.0.0.1:PORT`), one connection at a time like the KKT itself.
+`tcp://127.0.0.1:PORT`), one connection at a time like the KKT itself, with the stray FF a KKT
+sends after each host ACK over RNDIS/TCP (`emulator.ff_after_ack`).
 
 `KktDevice(strict_output=True)` refuses FF01/FF39/FF0A with 0x02 while a document read is
 half done. `device.stats` and `device.executed` count what the host did (ENQs, NAKs, resent

@@ -47,6 +47,7 @@ class Serving:
         self.byte_timeout = byte_timeout
         self.busy_every = 0  # every n-th host frame answered busy (0: never)
         self.bad_lrc_every = 0  # every n-th answer to a host frame sent with a wrong LRC
+        self.ff_after_ack = False  # a stray FF after each host ACK, as over RNDIS/TCP (SPEC 1)
         self.frozen = False
         self._line: int | None = None  # the descriptor being served
         self._armed_for = 0  # the host frame the periodic faults were last armed for
@@ -198,7 +199,11 @@ class Serving:
             self._hung_up(line, "end of input")
             return
         self._arm_periodic_faults()
-        for index, chunk in enumerate(self.device.feed(data)):
+        acks = self.device.stats["ack"]
+        chunks = self.device.feed(data)
+        if self.ff_after_ack and (stray := self.device.stats["ack"] - acks):
+            chunks = [b"\xff" * stray + (chunks[0] if chunks else b""), *chunks[1:]]
+        for index, chunk in enumerate(chunks):
             self._out.put_nowait((index > 0, chunk))
         self._arm_frame_timer()
 

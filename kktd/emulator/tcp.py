@@ -4,7 +4,8 @@ The KKT serves one connection at a time: it accepts the next only when the curre
 until then a second client's connection waits in the listen backlog and its ENQs go unanswered,
 which is what a second kktd pointed at the same KKT would see. `vanish()` closes the connection
 and the listening socket (connections are refused until `reappear()` listens again on the same
-port); `freeze()` keeps everything open and answers nothing, like a KKT that hung.
+port); `freeze()` keeps everything open and answers nothing, like a KKT that hung. Like a real
+KKT over RNDIS/TCP it sends a stray FF after each of the host's ACKs (`ff_after_ack`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class TcpEmulator(Serving):
         )
         self.host = host
         self.tcp_port = port
+        self.ff_after_ack = True  # what a Shtrih-M on RNDIS/TCP does
         self.connections = 0  # accepted so far, for tests
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None

@@ -314,4 +314,6 @@ class KktLink:
         if what.kind == "stale_answer":
             log.info("kkt.stale_answer_drained", body=what.data[:16].hex(" "))
             return
+        if what.kind == "stray_ff":
+            return  # the KKT's own quirk over USB and RNDIS/TCP, not a sign of a bad line
         self.noise.seen(what)

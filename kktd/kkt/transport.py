@@ -33,6 +33,7 @@ from kktd.kkt.protocol import (
     FailReason,
     Response,
     Send,
+    leftover,
 )
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -240,7 +241,7 @@ class FdTransport:
     def _drop_stale_input(self) -> None:
         """Bytes left from before this exchange belong to nobody; the ENQ recovers any answer."""
         if self._input:
-            self._discarded(Discarded("noise", bytes(self._input)))
+            self._discarded(leftover(bytes(self._input)))
             self._input.clear()
 
     def _discarded(self, what: Discarded) -> None:

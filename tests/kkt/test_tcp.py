@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from kktd.emulator.device import KktDevice
 from kktd.emulator.tcp import TcpEmulator
 from kktd.kkt import tcp
 from kktd.kkt.link import KktLink
-from kktd.kkt.protocol import FnStatus, encode_request
+from kktd.kkt.protocol import Discarded, FnStatus, encode_request
 from kktd.kkt.tcp import TcpTransport
 from kktd.kkt.transport import ExchangeError, LinkDown
 from tests.support.daemon import DaemonProcess, write_config
@@ -192,3 +193,26 @@ def test_kktd_run_reads_a_kkt_over_tcp_and_warns_of_a_baud_rate_that_does_not_ap
     assert warning["detail"].startswith(f"{config}:5: kkt.baudrate: ignored: ")
     (connected,) = [e for e in events if e["event"] == "kkt.connected"]
     assert (connected["transport"], connected["port"]) == ("tcp", port)
+
+
+async def test_the_ff_a_kkt_sends_after_each_of_our_acks_over_tcp_is_skipped_not_counted(
+    emulator: TcpEmulator,
+) -> None:
+    seen: list[Discarded] = []
+    transport = await TcpTransport.open("127.0.0.1", emulator.tcp_port, on_discard=seen.append)
+    try:
+        for _ in range(5):
+            assert (await transport.exchange(FN_STATUS, answer_timeout=3.0)).error == 0
+    finally:
+        transport.close()
+    assert len(seen) >= 4  # each after our ACK, found at the start of the next exchange
+    assert {d.kind for d in seen} == {"stray_ff"}
+    link = KktLink(emulator.port, 115200)
+    try:
+        with capture_logs() as logs:
+            for _ in range(5):
+                await link.request(0xFF01)
+    finally:
+        await link.close()
+    assert not link.noise.totals
+    assert "kkt.line_noise" not in [e["event"] for e in logs]
