@@ -27,7 +27,17 @@ import structlog
 from tests.chaos import freezes, scenarios
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "fencing", "long_tlv")
+SCENARIOS = (
+    "kill",
+    "redis",
+    "upstream",
+    "serial",
+    "serial_tcp",
+    "sighup",
+    "disk_full",
+    "fencing",
+    "long_tlv",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "redis": lambda: scenarios.redis(workdir, plan.passes),
         "upstream": lambda: scenarios.upstream(workdir, plan.passes),
         "serial": lambda: scenarios.serial(workdir, plan.passes),
+        "serial_tcp": lambda: scenarios.serial_tcp(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
         "fencing": lambda: freezes.fencing(workdir, plan.freezes, random.Random(plan.seed)),
