@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.journal import Journal
+from kktd.journal import Journal, JournalIOError
 from kktd.journal.integrity import move_aside
 from tests.journal.conftest import Clock
 
@@ -79,7 +78,7 @@ async def test_a_path_sqlite_cannot_open_is_an_error_not_damage(tmp_path: Path, 
     unopenable = tmp_path / where
     if where == "a-directory":
         unopenable.mkdir()
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(JournalIOError, match="I/O error"):
         await Journal.open(unopenable)
     assert unopenable.is_dir() == (where == "a-directory")
     assert not list(tmp_path.rglob("*.corrupt-*"))
