@@ -217,6 +217,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 @table.post("/v1/journal/recovery/ack")
 async def recovery_ack(request: web.Request) -> web.Response:
     """The operator has seen the last journal recovery: status stops showing it."""
+    _journal_ready(request)  # an unavailable journal may be the very recovery to acknowledge
     record = await _components(request).journal.acknowledge_recovery()
     if record is None:
         return web.json_response({"status": "none", "detail": "no recovery to acknowledge"})
