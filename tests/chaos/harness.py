@@ -23,10 +23,19 @@ from pathlib import Path
 
 import structlog
 
-from tests.chaos import scenarios
+from tests.chaos import journal_scenarios, scenarios
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full")
+SCENARIOS = (
+    "kill",
+    "redis",
+    "upstream",
+    "serial",
+    "sighup",
+    "disk_full",
+    "journal_damaged",
+    "disk_full_start",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "serial": lambda: scenarios.serial(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
+        "journal_damaged": lambda: journal_scenarios.journal_damaged(workdir, plan.passes),
+        "disk_full_start": lambda: journal_scenarios.disk_full_start(workdir, plan.passes),
     }
 
 
