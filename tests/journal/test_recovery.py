@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
@@ -193,3 +196,25 @@ async def test_a_journal_that_could_not_open_opens_when_the_cause_is_gone(tmp_pa
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         await journal.close()
+
+
+def test_an_io_error_at_run_time_reopens_the_same_file_through_the_start_up_check(
+    db_path: Path,
+) -> None:
+    worker = Path(__file__).with_name("io_worker.py")
+    done = subprocess.run(
+        [sys.executable, str(worker), str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    )
+    seen = json.loads(done.stdout)
+    assert seen["raised"][0] == "JournalIOError"
+    assert "SQLITE_IOERR_WRITE" in seen["raised"][1]
+    assert seen["unavailable"].startswith("journal unavailable: I/O error on ")
+    # reopened through the integrity check, kept (not damaged), nothing lost
+    assert (seen["reopened"], seen["recovered_from"], seen["cursor"]) == (True, None, 5)
+    assert seen["stored"] is True
+    assert not list(db_path.parent.glob("*.corrupt-*"))
