@@ -10,7 +10,7 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,9 @@ async def till(tmp_path: Path) -> AsyncIterator[Till]:
 
 
 @pytest.fixture
-def processes() -> AsyncIterator[list[DaemonProcess]]:  # type: ignore[misc]
+def processes() -> Iterator[list[DaemonProcess]]:
     started: list[DaemonProcess] = []
-    yield started  # type: ignore[misc]
+    yield started
     for process in started:
         process.close()
 

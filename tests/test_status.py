@@ -91,7 +91,10 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(poller.status().ofd is not None))
+        # the FN's backlog is read before the FDs: wait for both
+        await wait_until(
+            lambda: _is(poller.status().ofd is not None and poller.status().cursor == 2)
+        )
         line = await status_line(daemon)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
@@ -129,7 +132,9 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(poller.status().ofd is not None))
+        await wait_until(
+            lambda: _is(poller.status().ofd is not None and poller.status().cursor == 3)
+        )
         status = await snapshot(daemon)
         beat = await heartbeat(daemon.components)
     assert status["kkt"]["connected"] is True

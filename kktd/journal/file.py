@@ -52,7 +52,9 @@ class JournalFile:
         self._lock = asyncio.Lock()
         self._opening = asyncio.Lock()
         self._closed = False
-        self._damaged = False  # seen damaged at run time: replace it, whatever quick_check says
+        # what damage was seen, at run time or by a replacement that failed: the next open
+        # replaces the file whatever quick_check says of it
+        self._damage: str | None = None
         self._lost = asyncio.Event()
         self._unavailable_since: float | None = None
         self._attempts = 0
@@ -91,7 +93,7 @@ class JournalFile:
                 self._note_unavailable(error)
                 raise error from exc
             async with self._lock:
-                self._conn, self.fault, self._damaged = conn, None, False
+                self._conn, self.fault, self._damage = conn, None, None
             self.recovered_from = recovered
             self.recovery = next((RecoveryRecord.from_json(r[0]) for r in rows), None)
             self._note_available()
@@ -107,8 +109,8 @@ class JournalFile:
         return None
 
     async def _connect_or_replace(self) -> tuple[aiosqlite.Connection, Path | None]:
-        if self._damaged:
-            reason = str(self.fault)
+        if self._damage is not None:
+            reason = self._damage
         else:
             try:
                 return await connect(self.path), None
@@ -119,7 +121,7 @@ class JournalFile:
         try:
             record = await asyncio.to_thread(replace_damaged, self.path, self._clock(), reason)
         except (sqlite3.Error, OSError) as exc:
-            self._damaged = True  # still in place: the next attempt replaces it, checked or not
+            self._damage = reason  # still in place: the next attempt replaces it, checked or not
             if (error := classify(exc, self.path)) is None:
                 raise
             raise error from exc
@@ -226,7 +228,8 @@ class JournalFile:
         if error is None or error.kind not in ("damaged", "io"):
             return error  # full or busy: the same call may work later on the same file
         conn, self._conn = self._conn, None
-        self._damaged = self._damaged or error.kind == "damaged"
+        if error.kind == "damaged":
+            self._damage = self._damage or str(error)
         self._note_unavailable(error)
         self._lost.set()
         if conn is not None:

@@ -1,7 +1,9 @@
-"""The API while the journal cannot be opened, and the acknowledgement of a journal recovery."""
+"""The API while the journal cannot be opened or a component crash-loops, and the acknowledgement
+of a journal recovery."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,10 +16,20 @@ from kktd.config import JournalConfig
 from kktd.daemon import Daemon
 from kktd.mock_upstream import MockUpstream
 from kktd.status import status_line
-from tests.api.helpers import ClientFactory, auth, build_daemon, make_config, upstream
+from kktd.supervisor import CRASH_LOOP, Beat
+from tests.api.helpers import (
+    ClientFactory,
+    Harness,
+    auth,
+    build_daemon,
+    harness,
+    make_config,
+    upstream,
+    wait_until,
+)
 from tests.api.test_metrics import parse
 
-__all__ = ["upstream"]  # a fixture
+__all__ = ["harness", "upstream"]  # fixtures
 
 Client = TestClient[web.Request, web.Application]
 
@@ -39,7 +51,7 @@ async def client(unopenable: Daemon, aiohttp_client: ClientFactory) -> Client:
     return await aiohttp_client(create_app(unopenable))
 
 
-async def test_health_says_the_journal_is_in_error_and_why(client: TestClient) -> None:
+async def test_health_says_the_journal_is_in_error_and_why(client: Client) -> None:
     resp = await client.get("/v1/health")
     assert resp.status == 200
     body = await resp.json()
@@ -47,7 +59,7 @@ async def test_health_says_the_journal_is_in_error_and_why(client: TestClient) -
     assert body["components"]["journal"].startswith("error: journal unavailable: I/O error on ")
 
 
-async def test_status_and_metrics_keep_answering_without_counts(client: TestClient) -> None:
+async def test_status_and_metrics_keep_answering_without_counts(client: Client) -> None:
     resp = await client.get("/v1/status")
     assert resp.status == 200
     journal = (await resp.json())["journal"]
@@ -120,3 +132,38 @@ async def test_a_recovery_is_shown_until_acknowledged(
     finally:
         assert daemon.components is not None
         await daemon.components.close()
+
+
+async def test_health_and_the_status_line_name_a_crash_looping_component(
+    harness: Harness,
+) -> None:
+    supervisor = harness.daemon.supervisor
+    crashes = 0
+
+    async def broken(beat: Beat) -> None:
+        nonlocal crashes
+        crashes += 1
+        raise RuntimeError("database disk image is malformed")
+
+    async def no_wait(_: float) -> None:
+        if crashes >= CRASH_LOOP:
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(supervisor.supervise("poller", broken, sleep=no_wait))
+    try:
+        await wait_until(lambda: _true(crashes >= CRASH_LOOP))
+        body = await (await harness.client.get("/v1/health")).json()
+        assert body["components"]["supervisor"] == (
+            f"crash loop: poller ({CRASH_LOOP} crashes in a row,"
+            " last: RuntimeError: database disk image is malformed)"
+        )
+        assert "crash loop: poller" in await status_line(harness.daemon)
+        samples = parse(await (await harness.client.get("/metrics")).text())
+        assert samples[("kktd_component_restarts_total", (("component", "poller"),))] == 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _true(value: bool) -> bool:
+    return value

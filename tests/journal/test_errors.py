@@ -23,7 +23,7 @@ from tests.support.faults import fill, tmpfs
 def _sqlite_error(code: int, text: str) -> sqlite3.Error:
     """What sqlite3 raises: the extended result code travels on the exception."""
     exc = sqlite3.OperationalError(text)
-    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    exc.sqlite_errorcode = code
     return exc
 
 
@@ -86,7 +86,7 @@ async def test_an_existing_journal_on_a_full_disk_is_full_not_an_io_error(tmp_pa
         fill(tmp_path / "fs" / "filler")
         with closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.Error) as raised:
             conn.execute("SELECT 1 FROM documents").fetchall()
-        assert raised.value.sqlite_errorname == "SQLITE_IOERR_SHMSIZE"  # type: ignore[attr-defined]
+        assert raised.value.sqlite_errorname == "SQLITE_IOERR_SHMSIZE"
         error = classify(raised.value, path)
         assert isinstance(error, JournalFullError)
         assert str(error) == f"disk full ({path}, 0 bytes free)"
