@@ -211,11 +211,12 @@ JOURNAL_STATES: tuple[JournalState, ...] = ("ok", "full", "damaged", "io", "busy
 
 def journal_state(components: Components) -> JournalState:
     """One word for the journal, for the status and ``kktd_journal_state``."""
-    unavailable = components.journal.unavailable()
-    if unavailable is not None:
-        kind = unavailable.kind
-        return kind if kind in ("full", "damaged", "io", "busy") else "unavailable"
-    return "full" if components.poller.status().journal_blocked else "ok"
+    journal = components.journal
+    failure = journal.unavailable() or journal.write_failure
+    if failure is None:
+        return "ok"
+    kind = failure.kind
+    return kind if kind in ("full", "damaged", "io", "busy") else "unavailable"
 
 
 def journal_problem(components: Components) -> str | None:

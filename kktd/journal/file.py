@@ -64,6 +64,8 @@ class JournalFile:
         self.recovered_from: Path | None = None
         #: the last recovery, as the journal itself remembers it (across restarts)
         self.recovery: RecoveryRecord | None = None
+        #: why the last write failed while the file stayed open (full, busy); None once one commits
+        self.write_failure: JournalError | None = None
         #: called after each successful open (the wiring wakes the poller and the sync loop)
         self.on_open: list[Callable[[], None]] = []
 
@@ -94,6 +96,7 @@ class JournalFile:
                 raise error from exc
             async with self._lock:
                 self._conn, self.fault, self._damage = conn, None, None
+                self.write_failure = None
             self.recovered_from = recovered
             self.recovery = next((RecoveryRecord.from_json(r[0]) for r in rows), None)
             self._note_available()
@@ -218,8 +221,10 @@ class JournalFile:
                 with contextlib.suppress(sqlite3.Error):  # a failing disk may refuse this too
                     await conn.rollback()  # a no-op when SQLite already rolled back on its own
                 if isinstance(exc, sqlite3.Error) and (error := await self._failed(exc)):
+                    self.write_failure = error
                     raise error from exc
                 raise
+            self.write_failure = None
             return result
 
     async def _failed(self, exc: sqlite3.Error) -> JournalError | None:
