@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.mock_upstream import MockUpstream
+from tests.api.helpers import wait_until
 from tests.api.test_metrics import parse
 from tests.support.daemon import DaemonProcess, write_config
 from tests.support.faults import damage_table, fill, tmpfs
@@ -78,14 +78,6 @@ async def api(sock: Path, method: str, path: str) -> tuple[int, Any]:
         return resp.status, (await resp.json()) if is_json else body
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        await asyncio.sleep(0.1)
-
-
 async def start(processes: list[DaemonProcess], config: Path) -> DaemonProcess:
     """A `kktd run`, ready and with its cursor on the FN (start_fd = "next": new FDs only)."""
     process = DaemonProcess(config)
@@ -96,7 +88,7 @@ async def start(processes: list[DaemonProcess], config: Path) -> DaemonProcess:
         code, status = await api(process.api_socket, "GET", "/v1/status")
         return code == 200 and status["kkt"]["cursor"] is not None
 
-    await until(cursor_set)
+    await wait_until(cursor_set, timeout=30.0)
     return process
 
 
@@ -108,7 +100,7 @@ async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_d
     kktd = await start(processes, till.config())
     for _ in range(3):
         till.device.issue()
-    await until(lambda: _true(till.accepted() >= {6, 7, 8}))
+    await wait_until(lambda: _true(till.accepted() >= {6, 7, 8}), timeout=30.0)
 
     damage_table(till.dir / "kktd.db", "documents")
     for _ in range(2):
@@ -121,7 +113,7 @@ async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_d
         moved = list(till.dir.glob("kktd.db.corrupt-*"))
         return bool(moved) and till.accepted() >= set(range(1, 11))
 
-    await until(recovered_and_delivered)
+    await wait_until(recovered_and_delivered, timeout=30.0)
     assert set(answers) == {200}  # status and metrics answered throughout
     assert kktd.proc.poll() is None  # in-process: no restart
     status = (await api(kktd.api_socket, "GET", "/v1/status"))[1]
@@ -152,7 +144,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         config = till.config(journal)
         first = await start(processes, config)
         till.device.issue()
-        await until(lambda: _true(6 in till.accepted()))
+        await wait_until(lambda: _true(6 in till.accepted()), timeout=30.0)
         first.signal(signal.SIGTERM)
         assert await asyncio.to_thread(first.wait_exit) == 0
         first.close()
@@ -179,7 +171,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         assert parse(metrics)[("kktd_journal_state", (("state", "full"),))] == 1
 
         filler.unlink()  # space returns
-        await until(lambda: _true(till.accepted() >= {7, 8}))
+        await wait_until(lambda: _true(till.accepted() >= {7, 8}), timeout=30.0)
         _, health = await api(kktd.api_socket, "GET", "/v1/health")
         assert health["components"]["journal"] == "ok"
         assert kktd.proc.poll() is None
