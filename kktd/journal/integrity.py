@@ -67,6 +67,8 @@ def _inspect(path: Path) -> None:
     connection to a damaged file does not checkpoint and delete its -wal (a read-write close
     does): the evidence is moved aside whole.
     """
+    if path.with_name(path.name + "-journal").exists():
+        _roll_back(path)
     uri = path.resolve().as_uri() + "?mode=ro"
     with closing(sqlite3.connect(uri, uri=True)) as ro:
         ro.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
@@ -74,6 +76,17 @@ def _inspect(path: Path) -> None:
         problems = [str(row[0]) for row in ro.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
         raise JournalDamagedError("damaged (quick_check: " + "; ".join(problems[:5]) + ")")
+
+
+def _roll_back(path: Path) -> None:
+    """Let SQLite roll back a hot rollback journal, as it does on any read-write open.
+
+    A kill while SQLite switched a new file to WAL leaves one behind, and a read-only connection
+    cannot roll it back: every later start would fail with SQLITE_READONLY_ROLLBACK.
+    """
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 
 
 def move_aside(path: Path, now: float) -> Path:
