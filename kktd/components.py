@@ -19,7 +19,7 @@ import structlog
 
 from kktd import __version__
 from kktd.config import Config
-from kktd.journal import Journal
+from kktd.journal import Journal, JournalError, JournalVersionError
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.ofd.relay import OfdRelay
@@ -67,8 +67,11 @@ def hold_instance_lock(journal_path: Path) -> int:
         raise StartupError(
             f"another kktd (pid {holder}) is running with the journal {journal_path}"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    # The pid only names the holder in the message above: on a full disk (a degraded start
+    # that must still come up) the lock holds without it.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -102,14 +105,13 @@ class Components:
     ) -> Components:
         lock_fd = hold_instance_lock(config.journal.path)
         stack.callback(os.close, lock_fd)
-        journal = await Journal.open(config.journal.path)
+        journal = Journal(config.journal.path)
         stack.push_async_callback(journal.close)
-        if journal.recovered_from is not None:
-            log.error(
-                "journal.recovered",
-                moved_aside=str(journal.recovered_from),
-                action="the journal is re-read from the FN",
-            )
+        # A journal that cannot be opened (a full disk, an I/O error) is a degraded start, not a
+        # failed one: the API tells why, the poller waits, `keep_open` retries until it opens.
+        problem = await journal.try_open()
+        if isinstance(problem, JournalVersionError):
+            raise StartupError(str(problem))  # waiting will not make this kktd newer
         client = UpstreamClient(config.upstream, instance_id=instance, version=__version__)
         await client.start()
         stack.push_async_callback(client.close)
@@ -138,6 +140,7 @@ class Components:
             relay.wake()  # a new FD means a new message for the OFD
 
         poller = Poller(link, journal, config.kkt, on_journaled=journaled)
+        journal.on_open.append(journaled)  # a journal back after a failure: look at it at once
         return cls(
             config=config,
             instance=instance,
@@ -156,6 +159,7 @@ class Components:
 
     def runners(self) -> dict[str, Runner]:
         runners: dict[str, Runner] = {
+            "journal": self.journal.keep_open,
             "poller": self.poller.run,
             "sync": self.engine.run,
             "retention": self.retention,
@@ -167,12 +171,15 @@ class Components:
     async def retention(self, beat: Beat) -> None:
         """Prune synced FDs older than journal.retention_days, hourly; pending and dead stay."""
         while True:
-            cutoff = time.time() - self.config.journal.retention_days * 86400
-            pruned = await self.journal.prune(cutoff)
-            if pruned:
-                log.info(
-                    "journal.pruned", fds=pruned, retention_days=self.config.journal.retention_days
-                )
+            days = self.config.journal.retention_days
+            try:
+                pruned = await self.journal.prune(time.time() - days * 86400, progress=beat)
+            except JournalError as exc:
+                # the journal says itself what is wrong with it; the prune waits for next time
+                log.warning("journal.prune_skipped", error=str(exc))
+            else:
+                if pruned:
+                    log.info("journal.pruned", fds=pruned, retention_days=days)
             await sliced_sleep(RETENTION_EVERY, beat)
 
     def reconfigure(self, config: Config) -> None:

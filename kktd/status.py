@@ -2,20 +2,21 @@
 
 `Readings` gathers the live state of the components once (the journal counts are the only
 awaited part), so the snapshot, the STATUS= line, the metrics and the fleet heartbeat all show
-the same numbers from the same moment.
+the same numbers from the same moment. A journal that cannot be read leaves the counts out
+(None) and says why: the status, the health and the metrics keep answering whatever it is.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kktd import __version__
 from kktd.fn_health import FnHealth, assess
-from kktd.journal import JournalCounts
+from kktd.journal import JournalCounts, JournalError, RecoveryRecord
 from kktd.journal.skips import list_skips, skipped_count
 from kktd.kkt.link import LinkState
 from kktd.kkt.poller import PollerStatus
@@ -35,16 +36,16 @@ class Readings:
     """One consistent look at every component; `now` is the wall clock of that look."""
 
     now: float
-    counts: JournalCounts
+    counts: JournalCounts | None  # None while the journal cannot be read
     link: LinkState
     kkt: PollerStatus
     sync: SyncStatus
     fn: FnHealth
-    skipped: int = 0  # FDs the operator skipped (`kktd skip`), ever, in this journal
+    skipped: int | None = None  # FDs the operator skipped (`kktd skip`), ever, in this journal
 
     @property
     def oldest_pending_age(self) -> float | None:
-        oldest = self.counts.oldest_pending_journaled_at
+        oldest = None if self.counts is None else self.counts.oldest_pending_journaled_at
         return None if oldest is None else max(0.0, self.now - oldest)
 
 
@@ -55,7 +56,13 @@ async def read(
     local_now: Callable[[], datetime] = datetime.now,
 ) -> Readings:
     """Look at every component now (`local_now` is the wall clock the KKT's dates are in)."""
-    counts = await components.journal.counts()
+    counts: JournalCounts | None = None
+    skipped: int | None = None
+    try:
+        counts = await components.journal.counts()
+        skipped = await skipped_count(components.journal)
+    except JournalError:
+        pass  # the journal is unavailable or busy: `journal_problem` says which
     kkt = components.poller.status()
     ofd = kkt.ofd
     fn = assess(
@@ -64,7 +71,6 @@ async def read(
         kkt.warning_flags,
         local_now(),
     )
-    skipped = await skipped_count(components.journal)
     sync = components.engine.status()
     return Readings(clock(), counts, components.link.state, kkt, sync, fn, skipped)
 
@@ -175,7 +181,6 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
     assert components is not None
     r = await read(components)
     reload = daemon.last_reload
-    recovered = components.journal.recovered_from
     return {
         "version": __version__,
         "instance": daemon.instance,
@@ -184,17 +189,7 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
         "uptime_seconds": round(r.now - daemon.started_at, 3),
         "kkt": _kkt(components, r),
         "fn": _fn(r),
-        "journal": {
-            "path": str(daemon.config.journal.path),
-            "pending": r.counts.pending,
-            "synced": r.counts.synced,
-            "dead": r.counts.dead,
-            "oldest_pending_age_seconds": _round(r.oldest_pending_age),
-            "journaled_total": r.kkt.journaled,
-            "recovered_from": None if recovered is None else str(recovered),
-            "skipped": r.skipped,
-            "skips": [s.to_dict() for s in await list_skips(components.journal, SKIPS_SHOWN)],
-        },
+        "journal": _journal(daemon, r, await _recent_skips(components)),
         "sync": _sync(components, r),
         "ofd_relay": None if components.relay is None else components.relay.status().to_dict(),
         "config": {
@@ -205,6 +200,102 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
             "reloads": dict(daemon.reloads),
         },
     }
+
+
+async def _recent_skips(components: Components) -> list[dict[str, Any]] | None:
+    """The newest skips for /v1/status; None while the journal cannot be read."""
+    try:
+        return [s.to_dict() for s in await list_skips(components.journal, SKIPS_SHOWN)]
+    except JournalError:
+        return None
+
+
+def _journal(daemon: Daemon, r: Readings, skips: list[dict[str, Any]] | None) -> dict[str, Any]:
+    components = daemon.components
+    assert components is not None
+    counts = r.counts
+    recovery = shown_recovery(components, r.now)
+    return {
+        "path": str(daemon.config.journal.path),
+        "state": journal_state(components),
+        "error": journal_problem(components),
+        "pending": None if counts is None else counts.pending,
+        "synced": None if counts is None else counts.synced,
+        "dead": None if counts is None else counts.dead,
+        "oldest_pending_age_seconds": _round(r.oldest_pending_age),
+        "journaled_total": r.kkt.journaled,
+        "recovered_from": None if recovery is None else recovery.moved_to,
+        "recovery": None
+        if recovery is None
+        else {"at": recovery.at, "moved_to": recovery.moved_to, "reason": recovery.reason},
+        "skipped": r.skipped,
+        "skips": skips,
+    }
+
+
+def shown_recovery(components: Components, now: float) -> RecoveryRecord | None:
+    """The journal's last recovery while the operator should still see it (SPEC section 2)."""
+    recovery = components.journal.recovery
+    return recovery if recovery is not None and recovery.shown(now) else None
+
+
+JournalState = Literal["ok", "full", "damaged", "io", "busy", "unavailable"]
+JOURNAL_STATES: tuple[JournalState, ...] = ("ok", "full", "damaged", "io", "busy", "unavailable")
+
+
+def journal_state(components: Components) -> JournalState:
+    """One word for the journal, for the status and ``kktd_journal_state``."""
+    journal = components.journal
+    failure = journal.unavailable() or journal.write_failure
+    if failure is None:
+        return "ok"
+    kind = failure.kind
+    return kind if kind in ("full", "damaged", "io", "busy") else "unavailable"
+
+
+def journal_problem(components: Components) -> str | None:
+    """What is wrong with the journal, in an operator's words; None while it works."""
+    unavailable = components.journal.unavailable()
+    if unavailable is not None:
+        return str(unavailable)  # "journal unavailable: disk full (/var/lib/kktd/kktd.db, …)"
+    blocked = components.poller.status().journal_blocked
+    return None if blocked is None else f"journal writes failing: {blocked}"
+
+
+def health(daemon: Daemon) -> dict[str, Any]:
+    """GET /v1/health: "ok" or "degraded" while the process is sound; the parts say which one is
+    not, and why, in a few words."""
+    components = daemon.components
+    assert components is not None
+    breaker = str(components.engine.status().breaker_state)
+    parts = {
+        "journal": _journal_health(components),
+        "kkt": "ok" if components.link.connected else "offline",
+        "upstream": "ok" if breaker == "closed" else breaker,
+        "lock": "ok"
+        if (problem := components.lock.problem) is None
+        else f"refused: {problem.kind}",
+        "supervisor": _supervisor_health(daemon),
+    }
+    status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"
+    return {"status": status, "components": parts}
+
+
+def _journal_health(components: Components) -> str:
+    if (unavailable := components.journal.unavailable()) is not None:
+        return f"error: {unavailable}"
+    blocked = components.poller.status().journal_blocked
+    return "ok" if blocked is None else f"blocked: {blocked}"
+
+
+def _supervisor_health(daemon: Daemon) -> str:
+    supervisor = daemon.supervisor
+    loops = supervisor.crash_loops()
+    stale = [name for name in supervisor.stale() if name not in loops]
+    words = [f"crash loop: {name} ({why})" for name, why in sorted(loops.items())]
+    if stale:
+        words.append("stale: " + ", ".join(stale))
+    return "; ".join(words) or "ok"
 
 
 async def heartbeat(components: Components) -> dict[str, Any]:
@@ -218,8 +309,8 @@ async def heartbeat(components: Components) -> dict[str, Any]:
         "kkt_connected": r.link.connected,
         "model": r.link.device.name if r.link.device is not None else None,
         "last_fd": r.kkt.last_fd,
-        "pending": r.counts.pending,
-        "dead": r.counts.dead,
+        "pending": None if r.counts is None else r.counts.pending,
+        "dead": None if r.counts is None else r.counts.dead,
         "oldest_pending_age_seconds": _round(r.oldest_pending_age),
         "breaker": str(r.sync.breaker_state),
         "fn_level": r.fn.level,
@@ -239,7 +330,9 @@ async def status_line(daemon: Daemon) -> str:
         r,
         instance=daemon.instance,
         reload_failed=_failed_reload(daemon),
-        recovered=components.journal.recovered_from is not None,
+        recovered=shown_recovery(components, r.now) is not None,
+        journal=None if components.journal.unavailable() is None else journal_problem(components),
+        crash_loops=sorted(daemon.supervisor.crash_loops()),
     )
 
 
@@ -251,10 +344,22 @@ def _failed_reload(daemon: Daemon) -> str | None:
     return result.key or "see log"
 
 
-def render_line(r: Readings, *, instance: str, reload_failed: str | None, recovered: bool) -> str:
+def render_line(
+    r: Readings,
+    *,
+    instance: str,
+    reload_failed: str | None,
+    recovered: bool,
+    journal: str | None = None,
+    crash_loops: Sequence[str] = (),
+) -> str:
+    """`journal`: why the journal is unavailable, said in place of the counts."""
     model = r.link.device.name if r.link.connected and r.link.device is not None else None
     parts = [f"KKT online ({model})" if model else "KKT offline"]
-    parts += [f"pending {r.counts.pending}", f"dead {r.counts.dead}"]
+    if journal is not None or r.counts is None:
+        parts.append(journal or "journal unreadable")
+    else:
+        parts += [f"pending {r.counts.pending}", f"dead {r.counts.dead}"]
     parts.append(f"upstream {_UPSTREAM_WORDS.get(str(r.sync.breaker_state), 'unknown')}")
     if r.sync.lock_holder and r.sync.lock_holder != instance:
         parts.append(f"lock held by {r.sync.lock_holder}")
@@ -266,10 +371,12 @@ def render_line(r: Readings, *, instance: str, reload_failed: str | None, recove
         parts.append(f"FN {r.fn.level}: {', '.join(r.fn.warnings)}")
     if (stuck := stuck_fd(r)) is not None:
         parts.append(f"KKT reads failing at FD {stuck}")
-    if r.kkt.journal_blocked:
+    if r.kkt.journal_blocked and journal is None:
         parts.append("journal writes failing, KKT reads paused")
+    if crash_loops:
+        parts.append(f"crash loop: {', '.join(crash_loops)}")
     if reload_failed is not None:
         parts.append(f"config reload FAILED ({reload_failed}), old config running")
     if recovered:
-        parts.append("journal was damaged: re-reading from FN")
+        parts.append("journal was damaged and replaced: see kktd status")
     return ", ".join(parts)

@@ -4,6 +4,8 @@ Each component runs as ``run(beat)`` and calls ``beat()`` while it is healthy. T
 systemd only while every component has beaten within its deadline, so a wedged loop (or a blocked
 event loop, which stops the watchdog task itself) leads systemd to restart us. A component that
 crashes is logged and restarted with backoff: an outage outside kktd is never a reason to exit.
+One that keeps crashing, though, is a crash loop: it stops counting as alive, and the watchdog
+then lets systemd restart the whole process (a fresh start runs the start-up checks again).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ Runner = Callable[[Beat], Awaitable[None]]
 
 RESTART_FIRST = 1.0
 RESTART_MAX = 30.0
+CRASH_LOOP = 5  # crashes in a row that make a component count as dead
+HEALTHY_STRETCH = 60.0  # seconds a run must last to end a series of crashes
 
 
 @dataclass(slots=True)
@@ -29,13 +33,29 @@ class _Component:
     deadline: float
     last_beat: float
     restarts: int = 0
+    crashes: int = 0  # in a row, each run shorter than the healthy stretch
+    running_since: float | None = None
+    last_error: str | None = None
 
 
 class Supervisor:
-    """Keeps each component's last beat and restarts components that crash."""
+    """Keeps each component's last beat and restarts components that crash.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    A component that crashes `crash_loop` times in a row, no run lasting `healthy_stretch`, is
+    in a crash loop: it counts as dead, so the watchdog is withheld and systemd restarts the
+    process. It is still restarted meanwhile, and a run that lasts the stretch ends the loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        crash_loop: int = CRASH_LOOP,
+        healthy_stretch: float = HEALTHY_STRETCH,
+    ) -> None:
         self._clock = clock
+        self._crash_loop = crash_loop
+        self._healthy_stretch = healthy_stretch
         self._components: dict[str, _Component] = {}
 
     def register(self, name: str, deadline: float) -> Beat:
@@ -44,7 +64,11 @@ class Supervisor:
         self._components[name] = component
 
         def beat() -> None:
-            component.last_beat = self._clock()
+            now = component.last_beat = self._clock()
+            if component.crashes and self._healthy(component, now):
+                if component.crashes >= self._crash_loop:
+                    log.info("supervisor.crash_loop_ended", component=name)
+                component.crashes = 0
 
         return beat
 
@@ -53,8 +77,28 @@ class Supervisor:
         now = self._clock()
         return [name for name, c in self._components.items() if now - c.last_beat > c.deadline]
 
+    def crash_loops(self) -> dict[str, str]:
+        """Components in a crash loop, each with what it last died of."""
+        return {
+            name: f"{c.crashes} crashes in a row, last: {c.last_error}"
+            for name, c in self._components.items()
+            if c.crashes >= self._crash_loop and not self._healthy(c, self._clock())
+        }
+
+    def dead(self) -> list[str]:
+        """Components that do not count as alive: stale, or in a crash loop."""
+        return sorted({*self.stale(), *self.crash_loops()})
+
     def restarts(self, name: str) -> int:
         return self._components[name].restarts
+
+    def all_restarts(self) -> dict[str, int]:
+        """Restarts by component since start, for ``kktd_component_restarts_total``."""
+        return {name: c.restarts for name, c in self._components.items()}
+
+    def _healthy(self, component: _Component, now: float) -> bool:
+        since = component.running_since
+        return since is not None and now - since >= self._healthy_stretch
 
     async def supervise(
         self,
@@ -66,16 +110,33 @@ class Supervisor:
     ) -> None:
         """Run ``run(beat)`` until cancelled, restarting it with backoff when it fails."""
         beat = self.register(name, deadline)
+        component = self._components[name]
         delay = RESTART_FIRST
         while True:
+            component.running_since = self._clock()
             try:
                 await run(beat)
                 log.warning("supervisor.returned", component=name)
+                error = "returned"
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 log.exception("supervisor.crashed", component=name, restart_in=delay)
-            self._components[name].restarts += 1
+                error = f"{type(exc).__name__}: {exc}"
+            if self._healthy(component, self._clock()):
+                component.crashes, delay = 0, RESTART_FIRST  # it had been fine for a while
+            component.running_since = None
+            component.restarts += 1
+            component.crashes += 1
+            component.last_error = error
+            if component.crashes == self._crash_loop:
+                log.error(
+                    "supervisor.crash_loop",
+                    component=name,
+                    crashes=component.crashes,
+                    error=error,
+                    action="the watchdog is withheld: systemd restarts kktd",
+                )
             await sleep(delay)
             beat()
             delay = min(delay * 2, RESTART_MAX)
@@ -88,13 +149,13 @@ async def watchdog(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Ping every ``interval`` seconds while no component is stale."""
+    """Ping every ``interval`` seconds while every component is alive (fresh, not looping)."""
     withheld: tuple[str, ...] = ()
     while True:
-        stale = tuple(supervisor.stale())
-        if stale:
-            if stale != withheld:
-                log.error("watchdog.withheld", stale=list(stale))
+        dead = tuple(supervisor.dead())
+        if dead:
+            if dead != withheld:
+                log.error("watchdog.withheld", stale=list(dead))
         else:
             if withheld:
                 log.info("watchdog.resumed")
@@ -102,7 +163,7 @@ async def watchdog(
                 ping()
             except OSError as exc:
                 log.warning("watchdog.ping_failed", error=str(exc))
-        withheld = stale
+        withheld = dead
         await sleep(interval)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from kktd.daemon import Daemon, ReloadResult
 from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
+from kktd.journal import RecoveryRecord
 from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
@@ -77,9 +79,9 @@ async def test_the_line_says_a_failed_reload_and_a_recovered_journal(daemon: Dae
         " config reload FAILED (sync.batch_sise), old config running"
     )
     assert daemon.components is not None
-    daemon.components.journal.recovered_from = Path("kktd.db.corrupt-1")
+    daemon.components.journal.recovery = RecoveryRecord(time.time(), "kktd.db.corrupt-1", "bad")
     assert (await status_line(daemon)).endswith(
-        "old config running, journal was damaged: re-reading from FN"
+        "old config running, journal was damaged and replaced: see kktd status"
     )
 
 

@@ -1,12 +1,14 @@
-"""Supervision: stale components withhold the watchdog; crashes restart with backoff."""
+"""Supervision: stale or crash-looping components withhold the watchdog; crashes restart with
+backoff."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 
-from kktd.supervisor import Beat, Supervisor, watchdog
+from kktd.supervisor import HEALTHY_STRETCH, Beat, Supervisor, watchdog
 
 
 class FakeClock:
@@ -80,3 +82,140 @@ async def test_a_crashing_component_is_restarted_with_growing_delays() -> None:
     assert calls == 4
     assert delays == [1.0, 2.0, 4.0]
     assert sup.restarts("flaky") == 3
+
+
+class Crashing:
+    """A component that crashes after running `runs` (clock) seconds, every time."""
+
+    def __init__(self, clock: FakeClock, runs: float = 0.5) -> None:
+        self.clock = clock
+        self.runs = runs
+        self.calls = 0
+
+    async def __call__(self, beat: Beat) -> None:
+        self.calls += 1
+        beat()
+        self.clock.now += self.runs
+        raise RuntimeError("database disk image is malformed")
+
+
+class RestartSleep:
+    """The supervisor's restart wait on the fake clock; parks for good after `crashes` waits."""
+
+    def __init__(self, clock: FakeClock, crashes: int) -> None:
+        self.clock = clock
+        self.crashes = crashes
+        self.delays: list[float] = []
+        self.parked = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.clock.now += delay
+        if len(self.delays) == self.crashes:
+            self.parked.set()
+            await asyncio.Event().wait()
+
+
+async def _crash(sup: Supervisor, clock: FakeClock, crashes: int, runs: float) -> RestartSleep:
+    """Let a component crash `crashes` times; its supervising task is left parked."""
+    restart = RestartSleep(clock, crashes)
+    task = asyncio.create_task(sup.supervise("poller", Crashing(clock, runs), sleep=restart))
+    await asyncio.wait_for(restart.parked.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return restart
+
+
+async def _pings(sup: Supervisor, clock: FakeClock) -> list[float]:
+    """What one watchdog tick sends."""
+    pings: list[float] = []
+
+    async def one_tick(_: float) -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await watchdog(sup, lambda: pings.append(clock.now), 2, sleep=one_tick)
+    return pings
+
+
+async def test_a_component_that_keeps_crashing_withholds_the_watchdog() -> None:
+    # Issue 11, item 1: restarted forever and beating after each restart, a component that
+    # could never work kept the watchdog fed; five crashes in a row now count as dead.
+    clock = FakeClock()
+    sup = Supervisor(clock=clock)
+    await _crash(sup, clock, crashes=5, runs=0.5)
+    assert await _pings(sup, clock) == []
+    assert sup.restarts("poller") == 5
+
+
+async def test_four_crashes_are_not_yet_a_loop() -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock=clock)
+    await _crash(sup, clock, crashes=4, runs=0.5)
+    assert sup.crash_loops() == {}
+    assert await _pings(sup, clock) == [clock.now]
+
+
+async def test_a_crash_loop_names_the_component_and_what_it_died_of() -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock=clock, crash_loop=3)
+    with capture_logs() as logs:
+        await _crash(sup, clock, crashes=3, runs=0.5)
+    assert sup.crash_loops() == {
+        "poller": "3 crashes in a row, last: RuntimeError: database disk image is malformed"
+    }
+    assert sup.dead() == ["poller"]
+    assert sup.all_restarts() == {"poller": 3}
+    loops = [e for e in logs if e["event"] == "supervisor.crash_loop"]
+    assert len(loops) == 1
+    assert loops[0]["log_level"] == "error"
+
+
+async def test_crashes_far_apart_are_no_loop_and_restart_after_the_shortest_wait() -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock=clock)
+    restart = await _crash(sup, clock, crashes=8, runs=HEALTHY_STRETCH + 1)
+    assert sup.crash_loops() == {}
+    assert restart.delays == [1.0] * 8
+
+
+async def test_a_run_that_lasts_the_healthy_stretch_ends_the_loop() -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock=clock)
+    calls = 0
+    healthy = asyncio.Event()
+    ticking = asyncio.Event()
+
+    async def heals(beat: Beat) -> None:
+        nonlocal calls
+        calls += 1
+        beat()
+        if calls <= 5:
+            raise RuntimeError("still broken")
+        healthy.set()
+        while True:  # fine now: beats while the test moves the clock
+            await ticking.wait()
+            ticking.clear()
+            beat()
+
+    async def restart(delay: float) -> None:
+        clock.now += delay
+
+    task = asyncio.create_task(sup.supervise("poller", heals, sleep=restart))
+    try:
+        await asyncio.wait_for(healthy.wait(), 5)
+        assert list(sup.crash_loops()) == ["poller"]  # running again, but not for long yet
+        clock.now += HEALTHY_STRETCH
+        assert sup.crash_loops() == {}
+        with capture_logs() as logs:
+            ticking.set()  # its next beat says so, once
+            async with asyncio.timeout(5):
+                while not logs:
+                    await asyncio.sleep(0)
+        assert [e["event"] for e in logs] == ["supervisor.crash_loop_ended"]
+        assert await _pings(sup, clock) == [clock.now]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -18,11 +18,12 @@ from prometheus_client.registry import Collector
 
 from kktd import __version__
 from kktd.ofd.metrics import relay_metrics
-from kktd.status import Readings, read
+from kktd.status import JOURNAL_STATES, Readings, journal_state, read
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
 
 if TYPE_CHECKING:
+    from kktd.components import Components
     from kktd.daemon import Daemon
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,24 +75,28 @@ class _LiveCollector(Collector):
             "FDs read from the FN and journaled since the daemon started.",
             value=r.kkt.journaled,
         )
-        documents = GaugeMetricFamily("kktd_documents", "FDs in the journal.", labels=["state"])
-        for state, count in (
-            ("pending", r.counts.pending),
-            ("synced", r.counts.synced),
-            ("dead", r.counts.dead),
-        ):
-            documents.add_metric([state], count)
-        yield documents
-        yield CounterMetricFamily(
-            "kktd_documents_skipped",
-            "FDs the operator skipped with `kktd skip` (the KKT could not produce them).",
-            value=r.skipped,
-        )
-        yield GaugeMetricFamily(
-            "kktd_oldest_pending_age_seconds",
-            "Age of the oldest pending FD (0 when none is pending).",
-            value=r.oldest_pending_age or 0.0,
-        )
+        # absent while the journal cannot be read: a made-up 0 would look like nothing pending
+        if r.counts is not None:
+            documents = GaugeMetricFamily("kktd_documents", "FDs in the journal.", labels=["state"])
+            for state, count in (
+                ("pending", r.counts.pending),
+                ("synced", r.counts.synced),
+                ("dead", r.counts.dead),
+            ):
+                documents.add_metric([state], count)
+            yield documents
+            yield GaugeMetricFamily(
+                "kktd_oldest_pending_age_seconds",
+                "Age of the oldest pending FD (0 when none is pending).",
+                value=r.oldest_pending_age or 0.0,
+            )
+        if r.skipped is not None:
+            yield CounterMetricFamily(
+                "kktd_documents_skipped",
+                "FDs the operator skipped with `kktd skip` (the KKT could not produce them).",
+                value=r.skipped,
+            )
+        yield from self._lifecycle(components)
         yield from self._sync(r)
         yield from self._kkt(r)
         if components.relay is not None:
@@ -102,6 +107,26 @@ class _LiveCollector(Collector):
         for result, count in sorted(self.daemon.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
+
+    def _lifecycle(self, components: Components) -> Iterator[Metric]:
+        """The journal's state and the supervisor's restarts (issue 11)."""
+        state = journal_state(components)
+        journal = GaugeMetricFamily(
+            "kktd_journal_state",
+            "The journal: 1 for the current state (ok, or why it cannot be written).",
+            labels=["state"],
+        )
+        for each in JOURNAL_STATES:
+            journal.add_metric([each], 1 if each == state else 0)
+        yield journal
+        restarts = CounterMetricFamily(
+            "kktd_component_restarts",
+            "Restarts of each supervised component after it crashed (or returned).",
+            labels=["component"],
+        )
+        for component, count in sorted(self.daemon.supervisor.all_restarts().items()):
+            restarts.add_metric([component], count)
+        yield restarts
 
     def _sync(self, r: Readings) -> Iterator[Metric]:
         components = self.daemon.components

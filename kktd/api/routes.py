@@ -15,6 +15,7 @@ from kktd.api.metrics import CONTENT_TYPE
 from kktd.api.server import DAEMON_KEY, METRICS_KEY, ParameterError, error
 from kktd.api.skip import skip as skip_fd
 from kktd.journal import JournalEntry
+from kktd.status import health as daemon_health
 from kktd.status import snapshot
 
 if TYPE_CHECKING:
@@ -36,6 +37,12 @@ def _components(request: web.Request) -> Components:
     return components
 
 
+def _journal_ready(request: web.Request) -> None:
+    """Raise the journal's error now, while it can still become a 503 (see error_middleware)."""
+    if (unavailable := _components(request).journal.unavailable()) is not None:
+        raise unavailable
+
+
 def _fn(text: str) -> str:
     if not (text.isascii() and text.isdigit() and len(text) <= FN_DIGITS):
         raise ParameterError(f"fn: expected the FN number (up to {FN_DIGITS} digits), got {text!r}")
@@ -55,21 +62,7 @@ def _fn_fd(request: web.Request) -> tuple[str, int]:
 @table.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     """ "ok" or "degraded" while the process is sound; the parts say which one is not."""
-    daemon = request.app[DAEMON_KEY]
-    components = _components(request)
-    breaker = str(components.engine.status().breaker_state)
-    stale = daemon.supervisor.stale()
-    parts = {
-        "journal": "ok" if not components.poller.status().journal_blocked else "blocked",
-        "kkt": "ok" if components.link.connected else "offline",
-        "upstream": "ok" if breaker == "closed" else breaker,
-        "lock": "ok"
-        if (problem := components.lock.problem) is None
-        else f"refused: {problem.kind}",
-        "supervisor": "ok" if not stale else "stale: " + ", ".join(stale),
-    }
-    status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"
-    return web.json_response({"status": status, "components": parts})
+    return _json(daemon_health(request.app[DAEMON_KEY]))
 
 
 @table.get("/v1/status")
@@ -95,6 +88,7 @@ async def buffer_status(request: web.Request) -> web.Response:
 @table.post("/v1/kkt/buffer/sync")
 async def buffer_sync(request: web.Request) -> web.Response:
     """One round now (SPEC section 6): 200 completed, 409 busy, 503 circuit open or skipped."""
+    _journal_ready(request)
     report = await _components(request).engine.sync_now()
     log.info("api.sync", status=report.status, synced=report.synced, dead=report.dead)
     if report.status == "busy":
@@ -215,6 +209,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         since = parse_since(request.query["since"])
     except ValueError as exc:
         raise ParameterError(str(exc)) from None
+    _journal_ready(request)  # before the 200 goes out
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     count = 0
@@ -224,6 +219,17 @@ async def export(request: web.Request) -> web.StreamResponse:
     await response.write_eof()
     log.info("api.exported", since=iso(since), fds=count)
     return response
+
+
+@table.post("/v1/journal/recovery/ack")
+async def recovery_ack(request: web.Request) -> web.Response:
+    """The operator has seen the last journal recovery: status stops showing it."""
+    _journal_ready(request)  # an unavailable journal may be the very recovery to acknowledge
+    record = await _components(request).journal.acknowledge_recovery()
+    if record is None:
+        return web.json_response({"status": "none", "detail": "no recovery to acknowledge"})
+    recovery = {"at": record.at, "moved_to": record.moved_to, "reason": record.reason}
+    return _json({"status": "acknowledged", "recovery": recovery})
 
 
 @table.get("/metrics")

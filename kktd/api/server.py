@@ -17,6 +17,7 @@ from aiohttp import web
 
 from kktd.api.metrics import Metrics
 from kktd.config import ApiConfig
+from kktd.journal import JournalError
 
 if TYPE_CHECKING:
     from kktd.daemon import Daemon
@@ -41,11 +42,14 @@ def error(code: int, name: str, detail: str, **extra: Any) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bad parameters, and aiohttp's own errors (404 for an unknown path, 405 …), as JSON."""
+    """Bad parameters, a journal that cannot answer (503), and aiohttp's own errors (404 for an
+    unknown path, 405 …), as JSON."""
     try:
         return await handler(request)
     except ParameterError as exc:
         return error(400, "bad_parameter", str(exc))
+    except JournalError as exc:  # full, damaged, being reopened, busy: say which, and why
+        return error(503, "journal_unavailable", str(exc), cause=exc.kind)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from kktd.journal.errors import JournalError, JournalFullError, JournalVersionError
+from kktd.journal.errors import (
+    JournalBusyError,
+    JournalDamagedError,
+    JournalError,
+    JournalFullError,
+    JournalIOError,
+    JournalUnavailableError,
+    JournalVersionError,
+)
+from kktd.journal.recovery import RecoveryRecord
 from kktd.journal.store import DocState, Journal, JournalCounts, JournalEntry
 
 __all__ = [
     "DocState",
     "Journal",
+    "JournalBusyError",
     "JournalCounts",
+    "JournalDamagedError",
     "JournalEntry",
     "JournalError",
     "JournalFullError",
+    "JournalIOError",
+    "JournalUnavailableError",
     "JournalVersionError",
+    "RecoveryRecord",
 ]

@@ -1,28 +1,25 @@
 """The journal: every FD read from the FN, with its delivery state (SPEC section 2).
 
-One aiosqlite connection owned by `Journal`; every write is one ``BEGIN IMMEDIATE`` transaction.
-An `asyncio.Lock` keeps one transaction at a time on the shared connection, and reads wait for it
-too, so nobody sees another task's uncommitted rows. aiosqlite runs statements in FIFO order on its
-thread, so a caller cancelled mid-transaction still gets its ROLLBACK run before the next BEGIN.
+The statements of the journal; the connection, its failures and its recovery live in
+`kktd.journal.file`. Every write is one ``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, cast
 
 import aiosqlite
 import structlog
 
-from kktd.journal.errors import JournalError, JournalFullError
-from kktd.journal.integrity import DamagedJournalError, connect, move_aside
+from kktd.journal.file import JournalFile
+from kktd.journal.recovery import RECOVERY_KEY, REREAD_KEY, RecoveryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +53,6 @@ class OfdExchange(Protocol):
     def write_seconds(self) -> float: ...
 
 
-_T = TypeVar("_T")
-_Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
-
 _SELECT = (
     "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
     " next_attempt_at, synced_at FROM documents "
@@ -81,6 +75,20 @@ _FAIL = (
     " state = CASE WHEN attempts + 1 >= ? THEN 'dead' ELSE 'pending' END"
     " WHERE fn = ? AND fd = ? AND state = 'pending'"
 )
+
+# rowid batches: SQLite (as Debian builds it) has no DELETE ... LIMIT
+_PRUNE = (
+    "DELETE FROM ofd_exchanges WHERE rowid IN"
+    " (SELECT rowid FROM ofd_exchanges WHERE started_at < ? LIMIT ?)",
+    "DELETE FROM documents WHERE rowid IN"
+    " (SELECT rowid FROM documents WHERE state = 'synced' AND synced_at < ? LIMIT ?)",
+)
+PRUNE_BATCH = 1000
+
+
+def _nothing() -> None:
+    """No progress to report (a prune outside the retention task)."""
+
 
 _RETRY = (
     "UPDATE documents SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE state = 'dead'"
@@ -130,20 +138,9 @@ class JournalCounts:
     oldest_pending_journaled_at: float | None
 
 
-class Journal:
-    """The SQLite journal. Open with `Journal.open`; one per process."""
-
-    def __init__(
-        self,
-        conn: aiosqlite.Connection,
-        clock: Callable[[], float],
-        recovered_from: Path | None,
-    ) -> None:
-        self._conn: aiosqlite.Connection | None = conn
-        self._clock = clock
-        self._lock = asyncio.Lock()
-        #: where a damaged journal was moved on open, so the daemon can say so loudly
-        self.recovered_from = recovered_from
+class Journal(JournalFile):
+    """The SQLite journal. Open with `Journal.open` (or build, `try_open` and `keep_open` it,
+    as the daemon does, to start without it); one per process."""
 
     @classmethod
     async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Journal:
@@ -151,35 +148,30 @@ class Journal:
 
         A damaged file is moved aside and a fresh journal started (`recovered_from` says where
         the old one went): the FN still holds every document, so the poller refills it.
+        Raises a classified `JournalError` when the file cannot be opened.
         """
-        try:
-            return cls(await connect(path), clock, None)
-        except DamagedJournalError as exc:
-            damage = str(exc)
-        recovered = move_aside(path, clock())
-        log.error(
-            "journal.corrupt_moved_aside", path=str(path), moved_to=str(recovered), error=damage
-        )
-        # a fresh file; should even that fail, the error propagates: never a loop
-        journal = cls(await connect(path), clock, recovered)
-        # Kept in the file, not in memory: a restart before the first FD is read again must
-        # still re-read the FN's whole archive rather than start at its newest FD.
-        await journal._execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('reread_fn_archive', ?)",
-            (str(recovered),),
-        )
+        journal = cls(path, clock=clock)
+        await journal.open_now()
         return journal
 
     async def reread_pending(self) -> bool:
         """True when this journal replaced a damaged one: the FN archive is read from FD 1."""
-        rows = await self._rows("SELECT 1 FROM meta WHERE key = 'reread_fn_archive'")
+        rows = await self._rows("SELECT 1 FROM meta WHERE key = ?", (REREAD_KEY,))
         return bool(rows)
 
-    async def close(self) -> None:
-        async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+    async def acknowledge_recovery(self) -> RecoveryRecord | None:
+        """The operator has seen the last recovery: status stops showing it. None if there was
+        none to acknowledge (the record itself stays in the file, with the time of the ack)."""
+        record = self.recovery
+        if record is None or record.acknowledged_at is not None:
+            return None
+        acknowledged = record.acknowledged(self._clock())
+        await self._execute(
+            "UPDATE meta SET value = ? WHERE key = ?", (acknowledged.to_json(), RECOVERY_KEY)
+        )
+        self.recovery = acknowledged
+        log.info("journal.recovery_acknowledged", at=record.at, moved_to=record.moved_to)
+        return acknowledged
 
     async def __aenter__(self) -> Journal:
         return self
@@ -348,13 +340,27 @@ class Journal:
     async def retry_all_dead(self) -> int:
         return await self._execute(_RETRY, (DUE_NOW,))
 
-    async def prune(self, before: float) -> int:
+    async def prune(
+        self, before: float, *, batch: int = PRUNE_BATCH, progress: Callable[[], None] = _nothing
+    ) -> int:
         """Delete synced FDs synced before `before` (and OFD audit records started before it).
-        Pending, dead and cursors are never touched."""
-        await self._execute("DELETE FROM ofd_exchanges WHERE started_at < ?", (before,))
-        return await self._execute(
-            "DELETE FROM documents WHERE state = 'synced' AND synced_at < ?", (before,)
-        )
+        Pending, dead and cursors are never touched.
+
+        `batch` rows per transaction, the journal's lock released between them: a first prune of
+        a large journal (retention_days just lowered) must not hold up journaling and delivery.
+        `progress` is called after each batch (the retention task's beat).
+        """
+        total = 0
+        for sql in _PRUNE:
+            while True:
+                deleted = await self._execute(sql, (before, batch))
+                progress()
+                if sql is _PRUNE[1]:
+                    total += deleted
+                if deleted < batch:
+                    break
+                await asyncio.sleep(0)  # let a task queued on the lock in before the next batch
+        return total
 
     async def record_ofd_exchange(self, record: OfdExchange) -> None:
         """Keep one OFD relay exchange for audit (SPEC section 9): bytes, timings, outcome."""
@@ -395,43 +401,3 @@ class Journal:
             rows = await self._rows(
                 _SELECT + "WHERE (journaled_at, fn, fd) > (?, ?, ?)" + order, (at, fn, fd, batch)
             )
-
-    # -- plumbing --
-
-    def _connection(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise JournalError("the journal is closed")
-        return self._conn
-
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock:
-            return list(await self._connection().execute_fetchall(sql, params))
-
-    async def _execute(self, sql: str, params: Sequence[Any]) -> int:
-        """One write statement in its own transaction; returns the rows it changed."""
-
-        async def body(conn: aiosqlite.Connection) -> int:
-            async with conn.execute(sql, params) as cur:
-                return cur.rowcount
-
-        return await self._write(body)
-
-    async def _write(self, body: _Body[_T]) -> _T:
-        """Run `body` in one BEGIN IMMEDIATE transaction: all of it commits, or none of it."""
-        async with self._lock:
-            conn = self._connection()
-            try:
-                # inside the try: a caller cancelled while BEGIN is queued still gets its ROLLBACK
-                await conn.execute("BEGIN IMMEDIATE")
-                result = await body(conn)
-                await conn.execute("COMMIT")
-            except BaseException as exc:
-                await conn.rollback()  # a no-op when SQLite already rolled back on its own
-                if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
-                    raise JournalFullError(f"journal: {exc}") from exc
-                raise
-            return result
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL

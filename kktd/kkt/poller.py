@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from kktd.config import KktConfig
-from kktd.journal import Journal, JournalFullError
+from kktd.journal import Journal, JournalError
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
 from kktd.kkt.fd_stream import DocumentStream
 from kktd.kkt.link import KktError, KktLink, busy_delays
@@ -142,8 +142,8 @@ class Poller:
             stored = await self._catch_up(status)
         except LinkDown as exc:
             self._last_error = str(exc)  # the link logged the disconnect
-        except JournalFullError as exc:
-            self._block(str(exc))
+        except JournalError as exc:
+            self._block(exc)
         except (LinkError, DocumentReadError, ProtocolError) as exc:
             if str(exc) != self._last_error:  # once per distinct failure, not once a second
                 log.warning("kkt.poll_failed", error=str(exc))
@@ -251,9 +251,10 @@ class Poller:
             if storing is not None:
                 stored += await self._stored(*storing)
             storing = None
-        except JournalFullError as exc:
+            self._unblock(fn, status.last_fd)  # all read and stored (or nothing was new)
+        except JournalError as exc:
             storing = None
-            self._block(str(exc))
+            self._block(exc)
         finally:
             if storing is not None:
                 # a read failed or we are being stopped: the FD already read still gets its
@@ -347,10 +348,13 @@ class Poller:
             }
             log.exception("kkt.decode_failed", fn=fn, fd=fd, doc_type=doc_type, error=str(exc))
         inserted = await self._journal.store(fn, fd, doc_type, raw, fields)
+        self._unblock(fn, fd)
+        return inserted
+
+    def _unblock(self, fn: str, fd: int) -> None:
         if self._journal_blocked is not None:
             self._journal_blocked = None
             log.info("journal.unblocked", fn=fn, fd=fd)
-        return inserted
 
     # --- the operator's last resort ---
 
@@ -395,10 +399,12 @@ class Poller:
         log.warning("kkt.fd_skipped", **record.to_dict())
         return record
 
-    def _block(self, reason: str) -> None:
+    def _block(self, exc: JournalError) -> None:
+        """The journal cannot take FDs (full, unavailable …): reading pauses till it can."""
         if self._journal_blocked is None:
-            log.error("journal.full", error=reason, action="KKT reading paused; the FN keeps FDs")
-        self._journal_blocked = reason
+            event = "journal.full" if exc.kind == "full" else "kkt.reads_paused"
+            log.error(event, error=str(exc), action="KKT reading paused; the FN keeps FDs")
+        self._journal_blocked = str(exc)
 
     # --- plumbing ---
 

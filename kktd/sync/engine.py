@@ -275,7 +275,13 @@ class SyncEngine:
         total = _Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
-        for fn in await self._journal.pending_fns():
+        try:
+            fns = await self._journal.pending_fns()
+        except JournalError as exc:
+            # the journal is unavailable (it logs that, and reopens itself): no round now
+            log.debug("sync.journal_unavailable", error=str(exc))
+            fns, status = [], "skipped"
+        for fn in fns:
             tally = _Tally()
             outcome, fence, round_started = "completed", None, self._monotonic()
             try:

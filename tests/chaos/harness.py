@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from tests.chaos import freezes, scenarios
+from tests.chaos import freezes, journal_scenarios, scenarios
 from tests.chaos.world import Report
 
 SCENARIOS = (
@@ -37,6 +37,8 @@ SCENARIOS = (
     "disk_full",
     "fencing",
     "long_tlv",
+    "journal_damaged",
+    "disk_full_start",
 )
 
 
@@ -73,6 +75,8 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
         "fencing": lambda: freezes.fencing(workdir, plan.freezes, random.Random(plan.seed)),
         "long_tlv": lambda: scenarios.long_tlv(workdir, plan.passes),
+        "journal_damaged": lambda: journal_scenarios.journal_damaged(workdir, plan.passes),
+        "disk_full_start": lambda: journal_scenarios.disk_full_start(workdir, plan.passes),
     }
 
 

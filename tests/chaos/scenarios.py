@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import random
 import signal
 import sqlite3
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from kktd.emulator.device import Ff3bShape
 from kktd.kkt.tlv import TAG_REQUISITE, iter_tlv
 from kktd.mock_upstream import MockUpstream
 from tests.chaos.world import FN, Kktd, Report, check, drain, watch
+from tests.support.faults import fill, tmpfs
 from tests.support.redis_server import RedisServer
 
 RATE = 20.0  # receipts a second from each emulator
@@ -247,40 +246,6 @@ async def sighup(workdir: Path, passes: int) -> Report:
         return sent
 
     return await run_scenario("sighup", workdir, Setup(), body)
-
-
-@contextlib.asynccontextmanager
-async def tmpfs(directory: Path, size: str) -> AsyncIterator[str | None]:
-    """A small tmpfs at `directory`; yields None when mounted, else why it could not be."""
-    directory.mkdir(parents=True)
-    mounted = await asyncio.to_thread(
-        subprocess.run,
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        yield f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}"
-        return
-    try:
-        yield None
-    finally:
-        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(directory)], check=False)
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the filesystem is full; the bytes written."""
-    written = 0
-    chunk = b"\0" * 4096
-    with path.open("wb", buffering=0) as filler:
-        try:
-            while True:
-                written += filler.write(chunk)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-    return written
 
 
 async def disk_full(workdir: Path, passes: int) -> Report:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.journal import Journal
+from kktd.journal import Journal, JournalIOError
 from kktd.journal.integrity import move_aside
 from tests.journal.conftest import Clock
 
@@ -79,7 +80,7 @@ async def test_a_path_sqlite_cannot_open_is_an_error_not_damage(tmp_path: Path, 
     unopenable = tmp_path / where
     if where == "a-directory":
         unopenable.mkdir()
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(JournalIOError, match="I/O error"):
         await Journal.open(unopenable)
     assert unopenable.is_dir() == (where == "a-directory")
     assert not list(tmp_path.rglob("*.corrupt-*"))
@@ -93,3 +94,28 @@ def test_move_aside_never_overwrites_an_earlier_copy(db_path: Path, clock: Clock
     assert first.name == f"kktd.db.corrupt-{STAMP}"
     assert second.name == f"kktd.db.corrupt-{STAMP}.1"
     assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+
+
+_KILLED_MID_TRANSACTION = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("CREATE TABLE t (x)")
+conn.execute("PRAGMA cache_size = 1")  # spill to the file: the rollback journal is hot
+conn.execute("BEGIN")
+for _ in range(100):
+    conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+os._exit(9)
+"""
+
+
+async def test_a_hot_rollback_journal_left_by_a_kill_is_rolled_back_not_a_failure(
+    db_path: Path,
+) -> None:
+    # A kill while SQLite switches a new file to WAL leaves a hot -journal; the read-only
+    # integrity check cannot roll it back, so every later open failed (SQLITE_READONLY_ROLLBACK).
+    subprocess.run([sys.executable, "-c", _KILLED_MID_TRANSACTION, str(db_path)], check=False)
+    assert db_path.with_name("kktd.db-journal").exists()
+    async with await Journal.open(db_path) as journal:
+        assert journal.recovered_from is None  # not damage: SQLite's own rollback
+        assert await journal.store(FN, 1, 3, b"raw", {}) is True
+    assert not db_path.with_name("kktd.db-journal").exists()

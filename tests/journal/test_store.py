@@ -331,10 +331,14 @@ async def test_full_database_raises_journal_full_and_writes_nothing(journal: Jou
         await journal.store(FN, 2, 3, bytes(64 * 1024), FIELDS)
     assert await journal.get(FN, 2) is None
     assert await journal.cursor(FN) == 1
+    assert journal.write_failure is not None
+    assert journal.write_failure.kind == "full"
+    assert journal.unavailable() is None  # reads go on: only writes wait for space
 
     await conn.execute("PRAGMA max_page_count = 1073741823")  # space returns
     assert await journal.store(FN, 2, 3, bytes(64 * 1024), FIELDS) is True
     assert await journal.cursor(FN) == 2
+    assert journal.write_failure is None
 
 
 async def test_a_cancelled_store_leaves_no_transaction_open(journal: Journal) -> None:
