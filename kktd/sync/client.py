@@ -1,9 +1,12 @@
 """The upstream HTTP client: one FD per POST, every answer classified (SPEC sections 3 and 4).
 
 `deliver` never raises for network or HTTP trouble: it returns a `Delivery` whose `outcome` tells
-the engine what to do with the FD and the breaker. Statuses the outcome table does not name (3xx,
-other 2xx, 418 …) are transient: the FD is retried, and the Idempotency-Key makes a retry of
-something the upstream did store come back as 409, so nothing is lost or doubled.
+the engine what to do with the FD and the breaker. Only an answer that names the FD (its
+Idempotency-Key in a 4xx JSON body) is a verdict on the FD; any other 4xx and every 3xx come from
+something that is not the collector (a wrong URL, a proxy, a framework's default page) and are
+misrouting. Statuses the outcome table does not name (other 2xx, 1xx …) are transient: the FD is
+retried, and the Idempotency-Key makes a retry of something the upstream did store come back as
+409, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -21,19 +26,22 @@ import structlog
 from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
+from kktd.sync.alerts import Alert
 from kktd.sync.backoff import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 REASON_LIMIT = 500  # characters of the upstream's error text kept (SPEC section 4)
-_BODY_READ_LIMIT = 64 * 1024
+BODY_READ_LIMIT = 64 * 1024  # bytes of an answer read (SPEC section 4)
 
 ACCEPTED = frozenset({200, 201, 202})
 DUPLICATE = frozenset({409})
-REJECTED = frozenset({400, 404, 413, 422})
 FORBIDDEN = frozenset({401, 403})
 TRANSIENT = frozenset({408, 425, 429})
+# 412 (a superseded fence) is retried like an unnamed status until fencing gives it its own row
+_FENCE_STATUS = 412
+_SNIPPET = 120  # characters of a page that is not a verdict, quoted in the alert
 
 
 class Outcome(StrEnum):
@@ -68,32 +76,58 @@ def build_body(entry: JournalEntry) -> dict[str, Any]:
     return body
 
 
-def classify_status(status: int) -> Outcome:
-    """The outcome of an HTTP answer by its status alone."""
+def classify(status: int, body: bytes, key: str) -> Outcome:
+    """The outcome of an HTTP answer to the delivery whose Idempotency-Key is `key`."""
     if status in ACCEPTED:
         return Outcome.ACCEPTED
     if status in DUPLICATE:
         return Outcome.DUPLICATE
-    if status in REJECTED:
-        return Outcome.REJECTED
     if status in FORBIDDEN:
         return Outcome.FORBIDDEN
+    if 300 <= status < 400:
+        return Outcome.MISROUTED
+    if 400 <= status < 500 and status not in TRANSIENT and status != _FENCE_STATUS:
+        return Outcome.REJECTED if _names(body, key) else Outcome.MISROUTED
     return Outcome.TRANSIENT
 
 
+def clean(text: str) -> str:
+    """`text` without control characters; line breaks and tabs become spaces (SPEC section 4)."""
+    return "".join(
+        " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or not _is_control(ch)
+    )
+
+
 def error_text(body: bytes) -> str:
-    """The upstream's error text: `{"error": ...}` when it sent that JSON, else the body itself."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text.strip()[:REASON_LIMIT]
-    if isinstance(parsed, dict) and "error" in parsed:
+    """The upstream's error text: `{"error": ...}` when it sent that JSON, else the body itself.
+
+    The first `REASON_LIMIT` characters, control characters removed, otherwise verbatim.
+    """
+    parsed = _json_object(body)
+    if parsed is not None and "error" in parsed:
         error = parsed["error"]
-        return (error if isinstance(error, str) else json.dumps(error, ensure_ascii=False))[
-            :REASON_LIMIT
-        ]
-    return text.strip()[:REASON_LIMIT]
+        text = error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
+    else:
+        text = body.decode("utf-8", errors="replace").strip()
+    return clean(text)[:REASON_LIMIT]
+
+
+def _names(body: bytes, key: str) -> bool:
+    """True when the body is the collector's verdict on this FD: JSON with `"key": <key>`."""
+    parsed = _json_object(body)
+    return parsed is not None and parsed.get("key") == key
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(body.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc"
 
 
 class UpstreamClient:
@@ -111,6 +145,8 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._user_agent = f"kktd/{version}"
         self._session: aiohttp.ClientSession | None = None
+        #: a wrong URL or a refused token, logged once per change rather than once per FD
+        self.alert = Alert()
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: UpstreamConfig) -> None:
@@ -157,6 +193,7 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         data = json.dumps(build_body(entry), ensure_ascii=False).encode("utf-8")
+        key = f"{entry.fn}-{entry.fd}"
         try:
             async with self._session.post(
                 self._cfg.url,
@@ -164,10 +201,10 @@ class UpstreamClient:
                 headers=self._headers(entry, fence),
                 timeout=self._timeout,
                 ssl=self._ssl,
-                allow_redirects=False,  # a redirected POST could drop the body: retry instead
+                allow_redirects=False,  # a redirected POST could drop the body: misrouting
             ) as resp:
-                body = await resp.content.read(_BODY_READ_LIMIT)
-                delivery = self._verdict(resp.status, resp.headers.get("Retry-After"), body)
+                body = await read_body(resp.content, BODY_READ_LIMIT)
+                delivery = _verdict(resp.status, resp.headers, body, key)
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ConnectionTimeoutError,
@@ -183,49 +220,73 @@ class UpstreamClient:
         self._log(entry, delivery)
         return delivery
 
-    @staticmethod
-    def _verdict(status: int, retry_after: str | None, body: bytes) -> Delivery:
-        outcome = classify_status(status)
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            return Delivery(outcome, status, "", None)
-        if status == 404 and not _is_error_object(body):
-            # Not a verdict on this FD but a wrong upstream.url (a web server's own 404 page):
-            # dead-lettering the whole backlog would be SPEC's rule followed off a cliff.
-            return Delivery(
-                Outcome.MISROUTED,
-                status,
-                'HTTP 404 without an {"error"} body: upstream.url names no receipt collector',
-                None,
-            )
-        text = error_text(body)
-        if outcome is Outcome.REJECTED:
-            return Delivery(outcome, status, text or f"HTTP {status}", None)
-        reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
-        wait = parse_retry_after(retry_after) if outcome is Outcome.TRANSIENT else None
-        return Delivery(outcome, status, reason[:REASON_LIMIT], wait)
-
     def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
         fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
-        if delivery.outcome is Outcome.FORBIDDEN:
-            # kktd is locked out: nothing gets delivered until an operator fixes the token
-            log.error("sync.forbidden", url=self._cfg.url, reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.MISROUTED:
-            log.error("sync.misrouted", url=self._cfg.url, reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.REJECTED:
+        outcome = delivery.outcome
+        if outcome in (Outcome.FORBIDDEN, Outcome.MISROUTED):
+            # nothing gets delivered until an operator fixes the token or the URL
+            self.alert.start(
+                f"sync.{outcome}",
+                (outcome, delivery.status),
+                url=self._cfg.url,
+                reason=delivery.reason,
+                **fields,
+            )
+        elif outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
+            self.alert.end(url=self._cfg.url, **fields)
+        if outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
+        elif outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
         else:
-            log.debug("sync.delivered", outcome=str(delivery.outcome), **fields)
+            log.debug("sync.delivered", outcome=str(outcome), **fields)
 
 
-def _is_error_object(body: bytes) -> bool:
-    """True for the collector's own JSON error (`{"error": ...}`), the contract of SPEC 4."""
-    try:
-        parsed = json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return False
-    return isinstance(parsed, dict) and "error" in parsed
+async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer's body up to `limit` bytes, however many pieces it arrives in.
+
+    (`StreamReader.read(n)` returns what one chunk brought: a 422 split after '{"error":' would
+    lose its verdict, and a split 404 page its key.)
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _verdict(status: int, headers: Mapping[str, str], body: bytes, key: str) -> Delivery:
+    outcome = classify(status, body, key)
+    if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+        return Delivery(outcome, status, "", None)
+    if outcome is Outcome.MISROUTED:
+        return Delivery(outcome, status, _misrouting(status, headers, body), None)
+    text = error_text(body)
+    if outcome is Outcome.REJECTED:
+        return Delivery(outcome, status, text or f"HTTP {status}", None)
+    reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    wait = parse_retry_after(headers.get("Retry-After")) if outcome is Outcome.TRANSIENT else None
+    return Delivery(outcome, status, reason[:REASON_LIMIT], wait)
+
+
+def _misrouting(status: int, headers: Mapping[str, str], body: bytes) -> str:
+    """What answered instead of the collector, the next step first (status lines clip it)."""
+    if status < 400:
+        where = clean(headers.get("Location", "nowhere"))[:_SNIPPET]
+        return (
+            f"HTTP {status} redirect to {where}: set upstream.url to the address the collector"
+            " answers at (kktd does not follow redirects: a redirected POST can lose its body)"
+        )
+    page = " ".join(clean(body.decode("utf-8", errors="replace")).split())
+    quoted = page[:_SNIPPET] + ("…" if len(page) > _SNIPPET else "")
+    return (
+        f"HTTP {status} naming no FD, not the collector's verdict: check upstream.url (scheme,"
+        f" host, port, path) and any proxy in between; the answer was: {quoted or 'empty'}"
+    )
 
 
 def _unexpected(status: int | None) -> bool:
