@@ -23,10 +23,10 @@ from pathlib import Path
 
 import structlog
 
-from tests.chaos import scenarios
+from tests.chaos import scenarios, sync_faults
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full")
+SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "systemic", "clock")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "serial": lambda: scenarios.serial(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
+        "systemic": lambda: sync_faults.systemic(workdir, plan.passes),
+        "clock": lambda: sync_faults.clock(workdir, plan.passes),
     }
 
 

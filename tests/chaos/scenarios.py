@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kktd.mock_upstream import MockUpstream
@@ -33,6 +33,7 @@ class Setup:
     redis: RedisServer | None = None
     on_unavailable: str = "proceed"
     journal_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for each kktd
 
 
 Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
@@ -50,6 +51,7 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
     try:
         for index in range(setup.nodes):
             node = Kktd(workdir / name, f"{name}-{index}", mock.url, seed=index)
+            node.env.update(setup.env)
             nodes.append(node)
             await node.emulator.start()
             journal = None if setup.journal_dir is None else setup.journal_dir / f"{index}.db"
