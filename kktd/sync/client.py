@@ -42,6 +42,7 @@ TRANSIENT = frozenset({408, 425, 429})
 # 412 (a superseded fence) is retried like an unnamed status until fencing gives it its own row
 _FENCE_STATUS = 412
 _SNIPPET = 120  # characters of a page that is not a verdict, quoted in the alert
+_FORBIDDEN_STEP = "check upstream.token_file, and that the collector knows this till's token"
 
 
 class Outcome(StrEnum):
@@ -145,8 +146,8 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._user_agent = f"kktd/{version}"
         self._session: aiohttp.ClientSession | None = None
-        #: a wrong URL or a refused token, logged once per change rather than once per FD
-        self.alert = Alert()
+        # a wrong URL or a refused token: logged once per change rather than once per FD
+        self._alert = Alert()
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: UpstreamConfig) -> None:
@@ -225,15 +226,16 @@ class UpstreamClient:
         outcome = delivery.outcome
         if outcome in (Outcome.FORBIDDEN, Outcome.MISROUTED):
             # nothing gets delivered until an operator fixes the token or the URL
-            self.alert.start(
+            self._alert.start(
                 f"sync.{outcome}",
                 (outcome, delivery.status),
                 url=self._cfg.url,
                 reason=delivery.reason,
+                **({"next_step": _FORBIDDEN_STEP} if outcome is Outcome.FORBIDDEN else {}),
                 **fields,
             )
         elif outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
-            self.alert.end(url=self._cfg.url, **fields)
+            self._alert.end(url=self._cfg.url, **fields)
         if outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif outcome is Outcome.TRANSIENT and _unexpected(delivery.status):

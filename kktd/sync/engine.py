@@ -147,8 +147,8 @@ class SyncEngine:
         self.on_round: Callable[[SyncReport], None] | None = None
         #: the last delivery that failed or was rejected (wall-clock time)
         self.last_failure: DeliveryFailure | None = None
-        #: "the upstream rejects every FD": held rejections until it accepts one again
-        self.rejecting = Alert(monotonic=monotonic)
+        # "the upstream rejects every FD": rejections are held until it accepts one again
+        self._rejecting = Alert(monotonic=monotonic)
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
@@ -367,8 +367,8 @@ class SyncEngine:
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             self._breaker.record_success()
             tally.delivered = True
-            self.rejecting.end(fn=entry.fn, fd=entry.fd)
-        elif outcome is Outcome.REJECTED and self.rejecting.active is None:
+            self._rejecting.end(fn=entry.fn, fd=entry.fd)
+        elif outcome is Outcome.REJECTED and self._rejecting.active is None:
             self._breaker.record_success()  # the upstream at work, judging this FD
             tally.delivered = True
         else:
@@ -438,7 +438,7 @@ class SyncEngine:
         `ALL_REJECTED_MIN` rejections (SPEC says "every claimed FD": FDs that failed otherwise
         beside them make the upstream no more trustworthy, so they do not save the rejections).
         """
-        return self.rejecting.active is not None or len(rejected) >= ALL_REJECTED_MIN
+        return self._rejecting.active is not None or len(rejected) >= ALL_REJECTED_MIN
 
     async def _hold(self, rejected: list[tuple[JournalEntry, Delivery]], tally: _Tally) -> None:
         """Keep FDs the upstream rejects wholesale pending, and open the breaker.
@@ -448,7 +448,7 @@ class SyncEngine:
         """
         entry, delivery = rejected[0]
         reason = f"the upstream rejects every FD: {delivery.reason}"
-        self.rejecting.start(
+        self._rejecting.start(
             "sync.all_rejected", ("rejected",), fn=entry.fn, fds=len(rejected), reason=reason
         )
         self.last_failure = DeliveryFailure(

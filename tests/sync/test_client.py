@@ -342,12 +342,15 @@ async def test_forbidden_is_logged_loud_without_the_token(
 ) -> None:
     upstream, url = scripted
     upstream.status, upstream.body = 401, b'{"error": "bad token"}'
+    client = make_client(url, token=Secret(TOKEN))
     with capture_logs() as logs:
-        delivery = await deliver(make_client(url, token=Secret(TOKEN)))
+        delivery = await deliver(client, fd=1)
+        await deliver(client, fd=2)
     assert delivery.outcome is Outcome.FORBIDDEN
     forbidden = [e for e in logs if e["event"] == "sync.forbidden"]
-    assert forbidden
+    assert len(forbidden) == 1  # once per change, not once per FD
     assert forbidden[0]["log_level"] == "error"
+    assert "upstream.token_file" in forbidden[0]["next_step"]
     assert TOKEN not in repr(logs)
 
 
