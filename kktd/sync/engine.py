@@ -7,9 +7,10 @@ are written at the end of the round, when it is known what the round says about 
 
 Only evidence about an FD counts against it (SPEC section 3): a transient failure is counted in
 a round where the upstream accepted another FD, never otherwise (so never in a half-open probe);
-a round that saw every FD rejected holds them pending and opens the breaker, and while that lasts
-a rejected probe is held too. A due time further ahead than any schedule kktd makes means the
-wall clock was stepped back since: the FD is due now. A manual sync ignores due times.
+a round that rejected five or more FDs and accepted none holds them pending and opens the
+breaker, and until an FD is accepted again a rejected probe is held too. A due time further ahead
+than any schedule kktd makes means the wall clock was stepped back since: the FD is due now. A
+manual sync ignores due times.
 
 After a round: a full, clean batch goes again at once (a backlog drains at the upstream's pace);
 an open breaker sleeps until its probe time; a failed round waits the backoff delay; otherwise
