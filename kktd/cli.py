@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("print-config", cmd_print_config, "print the effective config, secrets redacted")
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=f"{help_text} (see kktd {name} --help)", add_help=False)
-    register_client_commands(sub, config_opt)  # status, sync, dlq, doc, export, fleet
+    register_client_commands(sub, config_opt)  # status, sync, dlq, doc, export, fleet, skip
     return parser
 
 

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kktd import __version__
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts
+from kktd.journal.skips import list_skips, skipped_count
 from kktd.kkt.link import LinkState
 from kktd.kkt.poller import PollerStatus
 from kktd.sync.engine import SyncStatus
+from kktd.sync.redis_trouble import LockProblem
 
 if TYPE_CHECKING:
     from kktd.components import Components
     from kktd.daemon import Daemon
 
 _UPSTREAM_WORDS = {"closed": "ok", "open": "circuit open", "half_open": "probing"}
+SKIPS_SHOWN = 5  # the newest skips in /v1/status; the journal keeps them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class Readings:
     kkt: PollerStatus
     sync: SyncStatus
     fn: FnHealth
+    skipped: int = 0  # FDs the operator skipped (`kktd skip`), ever, in this journal
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -60,7 +64,9 @@ async def read(
         kkt.warning_flags,
         local_now(),
     )
-    return Readings(clock(), counts, components.link.state, kkt, components.engine.status(), fn)
+    skipped = await skipped_count(components.journal)
+    sync = components.engine.status()
+    return Readings(clock(), counts, components.link.state, kkt, sync, fn, skipped)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -82,6 +88,7 @@ def _kkt(components: Components, r: Readings) -> dict[str, Any]:
         "last_fd": r.kkt.last_fd,
         "cursor": r.kkt.cursor,
         "journal_blocked": r.kkt.journal_blocked,
+        "stuck": None if r.kkt.stuck is None else asdict(r.kkt.stuck),
     }
 
 
@@ -90,6 +97,8 @@ def stuck_fd(r: Readings) -> int | None:
     kkt = r.kkt
     if not r.link.connected or not kkt.last_error or kkt.cursor is None or kkt.last_fd is None:
         return None
+    if kkt.stuck is not None and kkt.stuck.fn == kkt.fn:
+        return kkt.stuck.fd  # the poller knows which FD failed: the one `kktd skip` accepts
     return kkt.cursor + 1 if kkt.cursor < kkt.last_fd else None
 
 
@@ -123,6 +132,7 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
             "holder": sync.lock_holder or components.lock.holder_seen,
             "fence": sync.lock_fence,
             "held": components.lock.holder_seen == components.instance,
+            "problem": _lock_problem(sync.lock_problem),
         },
         "last_round": None
         if report is None
@@ -144,6 +154,18 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
             "status": failure.delivery.status,
             "reason": failure.delivery.reason,
         },
+    }
+
+
+def _lock_problem(problem: LockProblem | None) -> dict[str, Any] | None:
+    if problem is None:
+        return None
+    return {
+        "kind": problem.kind,
+        "error": problem.error,
+        "next_step": problem.next_step,
+        "since": problem.since,
+        "skipped_rounds": problem.skipped_rounds,
     }
 
 
@@ -170,6 +192,8 @@ async def snapshot(daemon: Daemon) -> dict[str, Any]:
             "oldest_pending_age_seconds": _round(r.oldest_pending_age),
             "journaled_total": r.kkt.journaled,
             "recovered_from": None if recovered is None else str(recovered),
+            "skipped": r.skipped,
+            "skips": [s.to_dict() for s in await list_skips(components.journal, SKIPS_SHOWN)],
         },
         "sync": _sync(components, r),
         "ofd_relay": None if components.relay is None else components.relay.status().to_dict(),
@@ -234,6 +258,8 @@ def render_line(r: Readings, *, instance: str, reload_failed: str | None, recove
     parts.append(f"upstream {_UPSTREAM_WORDS.get(str(r.sync.breaker_state), 'unknown')}")
     if r.sync.lock_holder and r.sync.lock_holder != instance:
         parts.append(f"lock held by {r.sync.lock_holder}")
+    if r.sync.lock_problem is not None:
+        parts.append(f"Redis REFUSES the sync lock ({r.sync.lock_problem.kind}): not syncing")
     if r.fn.level != "ok" and r.fn.days_left is not None:
         parts.append(f"FN backlog {r.fn.level}: {r.fn.days_left:.0f} days left")
     elif r.fn.level != "ok":

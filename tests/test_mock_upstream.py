@@ -106,6 +106,21 @@ async def test_a_fence_older_than_one_seen_is_a_violation_and_is_refused(
     assert mock.state.highest_fence == {FN: 6}
 
 
+async def test_a_412_names_the_current_fence_and_only_accepted_requests_raise_it(
+    mock: MockUpstream, http: aiohttp.ClientSession
+) -> None:
+    assert (await post(http, mock, 1, fence=5))[0] == 201
+    mock.set_faults(unauthorized=True)
+    assert (await post(http, mock, 2, fence=9))[0] == 401  # refused: must not lock 5..8 out
+    mock.set_faults(unauthorized=False)
+    assert (await post(http, mock, 2, key=f"{FN}-3", fence=7))[0] == 400  # a broken request
+    assert (await post(http, mock, 3, fence=6))[0] == 201
+    status, body, _ = await post(http, mock, 4, fence=5)
+    assert (status, body["current_fence"]) == (STALE_FENCE_STATUS, 6)
+    assert "superseded" in body["error"]
+    assert mock.state.highest_fence == {FN: 6}
+
+
 async def test_answers_401_while_unauthorized(
     mock: MockUpstream, http: aiohttp.ClientSession
 ) -> None:

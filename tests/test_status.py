@@ -15,6 +15,7 @@ from kktd.daemon import Daemon, ReloadResult
 from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
+from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
 from kktd.status import heartbeat, snapshot, status_line
@@ -89,7 +90,7 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(poller.status().ofd is not None))
+        await wait_until(lambda: _is(read_through(poller, device)))
         line = await status_line(daemon)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
@@ -120,6 +121,12 @@ async def _is(value: bool) -> bool:
     return value
 
 
+def read_through(poller: Poller, device: KktDevice) -> bool:
+    """FF39 read and every FD journaled: the poll reads FF39 first, the FDs after it."""
+    status = poller.status()
+    return status.ofd is not None and status.cursor == device.last_fd
+
+
 async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon) -> None:
     old = datetime.now().replace(second=0, microsecond=0) - timedelta(days=5)  # DATE_TIME5: minutes
     device = KktDevice(DocumentGenerator(clock=lambda: old), archive=2)
@@ -127,7 +134,7 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(poller.status().ofd is not None))
+        await wait_until(lambda: _is(read_through(poller, device)))
         status = await snapshot(daemon)
         beat = await heartbeat(daemon.components)
     assert status["kkt"]["connected"] is True

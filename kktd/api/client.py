@@ -25,6 +25,8 @@ SYNC_TIMEOUT = 300.0
 NDJSON = "application/x-ndjson"  # what /v1/export streams
 QUOTED = 80  # characters of a foreign answer quoted in the error
 PEEK = 1024  # bytes read of a foreign stream to quote it
+# who runs a client command that the journal audits (`kktd skip`): the user as the client sees it
+OPERATOR_HEADER = "X-Kktd-Operator"
 
 Shape = Mapping[str, type | tuple[type, ...]]
 """The fields a successful answer must hold, each with the Python type its JSON value maps to."""
@@ -96,6 +98,8 @@ class ApiClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call bound passed on to aiohttp
         shape: Shape | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """(status, JSON body) of one call; an error status is returned, not raised.
 
@@ -108,7 +112,13 @@ class ApiClient:
         try:
             # a redirect is not kktd's (it never sends one): report it, do not follow it
             async with session.request(
-                method, url, params=params, timeout=bound, allow_redirects=False
+                method,
+                url,
+                params=params,
+                timeout=bound,
+                allow_redirects=False,
+                json=body,
+                headers=headers,
             ) as resp:
                 raw = await resp.read()
                 status, content_type = resp.status, resp.content_type
@@ -126,12 +136,16 @@ class ApiClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - as in `request`
         shape: Shape | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The JSON body of a successful call; `ApiError` for an error status."""
-        status, body = await self.request(method, path, params, timeout=timeout, shape=shape)
+        status, answer = await self.request(
+            method, path, params, timeout=timeout, shape=shape, body=body, headers=headers
+        )
         if status >= 400:
-            raise ApiError(status, body)
-        return body
+            raise ApiError(status, answer)
+        return answer
 
     async def records(
         self, path: str, params: Mapping[str, str], shape: Shape

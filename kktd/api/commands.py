@@ -1,5 +1,5 @@
 """Client commands (SPEC section 6): `kktd status`, `sync`, `dlq list|retry`, `doc`, `export`,
-`fleet`. They find the daemon through the same `--config` as `kktd run` (api.listen, the API
+`fleet`, `skip`. They find the daemon through the same `--config` as `kktd run` (api.listen, the API
 token, lock.redis_url), print tables for people and JSON with `--json` for scripts.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error. An answer that is
@@ -11,13 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pwd
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
 from kktd.api import render
-from kktd.api.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable, Shape
+from kktd.api.client import (
+    OPERATOR_HEADER,
+    ApiClient,
+    ApiError,
+    BadAnswer,
+    DaemonUnreachable,
+    Shape,
+)
 from kktd.api.export import csv_header, csv_line, iso, parse_since
 from kktd.config import Config, ConfigError, load_config
 
@@ -64,6 +73,16 @@ DOC_SHAPE: Shape = {
     "fields": dict,
 }
 RECORD_SHAPE: Shape = {"fn": str, "fd": int, "fields": dict}
+SKIP_SHAPE: Shape = {
+    "status": str,
+    "fn": str,
+    "fd": int,
+    "skipped_at": NUMBER,
+    "reason": str,
+    "operator": str,
+    "peer": str,
+}
+REASON_LIMIT = 500  # what the journal keeps (kktd/journal/skips.py)
 
 
 def _out(text: str) -> None:
@@ -257,6 +276,40 @@ class _Progress:
             self._stream.flush()
 
 
+async def cmd_skip(args: argparse.Namespace, config: Config) -> int:
+    body = {"fn": args.fn, "fd": args.fd, "reason": args.reason}
+    async with ApiClient(config.api) as api:
+        record = await api.call(
+            "POST",
+            "/v1/kkt/skip",
+            body=body,
+            headers={OPERATOR_HEADER: operator()},
+            shape=SKIP_SHAPE,
+        )
+    if args.json:
+        _json(record)
+    else:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["skipped_at"]))
+        _out(
+            f"FD {record['fd']} of FN {record['fn']} is skipped: kktd reads on from FD"
+            f" {record['fd'] + 1}.\nRecorded in the journal: {at} by {record['operator']}"
+            f" ({record['peer']}): {render.clip(record['reason'], 200)}"
+        )
+    return EXIT_OK
+
+
+def operator() -> str:
+    """Who runs this command: the real uid's name (not $USER), and who became it with sudo."""
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid {uid}"
+    via = os.environ.get("SUDO_USER")
+    name = f"{via} via sudo as {user}" if via and via != user else user
+    return name.encode("ascii", "replace").decode("ascii")  # a header carries ASCII
+
+
 async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     # imported here: only this command needs Redis
     from redis.exceptions import RedisError  # noqa: PLC0415
@@ -291,6 +344,20 @@ def _fd(text: str) -> int:
 def _fn(text: str) -> str:
     if not text.isdigit() or len(text) > 16:
         raise argparse.ArgumentTypeError(f"expected an FN number (up to 16 digits), got {text!r}")
+    return text
+
+
+def _full_fn(text: str) -> str:
+    if not (text.isascii() and text.isdigit() and len(text) == 16):
+        raise argparse.ArgumentTypeError(f"expected the FN number (16 digits), got {text!r}")
+    return text
+
+
+def _reason(text: str) -> str:
+    if not text.strip() or not text.isprintable() or len(text) > REASON_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected one line of text (1 to {REASON_LIMIT} characters) saying why"
+        )
     return text
 
 
@@ -348,6 +415,17 @@ def register(
     export.add_argument("--since", type=_since, required=True, help="a date: 2024-05-01")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     add(sub, "fleet", cmd_fleet, "every live kktd instance sharing this Redis")
+    skipper = add(
+        sub,
+        "skip",
+        cmd_skip,
+        "last resort: skip the FD kktd is stuck on, which the KKT can never produce (audited)",
+    )
+    skipper.add_argument("fn", type=_full_fn, help="FN number")
+    skipper.add_argument("fd", type=_fd, help="FD number: the one `kktd status` says is stuck")
+    skipper.add_argument(
+        "--reason", type=_reason, required=True, help="why, kept in the journal with your name"
+    )
 
 
 def _check_retry(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:

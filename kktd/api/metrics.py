@@ -82,6 +82,11 @@ class _LiveCollector(Collector):
         ):
             documents.add_metric([state], count)
         yield documents
+        yield CounterMetricFamily(
+            "kktd_documents_skipped",
+            "FDs the operator skipped with `kktd skip` (the KKT could not produce them).",
+            value=r.skipped,
+        )
         yield GaugeMetricFamily(
             "kktd_oldest_pending_age_seconds",
             "Age of the oldest pending FD (0 when none is pending).",
@@ -126,6 +131,11 @@ class _LiveCollector(Collector):
             "kktd_lock_unavailable",
             "Rounds that found Redis unreachable (lock.on_unavailable decided what followed).",
             value=getattr(components.lock, "unavailable_total", 0),
+        )
+        yield GaugeMetricFamily(
+            "kktd_lock_refused",
+            "1 while Redis refuses the sync lock (password, replica, memory, scripts): no sync.",
+            value=int(components.lock.problem is not None),
         )
 
     def _kkt(self, r: Readings) -> Iterator[Metric]:

@@ -139,9 +139,11 @@ def _journal_line(journal: dict[str, Any]) -> str:
     pending = f"{number(journal['pending'])} pending"
     if journal["oldest_pending_age_seconds"] is not None:
         pending += f" (oldest {ago(journal['oldest_pending_age_seconds'])})"
+    skipped = journal.get("skipped") or 0
     return (
         f"{number(journal['synced'])} synced, {pending}, {number(journal['dead'])} dead;"
         f" {number(journal['journaled_total'])} journaled since start"
+        + (f"; {number(skipped)} skipped by hand (kktd skip)" if skipped else "")
     )
 
 
@@ -174,6 +176,8 @@ def _round_line(status: dict[str, Any], sync: dict[str, Any]) -> str:
 def _lock_line(status: dict[str, Any], sync: dict[str, Any]) -> str:
     lock = sync["lock"]
     fence = "" if lock["fence"] is None else f", fence {lock['fence']}"
+    if (problem := lock.get("problem")) is not None:
+        return f"REFUSED by Redis ({problem['kind']}): {clip(problem['error'], 120)}"
     if lock["held"]:
         return f"held by this instance{fence}"
     if lock["holder"] and lock["holder"] != status["instance"]:
@@ -203,7 +207,8 @@ def advice(status: dict[str, Any]) -> list[str]:
         todo.append(
             f"FD {kkt['stuck_at_fd']} cannot be read from the KKT ({kkt['read_error']}); later FDs"
             " wait behind it in the FN, which keeps them all: power-cycle the KKT, and if the same"
-            " FD still fails, call the KKT's service centre"
+            " FD still fails, call the KKT's service centre; only if they confirm it can never be"
+            f" read: `kktd skip {kkt['fn']} {kkt['stuck_at_fd']} --reason TEXT`"
         )
     if kkt["journal_blocked"]:
         todo.append(
@@ -219,6 +224,8 @@ def advice(status: dict[str, Any]) -> list[str]:
             " see `kktd dlq list`, fix the cause, then `kktd dlq retry --all`"
         )
     lock = sync["lock"]
+    if (problem := lock.get("problem")) is not None:
+        todo.append(f"no FD is synced: {problem['next_step']}; kktd tries again every round")
     report = sync["last_round"]
     if report is not None and report["status"] == "busy" and lock["holder"]:
         todo.append(

@@ -13,6 +13,7 @@ from aiohttp import web
 from kktd.api.export import iso, parse_since, record
 from kktd.api.metrics import CONTENT_TYPE
 from kktd.api.server import DAEMON_KEY, METRICS_KEY, ParameterError, error
+from kktd.api.skip import skip as skip_fd
 from kktd.journal import JournalEntry
 from kktd.status import snapshot
 
@@ -62,6 +63,9 @@ async def health(request: web.Request) -> web.Response:
         "journal": "ok" if not components.poller.status().journal_blocked else "blocked",
         "kkt": "ok" if components.link.connected else "offline",
         "upstream": "ok" if breaker == "closed" else breaker,
+        "lock": "ok"
+        if (problem := components.lock.problem) is None
+        else f"refused: {problem.kind}",
         "supervisor": "ok" if not stale else "stale: " + ", ".join(stale),
     }
     status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"
@@ -171,6 +175,12 @@ async def dlq_retry_all(request: web.Request) -> web.Response:
         components.engine.wake()
     log.info("api.dlq_retried", fds=count)
     return web.json_response({"status": "pending", "retried": count})
+
+
+@table.post("/v1/kkt/skip")
+async def kkt_skip(request: web.Request) -> web.Response:
+    """`kktd skip`: the FD the poller is stuck on, skipped and audited (kktd/api/skip.py)."""
+    return await skip_fd(request, _components(request).poller)
 
 
 @table.get("/v1/documents/{fn}/{fd}")

@@ -31,13 +31,21 @@ what is left, `device.clear_faults()` drops them all):
 - `device.inject_garbage(data)`: bytes between the ACK and the next answer frame, which then
   follows after a pause longer than the host's byte timeout (`b"\\x02\\xff"` is a frame with
   LEN 255 and nothing after it);
+- `device.garble_fn(n)`: the next n FF01 answers carry another 16-digit FN number with the LRC
+  of the true answer (two flips of one bit, which the XOR LRC cannot see);
+- `device.answer_wrong_fd(n)`: the next n FF3A reads serve the neighbouring FD (its 1040 differs);
 - `emulator.baud = 4800`: the line throttled to 10 bits per byte at that rate;
 - `emulator.vanish()` / `emulator.reappear()`: the port goes away (hangup, link removed) and
   comes back behind the same link.
 
 `KktDevice(strict_output=True)` refuses FF01/FF39/FF0A with 0x02 while a document read is
-half done. `device.stats` and `device.executed` count what the host did (ENQs, NAKs, resent
-answers, commands executed) for tests to assert on.
+half done. `KktDevice(ff3b=...)` shapes the FF3B answers: "split" (default, as Shtrih-M does: one
+TLV per answer, a TLV longer than 252 bytes in several), "tlv" (the old shape: one whole TLV per
+answer; an FD with a longer TLV cannot be added) or "blocks" (`ff3b_block` bytes each, cut
+through TLVs). `DocumentGenerator(requisite_rate=0.5)` gives half the receipts a 332-byte 1084
+additional requisite; `device.issue_receipt(requisite=(name, value))` one on demand.
+`device.stats` and `device.executed` count what the host did (ENQs, NAKs, resent answers,
+commands executed) for tests to assert on.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
 from kktd.emulator.ofd import OFD_COMMANDS, FnOfd
@@ -47,7 +48,13 @@ DEFAULT_DEVICE_TYPE = DeviceType(0, 0, 1, 0, 0, 0, "ШТРИХ-М-01Ф (эмул
 # commands that read the FN state; with `strict_output` they fail mid-document like on some FNs
 FN_QUERIES = frozenset({Command.FN_STATUS, Command.OFD_STATUS, Command.FIND_FD})
 SUPPORTED = frozenset(Command) | OFD_COMMANDS
-MAX_TLV = protocol.MAX_BODY - 3
+MAX_PIECE = protocol.MAX_BODY - 3  # FF3B answer data: the frame body less FF 3B and the error
+
+# How FF3B hands out an FD's TLV stream (SPEC section 1; hosts must join the answers):
+# "split": one TLV per answer, a TLV longer than an answer holds in several pieces (Shtrih-M);
+# "tlv": one whole TLV per answer, the old shape: an FD with a longer TLV cannot be added;
+# "blocks": pieces of `ff3b_block` bytes, cutting through TLVs wherever they fall.
+Ff3bShape = Literal["split", "tlv", "blocks"]
 
 
 @dataclass(slots=True)
@@ -60,14 +67,16 @@ class Faults:
     busy: int = 0  # commands answered 0x50 (printing) without being executed
     busy_until: float = 0.0  # ... and every command until this clock time
     garbage: list[bytes] = field(default_factory=list)  # bursts, one before each next answer
+    garbled_fn: int = 0  # FF01 answers whose FN number is garbled past the LRC (two bit flips)
+    wrong_fd: int = 0  # FF3A/FF3B reads that serve the neighbouring FD instead of the one asked
 
 
 @dataclass(slots=True)
 class _Output:
-    """Data-output mode after FF3A: the TLVs of one FD, read one per FF3B."""
+    """Data-output mode after FF3A: the pieces of one FD's TLV stream, one per FF3B."""
 
     fd: int
-    tlvs: list[bytes]
+    pieces: list[bytes]
     position: int = 0
 
 
@@ -84,12 +93,18 @@ class KktDevice:
         clock: Callable[[], float] = time.monotonic,
         device_type: DeviceType = DEFAULT_DEVICE_TYPE,
         strict_output: bool = False,
+        ff3b: Ff3bShape = "split",
+        ff3b_block: int = MAX_PIECE,
     ) -> None:
+        if not 1 <= ff3b_block <= MAX_PIECE:
+            raise ValueError(f"ff3b_block must be 1..{MAX_PIECE} bytes, got {ff3b_block}")
         self.generator = generator if generator is not None else DocumentGenerator()
         self.password = password
         self.clock = clock
         self.device_type = device_type
         self.strict_output = strict_output
+        self.ff3b: Ff3bShape = ff3b
+        self.ff3b_block = ff3b_block
         self.faults = Faults()
         self.warning_flags = 0
         self.stats: Counter[str] = Counter()  # enq, ack, nak, frames, bad_frames, noise, resent
@@ -124,8 +139,9 @@ class KktDevice:
         """Append an FD (from fixtures); the generator continues after it."""
         if document.fd <= self.last_fd:
             raise ValueError(f"FD {document.fd} does not follow FD {self.last_fd}")
-        # FF3B carries one TLV per answer frame: FF 3B, the error byte, then the TLV
-        if any(4 + len(item.value) > MAX_TLV for item in iter_tlv(document.raw)):
+        if self.ff3b == "tlv" and any(
+            4 + len(item.value) > MAX_PIECE for item in iter_tlv(document.raw)
+        ):
             raise ValueError(f"FD {document.fd} has a TLV longer than one FF3B answer holds")
         self.documents.append(document)
         self._by_fd[document.fd] = document
@@ -136,11 +152,13 @@ class KktDevice:
         """The next FD of a working shop: shift open, a receipt, or shift close."""
         return self.add(self.generator.next_document())
 
-    def issue_receipt(self, operation: int | None = None) -> EmulatedDocument:
+    def issue_receipt(
+        self, operation: int | None = None, *, requisite: tuple[str, str] | None = None
+    ) -> EmulatedDocument:
         """A receipt now; opens a shift first (one more FD) if none is open."""
         if not self.generator.shift_open:
             self.add(self.generator.open_shift())
-        return self.add(self.generator.receipt(operation))
+        return self.add(self.generator.receipt(operation, requisite=requisite))
 
     def replace_fn(self, fn: str) -> None:
         """A new FN in the KKT: an empty archive numbered from FD 1."""
@@ -177,6 +195,14 @@ class KktDevice:
     def inject_garbage(self, data: bytes) -> None:
         """Write `data` on the line before the next answer frame (after its ACK)."""
         self.faults.garbage.append(data)
+
+    def garble_fn(self, answers: int = 1) -> None:
+        """The next FF01 answers carry another 16-digit FN number, with a valid LRC."""
+        self.faults.garbled_fn += answers
+
+    def answer_wrong_fd(self, reads: int = 1) -> None:
+        """The next FD reads (FF3A) serve a neighbouring FD: its 1040 names another FD."""
+        self.faults.wrong_fd += reads
 
     def clear_faults(self) -> None:
         self.faults = Faults()
@@ -301,9 +327,15 @@ class KktDevice:
             shift_open=self.generator.shift_open,
             warning_flags=self.warning_flags,
             at=last or self.generator.clock(),
-            fn=self.fn,
+            fn=self._answered_fn(),
             last_fd=self.last_fd,
         )
+
+    def _answered_fn(self) -> str:
+        if self.faults.garbled_fn <= 0:
+            return self.fn
+        self.faults.garbled_fn -= 1
+        return garbled(self.fn)
 
     def _ofd_status(self) -> OfdStatus:
         unsent = [d for d in self.documents if d.fd > self.ofd_confirmed_fd]
@@ -333,19 +365,45 @@ class KktDevice:
         document = self._requested_fd(request)
         if isinstance(document, int):
             return document, b""
-        tlvs = [encode_tlv(item.tag, item.value) for item in iter_tlv(document.raw)]
-        self._output = _Output(document.fd, tlvs)
+        if self.faults.wrong_fd > 0:
+            neighbour = self._by_fd.get(document.fd - 1) or self._by_fd.get(document.fd + 1)
+            if neighbour is not None:
+                self.faults.wrong_fd -= 1
+                document = neighbour
+        self._output = _Output(document.fd, self._pieces(document.raw))
         return ErrorCode.OK, DocumentInfo(document.doc_type, len(document.raw)).encode()
+
+    def _pieces(self, raw: bytes) -> list[bytes]:
+        """An FD's TLV stream cut into FF3B answers, in the shape `ff3b` names."""
+        if self.ff3b == "blocks":
+            return _cut(raw, self.ff3b_block)
+        return [
+            piece
+            for item in iter_tlv(raw)
+            for piece in _cut(encode_tlv(item.tag, item.value), MAX_PIECE)
+        ]
 
     def _read_tlv(self) -> tuple[int, bytes]:
         output = self._output
         if output is None:
             return ErrorCode.WRONG_FN_STATE, b""
-        if output.position >= len(output.tlvs):
+        if output.position >= len(output.pieces):
             self._output = None
             return ErrorCode.NO_DATA, b""
         output.position += 1
-        return ErrorCode.OK, output.tlvs[output.position - 1]
+        return ErrorCode.OK, output.pieces[output.position - 1]
+
+
+def _cut(data: bytes, size: int) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+def garbled(fn: str) -> str:
+    """`fn` as two flips of the same bit leave it: other digits, the same XOR LRC."""
+    flipped = bytearray(fn.encode("ascii"))
+    for position in (3, 11):
+        flipped[position] ^= 0x01  # "0".."9" stay digits: 0x30..0x39 differ in the low bits
+    return flipped.decode("ascii")
 
 
 def _command_of(body: bytes) -> int:

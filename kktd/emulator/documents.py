@@ -49,6 +49,12 @@ CATALOG: tuple[tuple[str, int, bool], ...] = (
 OPERATIONS = (1, 2, 3, 4)
 OPERATION_WEIGHTS = (85, 8, 5, 2)
 
+# An additional user requisite (1084) at its FFD maxima: a 64-byte 1085 name and a 256-byte 1086
+# value make a 332-byte TLV, longer than one FF3B answer (252 bytes) can carry.
+REQUISITE_NAME = "Заказ интернет-магазина"
+REQUISITE_NAME_MAX = 64
+REQUISITE_VALUE_MAX = 256
+
 
 def wall_clock() -> datetime:
     """The KKT's local wall clock, to the second (what UnixTime in an FD holds)."""
@@ -98,6 +104,7 @@ class DocumentGenerator:
         next_fd: int = 1,
         shift: int = 0,
         receipts_per_shift: tuple[int, int] = (20, 60),
+        requisite_rate: float = 0.0,
     ) -> None:
         self.fn = fn
         self.kkt_reg_no = kkt_reg_no
@@ -110,6 +117,7 @@ class DocumentGenerator:
         self.shift_open = False
         self.receipt_no = 0
         self.receipts_per_shift = receipts_per_shift
+        self.requisite_rate = requisite_rate  # share of receipts with a long 1084 requisite
         self._shift_length = 0
         self._last_time: datetime | None = None
 
@@ -131,12 +139,20 @@ class DocumentGenerator:
         self.shift_open = False
         return self._report(DOC_SHIFT_CLOSE)
 
-    def receipt(self, operation: int | None = None) -> EmulatedDocument:
-        """A receipt in the open shift: 1-5 items, paid in cash, by card or both."""
+    def receipt(
+        self, operation: int | None = None, *, requisite: tuple[str, str] | None = None
+    ) -> EmulatedDocument:
+        """A receipt in the open shift: 1-5 items, paid in cash, by card or both.
+
+        `requisite` (name, value) adds a 1084 additional requisite; with `requisite_rate` a
+        random share of receipts carry one at its maximum length.
+        """
         if not self.shift_open:
             raise RuntimeError("open a shift before issuing a receipt")
         if operation is None:
             operation = self.rng.choices(OPERATIONS, OPERATION_WEIGHTS)[0]
+        if requisite is None and self.requisite_rate and self.rng.random() < self.requisite_rate:
+            requisite = self.long_requisite()
         self.receipt_no += 1
         lines = [self._line() for _ in range(self.rng.randint(1, 5))]
         total = sum(line.total for line in lines)
@@ -149,6 +165,7 @@ class DocumentGenerator:
             *self._identity(fd),
             encode_tlv(tlv.TAG_OPERATION, bytes([operation])),
             *(self._item_stlv(line) for line in lines),
+            *([] if requisite is None else [_requisite_stlv(*requisite)]),
             encode_tlv(tlv.TAG_TOTAL, encode_vln(total)),
             encode_tlv(tlv.TAG_CASH, encode_vln(cash)),
             encode_tlv(tlv.TAG_CARD, encode_vln(card)),
@@ -161,6 +178,14 @@ class DocumentGenerator:
             for ln in lines
         ]
         return EmulatedDocument(fd, DOC_RECEIPT, b"".join(body), _ordered(record))
+
+    def long_requisite(self) -> tuple[str, str]:
+        """A 1084 requisite at the FFD maxima: 64 bytes of name, 256 bytes of value."""
+        number = self.rng.randrange(10**9)
+        head = f"Заказ {number:09d}, доставка по адресу: "
+        filler = "".join(self.rng.choice("абвгдеёжзийклмнопрстуфхцчшщыэюя ") for _ in range(256))
+        name = REQUISITE_NAME.ljust(REQUISITE_NAME_MAX, ".")
+        return name, (head + filler)[:REQUISITE_VALUE_MAX]
 
     def next_document(self) -> EmulatedDocument:
         """The FD a working shop would issue next: open a shift, sell, close it after a while."""
@@ -254,6 +279,16 @@ class DocumentGenerator:
         if way == "card":
             return 0
         return self.rng.randint(1, total - 1)
+
+
+def _requisite_stlv(name: str, value: str) -> bytes:
+    return tlv.encode_stlv(
+        tlv.TAG_REQUISITE,
+        [
+            encode_tlv(tlv.TAG_REQUISITE_NAME, encode_string(name)),
+            encode_tlv(tlv.TAG_REQUISITE_VALUE, encode_string(value)),
+        ],
+    )
 
 
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,23 @@ _V2: Migration = (
     "CREATE INDEX ofd_exchanges_by_time ON ofd_exchanges (started_at)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+_V3: Migration = (
+    # FDs the operator skipped with `kktd skip` (the KKT could never produce them): who asked,
+    # when, why, and what the reads of the FD failed with. Never written automatically.
+    """CREATE TABLE skips (
+        fn TEXT NOT NULL,
+        fd INTEGER NOT NULL,
+        skipped_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        auth TEXT NOT NULL,
+        read_error TEXT,
+        PRIMARY KEY (fn, fd)
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 
 
 def user_version(conn: sqlite3.Connection) -> int:

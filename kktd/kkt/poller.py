@@ -2,10 +2,18 @@
 
 On connect the link probes with ENQ and identifies the KKT (FC); each poll then reads FF01 (FN
 number, last FD), FF39 when due (at connect and at least once a minute), and every FD after the
-journal's cursor: FF3A, then FF3B until error 08, the TLVs concatenated into the raw FD. Each FD
-is stored together with its cursor advance, so a crash loses nothing and duplicates nothing. An
-FD read is one unit of work holding the link: on any error mid-document the whole read restarts
-at FF3A; the daemon's shutdown waits for that unit through `link.exclusive()`.
+journal's cursor: FF3A, then FF3B until error 08, the answers joined as a byte stream into the raw
+FD (`kktd.kkt.fd_stream`). Each FD is stored together with its cursor advance, so a crash loses
+nothing and duplicates nothing. An FD read is one unit of work holding the link: on any error
+mid-document the whole read restarts at FF3A, and a read that fails for good is read out to its
+08 so the KKT is not left in data-output mode; the daemon's shutdown waits for that unit through
+`link.exclusive()`.
+
+What the KKT says is checked before it is believed: an FN number that differs from the one
+known is believed only when two FF01 answers in a row agree (a garbled answer the XOR LRC misses
+is not a replaced FN), and an FD whose 1040/1041 name another FD or FN is read again, never
+journaled. An FD that can never be read keeps the poller at it (`stuck`) until the operator
+skips it (`kktd skip`, audited in the journal); nothing is ever skipped automatically.
 """
 
 from __future__ import annotations
@@ -14,14 +22,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import structlog
 
 from kktd.config import KktConfig
 from kktd.journal import Journal, JournalFullError
+from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
+from kktd.kkt.fd_stream import DocumentStream
 from kktd.kkt.link import KktError, KktLink
+from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.protocol import (
     Command,
     DocumentInfo,
@@ -35,49 +44,21 @@ from kktd.kkt.protocol import (
 from kktd.kkt.tlv import decode_document, doc_kind
 from kktd.kkt.transport import LinkDown, LinkError
 
+__all__ = ["DocumentReadError", "Poller", "PollerStatus", "StuckFd"]
+
 log = structlog.get_logger(__name__)
 
 OFD_STATUS_EVERY = 60.0
 BUSY_RETRY = 0.2
 BUSY_RETRIES = 50  # 10 s of "printing" before the poll gives up and tries again later
 DOCUMENT_TRIES = 5
-MAX_TLVS = 4096  # an FD is at most 64 KiB: more TLVs than this is a KKT that never says 08
+DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 08 is left alone
+FN_CONFIRM_READS = 3  # FF01 answers read to find two in a row that agree on a new FN number
+SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
+# Failed polls before an FD may be skipped: one failure can be a garbled FF01 last FD (an FD not
+# issued yet), which the next poll corrects; a skipped FD is never read again.
+SKIP_AFTER_POLLS = 2
 BEAT_EVERY = 1.0
-TLV_HEADER = 4  # tag u16 LE, length u16 LE
-
-
-class DocumentReadError(Exception):
-    """An FD could not be read whole after every restart; the next poll tries again."""
-
-
-@dataclass(frozen=True, slots=True)
-class PollerStatus:
-    connected: bool
-    since: float | None
-    device_model: int | None
-    device_name: str | None
-    fn: str | None
-    last_fd: int | None
-    cursor: int | None
-    warning_flags: int | None
-    ofd: OfdStatus | None
-    ofd_read_at: float | None
-    last_error: str | None
-    journal_blocked: str | None
-    journaled: int  # FDs stored by this process since it started
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, for /v1/status."""
-        data = asdict(self)
-        if self.ofd is not None:
-            at = self.ofd.first_unsent_at
-            data["ofd"] = {
-                "unsent_count": self.ofd.unsent_count,
-                "first_unsent_fd": self.ofd.first_unsent_fd if self.ofd.unsent_count else None,
-                "first_unsent_at": None if at is None else at.isoformat(timespec="seconds"),
-                "status": self.ofd.status,
-            }
-        return data
 
 
 class Poller:
@@ -110,6 +91,9 @@ class Poller:
         self._last_error: str | None = None
         self._journal_blocked: str | None = None
         self._journaled = 0
+        self._open_length: int | None = None  # FF3A's length while FF3B has not said 08 yet
+        self._stuck: StuckFd | None = None
+        self._skipped: tuple[str, int] | None = None  # the last FD the operator skipped
 
     def reconfigure(self, kkt_config: KktConfig) -> None:
         """Takes effect from the next poll (port and baud rate need a restart)."""
@@ -133,6 +117,7 @@ class Poller:
             last_error=self._last_error or link.last_error,
             journal_blocked=self._journal_blocked,
             journaled=self._journaled,
+            stuck=self._stuck,
         )
 
     async def run(self, beat: Callable[[], None]) -> None:
@@ -164,6 +149,8 @@ class Poller:
             if str(exc) != self._last_error:  # once per distinct failure, not once a second
                 log.warning("kkt.poll_failed", error=str(exc))
             self._last_error = str(exc)
+            if isinstance(exc, DocumentReadError):
+                self._on_stuck(exc)
         except KktError as exc:
             self._last_error = str(exc)
             log.warning("kkt.error", cmd=f"{exc.cmd:#x}", code=f"{exc.code:#04x}", name=exc.name)
@@ -171,12 +158,45 @@ class Poller:
             if self._last_error is not None and self._link.connected:
                 log.info("kkt.poll_recovered", after=self._last_error)
             self._last_error = None
+            self._stuck = None  # every FD up to the FN's last is read (or skipped)
             return stored
         return 0
+
+    def _on_stuck(self, exc: DocumentReadError) -> None:
+        stuck = self._stuck
+        if stuck is not None and (stuck.fn, stuck.fd) == (exc.fn, exc.fd):
+            self._stuck = StuckFd(exc.fn, exc.fd, str(exc), stuck.since, stuck.polls + 1)
+        else:
+            self._stuck = StuckFd(exc.fn, exc.fd, str(exc), self._wall_clock(), 1)
 
     # --- FN state ---
 
     async def _read_fn_status(self) -> FnStatus:
+        status = await self._fn_status_once()
+        believed = None if self._fn_status is None else self._fn_status.fn
+        if status.fn != believed:
+            status = await self._confirm_fn(status, believed)
+        self._fn_status = status
+        return status
+
+    async def _confirm_fn(self, first: FnStatus, believed: str | None) -> FnStatus:
+        """A new FN number counts once the next FF01 answer says it too (SPEC section 1).
+
+        The XOR LRC misses two flips of the same bit: one garbled answer must neither pass for
+        a replaced FN (a re-read of the archive under a bogus number) nor stop the poll.
+        """
+        previous = first
+        for _ in range(FN_CONFIRM_READS):
+            status = await self._fn_status_once()
+            if status.fn == previous.fn:
+                return status  # two answers in a row agree
+            if status.fn == believed:
+                log.warning("kkt.fn_garbled", answered=previous.fn, fn=believed)
+                return status
+            previous = status
+        raise ProtocolError(f"FF01: no two answers in a row agree on the FN number ({previous.fn})")
+
+    async def _fn_status_once(self) -> FnStatus:
         try:
             response = await self._request(Command.FN_STATUS)
         except KktError as exc:
@@ -186,17 +206,17 @@ class Poller:
             # read that document out to its 08, then ask again.
             await self._drain_output()
             response = await self._request(Command.FN_STATUS)
-        status = FnStatus.decode(response.data)
-        self._fn_status = status
-        return status
+        return FnStatus.decode(response.data)
 
-    async def _drain_output(self) -> None:
+    async def _drain_output(self, answers: int = DRAIN_ANSWERS) -> None:
+        """Read the open document out to its 08 (at most `answers` FF3B)."""
         async with self._link.exclusive():
-            for _ in range(MAX_TLVS):
+            for _ in range(answers):
                 try:
                     await self._request(Command.READ_TLV)
                 except KktError:
                     break
+        self._open_length = None
         log.info("kkt.output_drained")
 
     async def _read_ofd_status(self) -> None:
@@ -223,7 +243,9 @@ class Poller:
         try:
             for fd in range(cursor + 1, status.last_fd + 1):
                 async with self._link.exclusive():
-                    doc_type, raw = await self._read_document(fd)
+                    if self._skipped == (fn, fd):
+                        continue  # skipped by the operator while this poll waited for the link
+                    doc_type, raw = await self._read_document(fn, fd)
                 if storing is not None:
                     stored += await self._stored(*storing)
                 storing = fd, asyncio.create_task(self._store(fn, fd, doc_type, raw))
@@ -279,40 +301,39 @@ class Poller:
         log.info("kkt.cursor_started", fn=fn, start_fd=start, after_fd=cursor)
         return cursor
 
-    async def _read_document(self, fd: int) -> tuple[int, bytes]:
+    async def _read_document(self, fn: str, fd: int) -> tuple[int, bytes]:
         """FF3A then FF3B until 08; restarted whole on any error, never left half read."""
         error = ""
         for attempt in range(1, DOCUMENT_TRIES + 1):
             try:
-                return await self._read_document_once(fd)
+                return await self._read_document_once(fn, fd)
             except LinkDown:
                 raise  # the port is gone: the next poll after the reconnect restarts this FD
-            except (KktError, LinkError, DocumentReadError, ProtocolError) as exc:
+            except (KktError, LinkError, ProtocolError) as exc:
                 error = str(exc)
             log.warning("kkt.document_restarted", fd=fd, attempt=attempt, error=error)
-        raise DocumentReadError(f"FD {fd} not read after {DOCUMENT_TRIES} tries: {error}")
+        if self._open_length is not None:
+            # The last try stopped mid-document: finish it (an FN refuses FF01 meanwhile).
+            # Each answer carries a byte at least: a KKT that never says 08 is left to FF3A.
+            with contextlib.suppress(KktError, LinkError, ProtocolError):
+                await self._drain_output(self._open_length + 1)
+        raise DocumentReadError(fn, fd, f"FD {fd} not read after {DOCUMENT_TRIES} tries: {error}")
 
-    async def _read_document_once(self, fd: int) -> tuple[int, bytes]:
+    async def _read_document_once(self, fn: str, fd: int) -> tuple[int, bytes]:
+        self._open_length = None
         info = DocumentInfo.decode((await self._request(Command.OPEN_FD_TLV, fd_request(fd))).data)
-        chunks: list[bytes] = []
-        for _ in range(MAX_TLVS):
+        self._open_length = info.length
+        stream = DocumentStream(fn, fd, info)
+        while True:  # bounded: each answer carries data and the total may not pass info.length
             try:
-                tlv = (await self._request(Command.READ_TLV)).data
+                piece = (await self._request(Command.READ_TLV)).data
             except KktError as exc:
                 if exc.code != ErrorCode.NO_DATA:
                     raise
                 break
-            if len(tlv) < TLV_HEADER or TLV_HEADER + int.from_bytes(tlv[2:4], "little") != len(tlv):
-                # each FF3B answer is one whole TLV; anything else is an answer out of place
-                raise DocumentReadError(f"FD {fd}: FF3B answer is not one TLV: {tlv[:8].hex()}")
-            chunks.append(tlv)
-        else:
-            raise DocumentReadError(f"FD {fd}: no end of document after {MAX_TLVS} TLVs")
-        raw = b"".join(chunks)
-        if len(raw) != info.length:
-            # a TLV lost or read twice (an answer lost on the line): read it again
-            raise DocumentReadError(f"FD {fd}: {len(raw)} bytes read, FF3A said {info.length}")
-        return info.doc_type, raw
+            stream.add(piece)
+        self._open_length = None
+        return info.doc_type, stream.finish()
 
     async def _store(self, fn: str, fd: int, doc_type: int, raw: bytes) -> bool:
         try:
@@ -331,6 +352,49 @@ class Poller:
             self._journal_blocked = None
             log.info("journal.unblocked", fn=fn, fd=fd)
         return inserted
+
+    # --- the operator's last resort ---
+
+    async def skip(
+        self, fn: str, fd: int, reason: str, requester: Requester, *, wait: float = SKIP_WAIT
+    ) -> SkipRecord:
+        """Skip the FD this poller is stuck on (`kktd skip`): audited, never automatic.
+
+        Holding the link, so no read of that FD is under way, and a poll that was waiting for
+        the link to read it passes it by. `SkipRefused` says why anything else is refused,
+        including a link still busy after `wait` seconds (a long read of the backlog).
+        """
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(wait):
+                    await held.enter_async_context(self._link.exclusive())
+            except TimeoutError:
+                raise SkipRefused(
+                    "busy", f"the KKT link stayed busy for {wait:g} s: try again"
+                ) from None
+            stuck = self._stuck
+            if stuck is None or (stuck.fn, stuck.fd) != (fn, fd):
+                at = "no FD" if stuck is None else f"FD {stuck.fd} of FN {stuck.fn}"
+                raise SkipRefused(
+                    "not_stuck",
+                    f"FD {fd} of FN {fn} is not the FD kktd is stuck on ({at}): only an FD that"
+                    " every read failed on can be skipped",
+                )
+            if stuck.polls < SKIP_AFTER_POLLS:
+                raise SkipRefused(
+                    "not_stuck",
+                    f"FD {fd} of FN {fn} failed in {stuck.polls} poll so far: wait for the next"
+                    " poll to fail on it too, then try again",
+                )
+            record = await record_skip(
+                self._journal, fn, fd, reason=reason, requester=requester, read_error=stuck.error
+            )
+            self._stuck = None
+            self._skipped = (fn, fd)
+            if self._fn_status is not None and self._fn_status.fn == fn:
+                self._cursor = fd
+        log.warning("kkt.fd_skipped", **record.to_dict())
+        return record
 
     def _block(self, reason: str) -> None:
         if self._journal_blocked is None:

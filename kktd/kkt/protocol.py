@@ -310,6 +310,7 @@ class DeviceType:
 
 
 _FN_STATUS = struct.Struct("<BBBBB5s16sI")
+FN_DIGITS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,9 +342,12 @@ class FnStatus:
     def decode(cls, data: bytes) -> Self:
         _need(data, _FN_STATUS.size, "FF01 answer")
         phase, doc, doc_data, shift, flags, at, fn, last = _FN_STATUS.unpack_from(data)
-        fn_text = fn.decode("ascii", errors="replace").rstrip("\x00 ")
+        # 16 ASCII digits and nothing else: the XOR LRC misses two flips of the same bit, and
+        # a garbled FN number must never pass for a replaced FN
+        if not (fn.isdigit() and len(fn) == FN_DIGITS):
+            raise PayloadError(f"FF01 answer: the FN number is not 16 digits: {fn.hex(' ')}")
         at_value = _decode_date(at) or NO_DATE
-        return cls(phase, doc, doc_data, bool(shift), flags, at_value, fn_text, last)
+        return cls(phase, doc, doc_data, bool(shift), flags, at_value, fn.decode("ascii"), last)
 
 
 _OFD_STATUS = struct.Struct("<BBHI5s")

@@ -1,8 +1,9 @@
 """TLV/STLV codec for fiscal documents read from the FN (SPEC section 1).
 
-An FD arrives as a flat run of TLVs (`tag u16 LE | len u16 LE | value`), the payloads of the FF3B
-answers concatenated; its document type comes separately with the FF3A answer. `decode_document`
-turns that into the fields of the upstream body (SPEC section 4). Pure: no I/O, no clock.
+An FD arrives as a flat run of TLVs (`tag u16 LE | len u16 LE | value`), the FF3B answers joined
+as a byte stream (`kktd.kkt.fd_stream`); its document type comes separately with the FF3A
+answer. `decode_document` turns that into the fields of the upstream body (SPEC section 4).
+Pure: no I/O, no clock.
 
 Choices the SPEC leaves open:
 - a quantity (FVLN) is a decimal string normalized without trailing zeros: "2", "1.5", "0.25";
@@ -40,6 +41,9 @@ TAG_CASH = 1031
 TAG_CARD = 1081
 TAG_FFD_VERSION = 1209
 TAG_ORG_NAME = 1048
+TAG_REQUISITE = 1084  # additional user requisite, an STLV of a name and a value
+TAG_REQUISITE_NAME = 1085  # up to 64 bytes
+TAG_REQUISITE_VALUE = 1086  # up to 256 bytes: 1084 is 332 bytes, more than one FF3B answer
 
 DOC_KINDS: dict[int, str] = {
     1: "registration",
@@ -90,6 +94,31 @@ def iter_tlv(data: bytes) -> Iterator[Tlv]:
             raise TlvError(f"tag {tag} at offset {pos} wants {length} bytes, {end - start} left")
         yield Tlv(tag, bytes(data[start : start + length]))
         pos = start + length
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which FD an FD says it is: its 1040 and 1041, None where a tag is absent."""
+
+    fd: int | None
+    fn: str | None
+
+
+def identity(data: bytes) -> Identity:
+    """The top-level 1040 (FD number) and 1041 (FN number) of an FD's TLVs.
+
+    Lenient on purpose: 1040 is read as a little-endian number of whatever width it has (an FD
+    whose 1040 does not decode as u32 is journaled with a decode error, not refused), so only
+    a different number, not a malformed one, tells that the KKT answered for another FD.
+    """
+    fd: int | None = None
+    fn: str | None = None
+    for tlv in iter_tlv(data):
+        if tlv.tag == TAG_FD and fd is None:
+            fd = int.from_bytes(tlv.value, "little")
+        elif tlv.tag == TAG_FN and fn is None:
+            fn = decode_string(tlv.value, strip=True)
+    return Identity(fd, fn)
 
 
 # --- encoders (the emulator and tests build FDs with these) ---------------------------------

@@ -8,7 +8,7 @@ In process: `MockUpstream` (`await start()`, `.url`, `set_faults(...)`, `go_down
 
 from __future__ import annotations
 
-from kktd.mock_upstream.server import MockUpstream
+from kktd.mock_upstream.server import Arrival, MockUpstream
 from kktd.mock_upstream.state import (
     RECEIPTS_PATH,
     STALE_FENCE_STATUS,
@@ -21,6 +21,7 @@ from kktd.mock_upstream.state import (
 __all__ = [
     "RECEIPTS_PATH",
     "STALE_FENCE_STATUS",
+    "Arrival",
     "FaultError",
     "Faults",
     "MockState",

@@ -15,6 +15,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -36,8 +37,21 @@ log = structlog.get_logger(__name__)
 _SHUTDOWN_TIMEOUT = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A delivery request whose headers have arrived (its body may still be on its way)."""
+
+    fn: str
+    instance: str | None
+    fence: int | None
+
+
 class MockUpstream:
-    """An upstream receipt collector for tests, benchmarks and the demo."""
+    """An upstream receipt collector for tests, benchmarks and the demo.
+
+    `on_arrival`, when set, is called as each delivery's headers arrive, before its body is
+    read: the chaos harness times requests against its own pauses of kktd with it.
+    """
 
     def __init__(
         self,
@@ -53,6 +67,7 @@ class MockUpstream:
         self._port = 0
         self._released = asyncio.Event()
         self._outage: asyncio.Task[None] | None = None
+        self.on_arrival: Callable[[Arrival], None] | None = None
 
     @property
     def faults(self) -> Faults:
@@ -133,6 +148,8 @@ class MockUpstream:
     async def _receive(self, request: web.Request) -> web.StreamResponse:
         fn = fn_of_key(request.headers.get("Idempotency-Key"))
         instance = request.headers.get("X-Kktd-Instance")
+        if self.on_arrival is not None:
+            self.on_arrival(Arrival(fn, instance, parse_fence(request.headers.get("X-Kktd-Fence"))))
         self.state.enter(fn, instance)
         try:
             return await self._answer(request)

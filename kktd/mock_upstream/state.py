@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-# A request carrying a fence lower than one already seen for its FN comes from a lease that has
-# been superseded: a fencing-aware store refuses the write. 412 Precondition Failed says exactly
-# that, and is neither "accepted" nor "duplicate", so the sender never marks the FD synced on it.
+# A request carrying a fence lower than the highest accepted for its FN comes from a lease that
+# has been superseded: a fencing collector refuses the write. 412 Precondition Failed says exactly
+# that (SPEC section 4), with the current fence in the body; kktd ends that round at once.
+# Only accepted requests raise the fence: one refused for another reason (a bad token, a broken
+# body) must not be able to lock the real holder out.
 STALE_FENCE_STATUS = 412
 ERROR_BODY_LIMIT = 200
 RECEIPTS_PATH = "/v1/receipts"
@@ -200,24 +202,26 @@ class MockState:
         at = self._clock()
         parsed = _parse(incoming)
         fn, fd = (parsed[0], parsed[1]) if isinstance(parsed, tuple) else (None, None)
-        stale = fn is not None and self._fence_is_stale(fn, incoming.fence)
-        answer = self._answer(incoming, parsed, stale)
+        answer = self._answer(incoming, parsed)
+        if fn is not None and incoming.fence is not None and answer.status in (201, 409):
+            # checked and raised in one step, as a collector does in the write's transaction
+            self.highest_fence[fn] = max(incoming.fence, self.highest_fence.get(fn, 0))
         self.requests.append(Recorded(fn, fd, incoming.fence, incoming.instance, at, answer.status))
         return answer
 
-    def _fence_is_stale(self, fn: str, fence: int | None) -> bool:
-        if fence is None:
-            return False
+    def _superseded(self, fn: str, fence: int | None, delay: float) -> Answer | None:
+        """412 for a fence below the highest accepted for this FN, saying which one that is."""
         highest = self.highest_fence.get(fn)
-        if highest is not None and fence < highest:
-            self.fence_violations += 1
-            return True
-        self.highest_fence[fn] = fence
-        return False
+        if fence is None or highest is None or fence >= highest:
+            return None
+        self.fence_violations += 1
+        body = {
+            "error": f"fence {fence} is superseded: fence {highest} holds FN {fn} now",
+            "current_fence": highest,
+        }
+        return Answer("respond", STALE_FENCE_STATUS, body, delay=delay)
 
-    def _answer(
-        self, incoming: Incoming, parsed: tuple[str, int, dict[str, Any]] | str, stale: bool
-    ) -> Answer:
+    def _answer(self, incoming: Incoming, parsed: tuple[str, int, dict[str, Any]] | str) -> Answer:
         faults = self.faults
         delay = faults.delay
         if faults.reset_rate and self._rng() < faults.reset_rate:
@@ -232,8 +236,8 @@ class MockState:
         if isinstance(parsed, str):
             return _error(400, parsed, delay, key=key)
         fn, fd, body = parsed
-        if stale:
-            return _error(STALE_FENCE_STATUS, "stale fence", delay)
+        if (superseded := self._superseded(fn, incoming.fence, delay)) is not None:
+            return superseded
         if faults.rate_limit_rate and self._rng() < faults.rate_limit_rate:
             answer = _error(429, "slow down", delay)
             answer.headers["Retry-After"] = str(faults.retry_after)

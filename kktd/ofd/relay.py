@@ -42,6 +42,10 @@ T = TypeVar("T")
 IDLE_INTERVAL = 5.0  # FF30 polls while the FN offers nothing (new FDs wake the relay sooner)
 BACKLOG_EVERY = 60.0  # FF39 while idle; after every relayed message too
 TREND_WINDOW = 600.0
+# A step's serial legs (FF30/FF31 blocks out, FF32/FF33 blocks back) at a slow baud rate, on top
+# of the OFD leg's own bound (connect and answer, each within ofd.timeout). Past that a step is
+# wedged on something that has no timeout of its own, and is cancelled.
+SERIAL_ALLOWANCE = 300.0
 
 Trend = Literal["rising", "falling", "steady"]
 
@@ -91,6 +95,7 @@ class OfdRelay:
         wall_clock: Callable[[], float] = time.time,
         interval: float = IDLE_INTERVAL,
         busy_pause: float = BUSY_PAUSE,
+        step_deadline: float | None = None,
     ) -> None:
         self._link = link
         self._cfg = cfg
@@ -100,6 +105,7 @@ class OfdRelay:
         self._clock = clock
         self._wall_clock = wall_clock
         self._interval = interval
+        self._step_deadline = step_deadline  # None: from ofd.timeout (see `deadline`)
         self._fn = FnBuffer(link, busy_pause=busy_pause)
         self._wake = asyncio.Event()
         self._last_success_at: float | None = None
@@ -119,8 +125,18 @@ class OfdRelay:
         log.info("ofd.relay_started", mode=self._cfg.mode, ofd=self._address)
         while True:
             beat()
-            delay, wakeable = await _beating(self.step(), beat)
-            await self._pause(delay, wakeable, beat)
+            turn = await _beating(self.step(), beat, self.deadline)
+            if turn is None:
+                turn = self.backoff.record_failure(), False
+                log.error("ofd.step_timed_out", deadline=self.deadline, retry_in=round(turn[0], 3))
+            await self._pause(*turn, beat)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds one step may take in all before it is cancelled as wedged."""
+        if self._step_deadline is not None:
+            return self._step_deadline
+        return 2 * self._cfg.timeout + SERIAL_ALLOWANCE
 
     def wake(self) -> None:
         """A new FD was journaled: the FN has a new message for the OFD."""
@@ -169,24 +185,27 @@ class OfdRelay:
             return self._interval, True
         if not self.breaker.try_acquire():
             return max(self.breaker.retry_in(), 0.05), False
-        probing = True
         try:
-            started, t0 = self._wall_clock(), self._clock()
-            try:
-                message = await self._fn.take_message()
-            except FN_TROUBLE as exc:
-                self._on_fn_trouble(exc)
-                return self._interval, True
-            self._on_fn_trouble(None)
-            await self._read_settings()
-            if message is None:
-                await self._read_backlog(force=False)
-                return self._interval, True
-            probing = False
-            return await self._relay(message, started, self._clock() - t0)
+            return await self._turn()
         finally:
-            if probing:
-                self.breaker.release()  # no OFD call was made: the probe is still to come
+            # A verdict (success or failure) has freed the probe slot already. Anything else -
+            # no OFD call made, a cancellation, an exception nobody foresaw - must free it too,
+            # or a half-open breaker keeps it for good and the OFD is never called again.
+            self.breaker.release()
+
+    async def _turn(self) -> tuple[float, bool]:
+        started, t0 = self._wall_clock(), self._clock()
+        try:
+            message = await self._fn.take_message()
+        except FN_TROUBLE as exc:
+            self._on_fn_trouble(exc)
+            return self._interval, True
+        self._on_fn_trouble(None)
+        await self._read_settings()
+        if message is None:
+            await self._read_backlog(force=False)
+            return self._interval, True
+        return await self._relay(message, started, self._clock() - t0)
 
     async def _relay(self, message: bytes, started: float, read: float) -> tuple[float, bool]:
         t0 = self._clock()
@@ -201,9 +220,9 @@ class OfdRelay:
         except OfdError as exc:
             self.breaker.record_failure()
             outcome, error = exc.failure, exc.detail
-        except asyncio.CancelledError:
-            self.breaker.release()
-            raise
+        except OSError as exc:  # e.g. EHOSTUNREACH while sending: the network, not the message
+            self.breaker.record_failure()
+            outcome, error = "unreachable", f"{self._address}: {exc.strerror or exc}"
         ofd = self._clock() - t0
         if answer is not None:
             self.breaker.record_success()  # the OFD answered well, whatever the FN makes of it
@@ -323,15 +342,22 @@ def _fn_of(message: bytes) -> str | None:
         return None  # opaque anyway: relayed as it is
 
 
-async def _beating(work: Coroutine[Any, Any, T], beat: Beat) -> T:
-    """Await `work`, beating once a second meanwhile (the OFD may take a minute to answer)."""
+async def _beating(work: Coroutine[Any, Any, T], beat: Beat, deadline: float) -> T | None:
+    """Await `work`, beating once a second meanwhile (the OFD may take a minute to answer).
+
+    Past `deadline` seconds the work is cancelled and None returned. The wait for the
+    cancellation does not beat: work that will not even stop is what the watchdog is for.
+    """
     task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if done:
-                return task.result()
+        while not task.done():
+            if (left := end - loop.time()) <= 0:
+                return None
+            await asyncio.wait({task}, timeout=min(left, 1.0))
             beat()
+        return task.result()
     finally:
         if not task.done():
             task.cancel()

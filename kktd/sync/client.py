@@ -1,12 +1,11 @@
 """The upstream HTTP client: one FD per POST, every answer classified (SPEC sections 3 and 4).
 
 `deliver` never raises for network or HTTP trouble: it returns a `Delivery` whose `outcome` tells
-the engine what to do with the FD and the breaker. Only an answer that names the FD (its
-Idempotency-Key in a 4xx JSON body) is a verdict on the FD; any other 4xx and every 3xx come from
-something that is not the collector (a wrong URL, a proxy, a framework's default page) and are
-misrouting. Statuses the outcome table does not name (other 2xx, 1xx …) are transient: the FD is
-retried, and the Idempotency-Key makes a retry of something the upstream did store come back as
-409, so nothing is lost or doubled.
+the engine what to do with the FD and the breaker; `answers` says what each answer means. The body
+of an answer is read whole, up to 64 KiB, however many pieces it arrives in.
+
+The one exception: `WriteRefused`, when the `may_write` check (the sync lease) says no right
+before the request's first byte; then nothing was written.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -27,42 +24,67 @@ from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.alerts import Alert
-from kktd.sync.backoff import parse_retry_after
+from kktd.sync.answers import (
+    FENCE_SUPERSEDED,
+    REASON_LIMIT,
+    Delivery,
+    Outcome,
+    superseded,
+    unexpected,
+    verdict,
+)
+
+__all__ = [
+    "FENCE_SUPERSEDED",
+    "REASON_LIMIT",
+    "Delivery",
+    "Outcome",
+    "UpstreamClient",
+    "WriteRefused",
+    "build_body",
+    "superseded",
+]
 
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = 5.0
-REASON_LIMIT = 500  # characters of the upstream's error text kept (SPEC section 4)
 BODY_READ_LIMIT = 64 * 1024  # bytes of an answer read (SPEC section 4)
-
-ACCEPTED = frozenset({200, 201, 202})
-DUPLICATE = frozenset({409})
-FORBIDDEN = frozenset({401, 403})
-TRANSIENT = frozenset({408, 425, 429})
-# 412 (a superseded fence) is retried like an unnamed status until fencing gives it its own row
-_FENCE_STATUS = 412
-_SNIPPET = 120  # characters of a page that is not a verdict, quoted in the alert
 _FORBIDDEN_STEP = "check upstream.token_file, and that the collector knows this till's token"
 
 
-class Outcome(StrEnum):
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
-    FORBIDDEN = "forbidden"
-    TRANSIENT = "transient"
-    UNREACHABLE = "unreachable"
-    MISROUTED = "misrouted"
+class WriteRefused(Exception):  # noqa: N818 - a refusal, not an error of the request
+    """`may_write` said no right before the request's first byte: nothing was written."""
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """The verdict on one delivery; `reason` is what goes into the journal's last error."""
+class _WriteGate:
+    """Asked by aiohttp's tracing right before it writes: the headers, then each body chunk.
 
-    outcome: Outcome
-    status: int | None
-    reason: str
-    retry_after: float | None
+    Headers go out on their own in older aiohttp and with the first body chunk since 3.12, so
+    both moments are checked; from the check to `transport.write` nothing awaits, so no other
+    task or timer runs in between (only a pause of the whole process can still come between).
+    """
+
+    def __init__(self, may_write: Callable[[], bool]) -> None:
+        self.may_write = may_write
+        self.refused = False
+
+    def check(self) -> None:
+        if not self.may_write():
+            self.refused = True
+            raise WriteRefused("the sync lease ended before the request was written")
+
+
+async def _check_gate(_: object, ctx: SimpleNamespace, __: object) -> None:
+    gate = getattr(ctx.trace_request_ctx, "gate", None)
+    if isinstance(gate, _WriteGate):
+        gate.check()
+
+
+def _gate_tracing() -> aiohttp.TraceConfig:
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(_check_gate)
+    tracing.on_request_chunk_sent.append(_check_gate)
+    return tracing
 
 
 def build_body(entry: JournalEntry) -> dict[str, Any]:
@@ -77,60 +99,6 @@ def build_body(entry: JournalEntry) -> dict[str, Any]:
     return body
 
 
-def classify(status: int, body: bytes, key: str) -> Outcome:
-    """The outcome of an HTTP answer to the delivery whose Idempotency-Key is `key`."""
-    if status in ACCEPTED:
-        return Outcome.ACCEPTED
-    if status in DUPLICATE:
-        return Outcome.DUPLICATE
-    if status in FORBIDDEN:
-        return Outcome.FORBIDDEN
-    if 300 <= status < 400:
-        return Outcome.MISROUTED
-    if 400 <= status < 500 and status not in TRANSIENT and status != _FENCE_STATUS:
-        return Outcome.REJECTED if _names(body, key) else Outcome.MISROUTED
-    return Outcome.TRANSIENT
-
-
-def clean(text: str) -> str:
-    """`text` without control characters; line breaks and tabs become spaces (SPEC section 4)."""
-    return "".join(
-        " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or not _is_control(ch)
-    )
-
-
-def error_text(body: bytes) -> str:
-    """The upstream's error text: `{"error": ...}` when it sent that JSON, else the body itself.
-
-    The first `REASON_LIMIT` characters, control characters removed, otherwise verbatim.
-    """
-    parsed = _json_object(body)
-    if parsed is not None and "error" in parsed:
-        error = parsed["error"]
-        text = error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
-    else:
-        text = body.decode("utf-8", errors="replace").strip()
-    return clean(text)[:REASON_LIMIT]
-
-
-def _names(body: bytes, key: str) -> bool:
-    """True when the body is the collector's verdict on this FD: JSON with `"key": <key>`."""
-    parsed = _json_object(body)
-    return parsed is not None and parsed.get("key") == key
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _is_control(ch: str) -> bool:
-    return unicodedata.category(ch) == "Cc"
-
-
 class UpstreamClient:
     """Delivers FDs to `upstream.url` over one aiohttp session for the whole process."""
 
@@ -141,8 +109,11 @@ class UpstreamClient:
         instance_id: str,
         version: str,
         connect_timeout: float = CONNECT_TIMEOUT,
+        tracing: tuple[aiohttp.TraceConfig, ...] = (),
     ) -> None:
         self._instance_id = instance_id
+        # aiohttp tracing that runs before the write gate's (tests pause a request with it)
+        self._tracing = tracing
         self._connect_timeout = connect_timeout
         self._user_agent = f"kktd/{version}"
         self._session: aiohttp.ClientSession | None = None
@@ -169,7 +140,9 @@ class UpstreamClient:
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                headers={"User-Agent": self._user_agent}, raise_for_status=False
+                headers={"User-Agent": self._user_agent},
+                raise_for_status=False,
+                trace_configs=[*self._tracing, _gate_tracing()],
             )
 
     async def close(self) -> None:
@@ -189,12 +162,32 @@ class UpstreamClient:
             headers["X-Kktd-Fence"] = str(fence)
         return headers
 
-    async def deliver(self, entry: JournalEntry, fence: int | None) -> Delivery:
-        """POST one FD and classify the answer; network and HTTP trouble come back as outcomes."""
+    async def deliver(
+        self,
+        entry: JournalEntry,
+        fence: int | None,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> Delivery:
+        """POST one FD and classify the answer; network and HTTP trouble come back as outcomes.
+
+        `may_write` is asked right before the request's bytes are written (again for a retry
+        on a fresh connection); when it says no, nothing is written and `WriteRefused` is raised.
+        """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         data = json.dumps(build_body(entry), ensure_ascii=False).encode("utf-8")
-        key = f"{entry.fn}-{entry.fd}"
+        gate = _WriteGate(may_write)
+        delivery = await self._post(entry, fence, data, gate)
+        if gate.refused:  # refused in aiohttp's body writer, which wraps it as a connection error
+            raise WriteRefused(f"FD {entry.fn}/{entry.fd} not sent: the sync lease ended")
+        self._log(entry, delivery)
+        return delivery
+
+    async def _post(
+        self, entry: JournalEntry, fence: int | None, data: bytes, gate: _WriteGate
+    ) -> Delivery:
+        assert self._session is not None
         try:
             async with self._session.post(
                 self._cfg.url,
@@ -203,9 +196,10 @@ class UpstreamClient:
                 timeout=self._timeout,
                 ssl=self._ssl,
                 allow_redirects=False,  # a redirected POST could drop the body: misrouting
+                trace_request_ctx=SimpleNamespace(gate=gate),
             ) as resp:
                 body = await read_body(resp.content, BODY_READ_LIMIT)
-                delivery = _verdict(resp.status, resp.headers, body, key)
+                delivery = verdict(resp.status, resp.headers, body, f"{entry.fn}-{entry.fd}")
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ConnectionTimeoutError,
@@ -218,7 +212,6 @@ class UpstreamClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # after connecting: a reset, a read timeout or an answer that is not HTTP
             delivery = Delivery(Outcome.TRANSIENT, None, _describe(exc), None)
-        self._log(entry, delivery)
         return delivery
 
     def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
@@ -238,7 +231,7 @@ class UpstreamClient:
             self._alert.end(url=self._cfg.url, **fields)
         if outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
-        elif outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
+        elif outcome is Outcome.TRANSIENT and unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
         else:
             log.debug("sync.delivered", outcome=str(outcome), **fields)
@@ -259,41 +252,6 @@ async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def _verdict(status: int, headers: Mapping[str, str], body: bytes, key: str) -> Delivery:
-    outcome = classify(status, body, key)
-    if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-        return Delivery(outcome, status, "", None)
-    if outcome is Outcome.MISROUTED:
-        return Delivery(outcome, status, _misrouting(status, headers, body), None)
-    text = error_text(body)
-    if outcome is Outcome.REJECTED:
-        return Delivery(outcome, status, text or f"HTTP {status}", None)
-    reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
-    wait = parse_retry_after(headers.get("Retry-After")) if outcome is Outcome.TRANSIENT else None
-    return Delivery(outcome, status, reason[:REASON_LIMIT], wait)
-
-
-def _misrouting(status: int, headers: Mapping[str, str], body: bytes) -> str:
-    """What answered instead of the collector, the next step first (status lines clip it)."""
-    if status < 400:
-        where = clean(headers.get("Location", "nowhere"))[:_SNIPPET]
-        return (
-            f"HTTP {status} redirect to {where}: set upstream.url to the address the collector"
-            " answers at (kktd does not follow redirects: a redirected POST can lose its body)"
-        )
-    page = " ".join(clean(body.decode("utf-8", errors="replace")).split())
-    quoted = page[:_SNIPPET] + ("…" if len(page) > _SNIPPET else "")
-    return (
-        f"HTTP {status} naming no FD, not the collector's verdict: check upstream.url (scheme,"
-        f" host, port, path) and any proxy in between; the answer was: {quoted or 'empty'}"
-    )
-
-
-def _unexpected(status: int | None) -> bool:
-    """A status outside SPEC section 3's table (retried as transient, but worth a warning)."""
-    return status is not None and status not in TRANSIENT and not 500 <= status < 600
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,12 +34,14 @@ from kktd.journal import Journal, JournalEntry, JournalError
 from kktd.sync.alerts import Alert
 from kktd.sync.backoff import RETRY_AFTER_CAP, Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
-from kktd.sync.client import Delivery, Outcome, UpstreamClient
+from kktd.sync.client import Delivery, Outcome, UpstreamClient, WriteRefused
 from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
+from kktd.sync.redis_trouble import LockProblem
 
 log = structlog.get_logger(__name__)
 
 ReportStatus = Literal["completed", "busy", "circuit_open", "skipped"]
+_RAN = ("completed", "lease_lost", "fence_superseded")  # FN rounds that sent (or could have)
 _BEAT_SLICE = 1.0  # seconds: idle waits are sliced so the loop beats at least this often
 ALL_REJECTED_MIN = 5  # a round rejecting this many FDs and accepting none indicts the upstream
 
@@ -70,6 +72,7 @@ class SyncStatus:
     lock_holder: str | None
     lock_fence: int | None
     next_round_in_seconds: float | None
+    lock_problem: LockProblem | None = None  # Redis refuses the lock: no round runs
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class _Tally:
     transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
     rejected: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
     accepted: list[tuple[str, int]] = field(default_factory=list)
+    superseded: Delivery | None = None  # a 412: another instance holds the FN now
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
 
     def add(self, other: _Tally) -> None:
         """Fold one FN round into the pass."""
@@ -206,6 +211,7 @@ class SyncEngine:
             last_round_at=self._last_round_at,
             lock_holder=self._holder,
             lock_fence=self._lock.last_fence,
+            lock_problem=self._lock.problem,
             next_round_in_seconds=None
             if next_at is None
             else max(0.0, next_at - self._monotonic()),
@@ -300,10 +306,12 @@ class SyncEngine:
                 tally.full = tally.refused = False
                 # not a bug of ours, so no traceback: the error says what the disk said
                 log.error("sync.journal_failed", fn=fn, error=str(exc))  # noqa: TRY400
+            if tally.superseded is not None and outcome == "completed":
+                outcome, status = "fence_superseded", "busy"  # logged as sync.fence_superseded
             total.add(tally)
             duration = self._monotonic() - round_started
             self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
-            if self.on_round is not None and outcome in ("completed", "lease_lost"):
+            if self.on_round is not None and outcome in _RAN:
                 ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
                 self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
             stop = outcome in ("lease_lost", "journal_failed")
@@ -339,20 +347,27 @@ class SyncEngine:
         async with asyncio.TaskGroup() as group:
             for entry in entries:
                 await slots.acquire()
-                if not self._lock.lease_alive(lease):
+                if tally.superseded is not None or not self._lock.lease_alive(lease):
                     slots.release()
-                    break  # the lock cancels this round at once; start nothing meanwhile
+                    break  # the round is over; the client checks the lease again at the write
                 if not self._breaker.try_acquire():
                     slots.release()
                     tally.refused = True
                     break
-                group.create_task(self._deliver(entry, lease, slots, tally))
+                task = group.create_task(self._deliver(entry, lease, slots, tally))
+                tally.in_flight.add(task)
+                task.add_done_callback(tally.in_flight.discard)
 
     async def _deliver(
         self, entry: JournalEntry, lease: Lease, slots: asyncio.Semaphore, tally: _Tally
     ) -> None:
         try:
-            delivery = await self._client.deliver(entry, lease.fence)
+            delivery = await self._client.deliver(
+                entry, lease.fence, may_write=lambda: self._lock.lease_alive(lease)
+            )
+        except WriteRefused:
+            self._breaker.release()  # nothing was sent; the lock has cancelled the round
+            return
         except BaseException:
             self._breaker.release()  # no verdict (cancelled, or a bug): free a half-open probe
             raise
@@ -360,7 +375,33 @@ class SyncEngine:
             slots.release()
         self._beat()
         self.deliveries[delivery.outcome.value] += 1
-        await self._record(entry, delivery, tally)
+        if delivery.outcome is Outcome.FENCE_SUPERSEDED:
+            self._supersede(entry, delivery, lease, tally)
+        else:
+            await self._record(entry, delivery, tally)
+
+    def _supersede(
+        self, entry: JournalEntry, delivery: Delivery, lease: Lease, tally: _Tally
+    ) -> None:
+        """A 412: another instance holds this FN now. End the round at once: cancel the
+        deliveries in flight and start no more. Not the FD's fault and not the upstream's, so
+        nothing is counted and the breaker is left alone (a half-open probe is freed)."""
+        self._breaker.release()
+        tally.full = False  # the FN is someone else's now: no draining at once
+        if tally.superseded is not None:
+            return  # the round is already ending; one line per round
+        tally.superseded = delivery
+        for task in tally.in_flight:
+            if task is not asyncio.current_task():
+                task.cancel()
+        log.warning(
+            "sync.fence_superseded",
+            fn=entry.fn,
+            fd=entry.fd,
+            fence=lease.fence,
+            current_fence=delivery.current_fence,
+            action="round ended; another instance syncs this FN now",
+        )
 
     async def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
         """The breaker first (no await before it); the journal row at the end of the round."""

@@ -12,6 +12,9 @@ Fences never go backwards, even across a Redis that lost its data: when the fenc
 the script starts it from the Redis clock in milliseconds (which is past any count handed out
 before the loss), and each instance also passes the highest fence it has seen for the key as a
 floor.
+
+A failed Redis call is one of three things (`redis_trouble`): unreachable (`lock.on_unavailable`
+decides), misconfigured (the round never runs without the lock) or transient (retried).
 """
 
 from __future__ import annotations
@@ -33,46 +36,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from kktd.config import OnUnavailable, Secret
+from kktd.sync.lock_scripts import ACQUIRE, RELEASE, RENEW
+from kktd.sync.redis_trouble import LockProblem, TroubleLog, classify, describe
 
 log = structlog.get_logger(__name__)
 
-# Grants when the key is free, or already ours: a call retried after a lost answer must not
-# report us as our own blocker (it takes a new fence, which only moves fences forward).
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then
-  return {0, current}
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local fence = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[3])
-if fence == 1 then
-  local now = redis.call('TIME')
-  fence = math.max(fence, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-end
-if fence <= floor then
-  fence = floor + 1
-end
-redis.call('SET', KEYS[2], string.format('%d', fence))
-return {1, fence}
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 # What a call to an unreachable, hung or broken Redis raises (asyncio.timeout raises TimeoutError).
 _REDIS_TROUBLE = (RedisError, OSError, TimeoutError)
+# A transient refusal (Redis loading its data, busy in a script) is asked again this many times.
+_TRANSIENT_TRIES = 3
+_TRANSIENT_PAUSE = 0.05  # seconds, doubled after each try
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +71,26 @@ class LockUnavailable(Exception):  # noqa: N818 - a pinned name, as LockBusy
     """Redis could not be reached and `lock.on_unavailable` is "skip"."""
 
 
+class LockMisconfigured(LockUnavailable):
+    """Redis answered and refused the lock (password, replica, memory, scripts): never proceed."""
+
+    def __init__(self, problem: LockProblem) -> None:
+        super().__init__(f"{problem.error}; {problem.next_step}")
+        self.problem = problem
+
+
 class LeaseLost(Exception):  # noqa: N818 - a pinned name, as LockBusy
     """The lease failed to renew or passed its deadline: the body was cancelled."""
 
 
 class SyncLock(Protocol):
-    """What the sync engine needs of a lock; `holder_seen` and `last_fence` are for status."""
+    """What the sync engine needs of a lock; `holder_seen`, `last_fence`, `problem` for status."""
 
     holder_seen: str | None
     last_fence: int | None
+
+    @property
+    def problem(self) -> LockProblem | None: ...
 
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]: ...
 
@@ -141,6 +125,10 @@ class LocalSyncLock(SyncLock):
         self.holder_seen: str | None = None
         self.last_fence: int | None = None
         self._slots = _Slots()
+
+    @property
+    def problem(self) -> LockProblem | None:
+        return None  # nothing outside this process to be misconfigured
 
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]:
         return self._hold(fn)
@@ -182,13 +170,13 @@ class RedisSyncLock(SyncLock):
         self.new_token = new_token
         self.holder_seen: str | None = None
         self.last_fence: int | None = None
-        self.unavailable_total = 0
+        self.trouble = TroubleLog()
         self._margin = margin
         self._renew_interval = renew_interval
         self.reconfigure(key_template, ttl, on_unavailable)
-        self.acquire_script = redis.register_script(_ACQUIRE)
-        self.renew_script = redis.register_script(_RENEW)
-        self.release_script = redis.register_script(_RELEASE)
+        self.acquire_script = redis.register_script(ACQUIRE)
+        self.renew_script = redis.register_script(RENEW)
+        self.release_script = redis.register_script(RELEASE)
         self.slots = _Slots()
         self.live: dict[str, _RedisHold] = {}
         self._highest: dict[str, int] = {}
@@ -207,8 +195,22 @@ class RedisSyncLock(SyncLock):
     def hold(self, fn: str) -> AbstractAsyncContextManager[Lease]:
         return _RedisHold(self, fn)
 
+    @property
+    def problem(self) -> LockProblem | None:
+        """What Redis refused, while no round can run because of it."""
+        return self.trouble.problem
+
+    @property
+    def unavailable_total(self) -> int:
+        """Rounds that found Redis unreachable, for `kktd_lock_unavailable_total`."""
+        return self.trouble.unavailable_total
+
     def lease_alive(self, lease: Lease) -> bool:
-        """No send starts without this: the lease is held, not lost, and inside its deadline."""
+        """No request is written without this: the lease is held, not lost, inside its deadline.
+
+        Asked right before each request's first byte; a lease found past its deadline here is
+        lost at once (the round is cancelled), even if the deadline timer has not run yet.
+        """
         hold = self.live.get(lease.token)
         return hold is not None and hold.alive()
 
@@ -240,11 +242,14 @@ class _RedisHold:
         self.timer: asyncio.TimerHandle | None = None
 
     def alive(self) -> bool:
-        if self.lost is not None or self.closing:
+        if self.lost is not None or self.closing or self.lease is None:
             return False
-        return self.lease is not None and (
-            self.lease.fence is None or self.owner.clock() < self.deadline
-        )
+        if self.lease.fence is None or self.owner.clock() < self.deadline:
+            return True
+        # After a pause (SIGSTOP, a VM paused, swap) the deadline timer is queued behind the
+        # very callback asking: end the round here rather than let it send one more request.
+        self._lose("deadline_passed")
+        return False
 
     async def __aenter__(self) -> Lease:
         if self.task is not None:
@@ -267,15 +272,13 @@ class _RedisHold:
 
     async def _acquire(self) -> Lease:
         owner = self.owner
-        sent = owner.clock()
         try:
-            async with asyncio.timeout(owner.op_timeout):
-                granted, detail = await owner.acquire_script(
-                    keys=[self.key, f"{self.key}:fence"],
-                    args=[self.value, round(self.ttl * 1000), owner.floor(self.key)],
-                )
+            sent, (granted, detail) = await self._call_acquire()
         except _REDIS_TROUBLE as exc:
+            if classify(exc) == "misconfigured":
+                raise LockMisconfigured(owner.trouble.misconfigured(self.key, exc)) from exc
             return self._unavailable(exc)
+        owner.trouble.answered(self.key)
         if not granted:
             holder = _holder_of(detail)
             owner.holder_seen = holder
@@ -288,18 +291,34 @@ class _RedisHold:
         log.debug("lock.acquired", key=self.key, fence=fence, ttl=self.ttl)
         return Lease(key=self.key, token=self.token, fence=fence, instance=owner.instance_id)
 
+    async def _call_acquire(self) -> tuple[float, tuple[int, Any]]:
+        """(when it was sent, the script's answer), asking again after a transient refusal."""
+        owner = self.owner
+        tries = 0
+        while True:
+            sent = owner.clock()
+            try:
+                async with asyncio.timeout(owner.op_timeout):
+                    answer = await owner.acquire_script(
+                        keys=[self.key, f"{self.key}:fence"],
+                        args=[self.value, round(self.ttl * 1000), owner.floor(self.key)],
+                    )
+                return sent, answer
+            except _REDIS_TROUBLE as exc:
+                tries += 1
+                if classify(exc) != "transient" or tries == _TRANSIENT_TRIES:
+                    raise
+            await asyncio.sleep(_TRANSIENT_PAUSE * 2 ** (tries - 1))
+
     def _unavailable(self, exc: BaseException) -> Lease:
         owner = self.owner
-        owner.unavailable_total += 1
-        log.warning(
-            "lock.unavailable",
-            key=self.key,
-            error=_describe(exc),
-            on_unavailable=owner.on_unavailable,
-            unavailable_total=owner.unavailable_total,
-        )
+        if (problem := owner.trouble.skipped()) is not None:
+            # The last thing Redis said is that the setup is wrong; that is not fixed by Redis
+            # going quiet, so "proceed" does not apply until an acquisition works again.
+            raise LockMisconfigured(problem) from exc
+        owner.trouble.unreachable(self.key, exc, owner.on_unavailable)
         if owner.on_unavailable == "skip":
-            raise LockUnavailable(f"redis unreachable for {self.key}: {_describe(exc)}") from exc
+            raise LockUnavailable(f"redis unreachable for {self.key}: {describe(exc)}") from exc
         return Lease(key=self.key, token=self.token, fence=None, instance=owner.instance_id)
 
     async def _renew_forever(self) -> None:
@@ -313,7 +332,7 @@ class _RedisHold:
                         keys=[self.key], args=[self.value, round(self.ttl * 1000)]
                     )
             except _REDIS_TROUBLE as exc:
-                self._lose("renewal_failed", error=_describe(exc))
+                self._lose("renewal_failed", error=describe(exc), trouble=classify(exc))
                 return
             if not renewed:
                 self._lose("renewal_refused")
@@ -386,14 +405,14 @@ class _RedisHold:
         renewer.cancel()
         await asyncio.wait([renewer])
         if not renewer.cancelled() and (error := renewer.exception()) is not None:
-            log.error("lock.renewal_crashed", key=self.key, error=_describe(error))
+            log.error("lock.renewal_crashed", key=self.key, error=describe(error))
 
     async def _release(self) -> None:
         try:
             async with asyncio.timeout(self.owner.op_timeout):
                 deleted = await self.owner.release_script(keys=[self.key], args=[self.value])
         except _REDIS_TROUBLE as exc:
-            log.warning("lock.release_failed", key=self.key, error=_describe(exc))
+            log.warning("lock.release_failed", key=self.key, error=describe(exc))
             return
         log.debug("lock.released", key=self.key, was_ours=bool(deleted))
 
@@ -411,10 +430,6 @@ def _holder_of(value: object) -> str | None:
     if isinstance(parsed, dict) and isinstance(parsed.get("instance"), str):
         return str(parsed["instance"])
     return value
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def redis_from_url(url: str, password: Secret | None, *, ttl: float = 30.0) -> redis.asyncio.Redis:

@@ -38,6 +38,7 @@ SPEC_NAMES = {
     "kktd_kkt_connected",
     "kktd_config_reloads_total",
     "kktd_build_info",
+    "kktd_documents_skipped_total",
 }
 FN_NAMES = {
     "kktd_fn_ofd_unsent",
@@ -75,6 +76,7 @@ async def test_every_spec_name_is_exposed(harness: Harness) -> None:
     # beyond SPEC: the OFD relay (off here) and Redis outages the lock met
     assert value(samples, "kktd_ofd_relay_enabled") == 0
     assert value(samples, "kktd_lock_unavailable_total") == 0
+    assert value(samples, "kktd_lock_refused") == 0
 
 
 async def test_journaled_fds_are_pending_until_delivered_then_counted_accepted(

@@ -186,6 +186,24 @@ def test_every_kind_of_trouble_gets_its_next_action() -> None:
     assert "`kktd dlq list`" in todo[3]
 
 
+def test_a_lock_redis_refuses_shows_in_the_lock_line_with_its_next_step() -> None:
+    problem = {
+        "kind": "auth",
+        "error": "AuthenticationError: invalid username-password pair",
+        "next_step": "Redis refused kktd's password: put the password Redis expects in"
+        " lock.password_file and restart kktd",
+        "since": NOW - 60,
+        "skipped_rounds": 4,
+    }
+    refused = status(sync={"lock": {"holder": None, "fence": None, "held": False}})
+    refused["sync"]["lock"]["problem"] = problem
+    report = render.status_report(refused)
+    assert "Lock        REFUSED by Redis (auth): AuthenticationError: invalid" in report
+    assert render.advice(refused) == [
+        f"no FD is synced: {problem['next_step']}; kktd tries again every round"
+    ]
+
+
 def test_the_fn_line_shows_the_backlog_and_the_days_left() -> None:
     fn = {"unsent": 12, "backlog_age_seconds": 12 * 86400, "days_left": 18.0, "level": "warning"}
     report = render.status_report(status(fn=fn))

@@ -34,6 +34,7 @@ async def test_health_is_degraded_without_a_kkt_and_names_the_part(harness: Harn
         "journal": "ok",
         "kkt": "offline",
         "upstream": "ok",
+        "lock": "ok",
         "supervisor": "ok",
     }
 
@@ -49,7 +50,7 @@ async def test_status_reports_counts_version_and_the_unread_kkt(harness: Harness
     assert body["kkt"]["fn"] is None
     assert body["fn"]["unsent"] is None
     assert body["sync"]["breaker"] == "closed"
-    assert body["sync"]["lock"] == {"holder": None, "fence": None, "held": False}
+    assert body["sync"]["lock"] == {"holder": None, "fence": None, "held": False, "problem": None}
     assert body["config"]["reload"] is None
 
 
@@ -275,4 +276,5 @@ def test_app_routes_cover_every_endpoint_of_the_spec() -> None:
         ("POST", "/v1/dlq/retry-all"),
         ("GET", "/v1/documents/{fn}/{fd}"),
         ("GET", "/metrics"),
+        ("POST", "/v1/kkt/skip"),
     }

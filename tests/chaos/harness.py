@@ -1,10 +1,11 @@
 """The chaos harness (issue 7): whole-system fault runs, a table of invariant violations.
 
-    python -m tests.chaos.harness [--quick] [--cycles N] [--only NAME ...] [--seed S]
+    python -m tests.chaos.harness [--quick] [--cycles N] [--freezes N] [--only NAME ...] [--seed S]
 
-`--quick` is the bounded CI run (20 kill cycles, one pass of every other scenario); the full run
-does 200 kill cycles and three passes. `KKTD_CHAOS_CYCLES` sets the kill cycles when `--cycles`
-is not given. Exit 0 when no scenario found a violation, 1 otherwise.
+`--quick` is the bounded CI run (20 kill cycles, 3 fencing freezes, one pass of every other
+scenario); the full run does 200 kill cycles, 120 freezes and three passes. `KKTD_CHAOS_CYCLES`
+sets the kill cycles when `--cycles` is not given. Exit 0 when no scenario found a violation, 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -23,10 +24,21 @@ from pathlib import Path
 
 import structlog
 
-from tests.chaos import scenarios, sync_faults
+from tests.chaos import freezes, scenarios, sync_faults
 from tests.chaos.world import Report
 
-SCENARIOS = ("kill", "redis", "upstream", "serial", "sighup", "disk_full", "systemic", "clock")
+SCENARIOS = (
+    "kill",
+    "redis",
+    "upstream",
+    "serial",
+    "sighup",
+    "disk_full",
+    "fencing",
+    "long_tlv",
+    "systemic",
+    "clock",
+)
 
 
 @dataclass(frozen=True)
@@ -37,14 +49,17 @@ class Plan:
     passes: int
     longest: float
     seed: int = 7
+    freezes: int = 3  # SIGSTOPs of the fencing scenario
 
     @classmethod
-    def of(cls, quick: bool, cycles: int | None = None, seed: int = 7) -> Plan:
+    def of(
+        cls, quick: bool, cycles: int | None = None, seed: int = 7, freezes: int | None = None
+    ) -> Plan:
         if cycles is None and (env := os.environ.get("KKTD_CHAOS_CYCLES")):
             cycles = int(env)
         if quick:
-            return cls(cycles or 20, 1, 0.8, seed)
-        return cls(cycles or 200, 3, 1.5, seed)
+            return cls(cycles or 20, 1, 0.8, seed, freezes or 3)
+        return cls(cycles or 200, 3, 1.5, seed, freezes or 120)
 
 
 def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]]]:
@@ -56,6 +71,8 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "serial": lambda: scenarios.serial(workdir, plan.passes),
         "sighup": lambda: scenarios.sighup(workdir, plan.passes),
         "disk_full": lambda: scenarios.disk_full(workdir, plan.passes),
+        "fencing": lambda: freezes.fencing(workdir, plan.freezes, random.Random(plan.seed)),
+        "long_tlv": lambda: scenarios.long_tlv(workdir, plan.passes),
         "systemic": lambda: sync_faults.systemic(workdir, plan.passes),
         "clock": lambda: sync_faults.clock(workdir, plan.passes),
     }
@@ -110,10 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--seed", type=int, default=7, help="for the kill moments (7)")
+    parser.add_argument("--freezes", type=int, help="fencing SIGSTOPs (default 3 quick, 120 full)")
     args = parser.parse_args(argv)
     # the harness's own emulators and mock log warnings only; each kktd logs to its own file
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    plan = Plan.of(args.quick, args.cycles, args.seed)
+    plan = Plan.of(args.quick, args.cycles, args.seed, args.freezes)
     print(f"chaos: {plan}", flush=True)
     print(HEADER + "\n" + RULE, flush=True)
     reports = asyncio.run(run(plan, args.only, keep=args.keep))

@@ -1,4 +1,4 @@
-"""The six chaos scenarios of issue 7; each breaks one thing repeatedly while receipts flow.
+"""The chaos scenarios of issues 7 and 11; each breaks one thing repeatedly while receipts flow.
 
 A scenario gets fresh parts (a mock upstream, one or two emulator+kktd pairs, Redis or a tmpfs
 when it needs them), breaks things for `passes` rounds, lets everything drain with the faults
@@ -12,14 +12,17 @@ import contextlib
 import errno
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kktd.emulator.device import Ff3bShape
+from kktd.kkt.tlv import TAG_REQUISITE, iter_tlv
 from kktd.mock_upstream import MockUpstream
-from tests.chaos.world import Kktd, Report, check, drain, watch
+from tests.chaos.world import FN, Kktd, Report, check, drain, watch
 from tests.support.redis_server import RedisServer
 
 RATE = 20.0  # receipts a second from each emulator
@@ -33,14 +36,19 @@ class Setup:
     redis: RedisServer | None = None
     on_unavailable: str = "proceed"
     journal_dir: Path | None = None
+    rate: float = RATE  # receipts a second from each emulator
     env: dict[str, str] = field(default_factory=dict)  # for each kktd
 
 
 Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
+Check = Callable[[list[Kktd], MockUpstream], tuple[list[str], list[str]]]
 
 
-async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Report:
-    """Parts up, `body` breaks things (returns its cycle count), drain, stop, check."""
+async def run_scenario(
+    name: str, workdir: Path, setup: Setup, body: Body, extra_check: Check | None = None
+) -> Report:
+    """Parts up, `body` breaks things (returns its cycle count), drain, stop, check (`check`,
+    then the scenario's own `extra_check`, which adds violations and notes)."""
     started = time.monotonic()
     report = Report(name)
     mock = MockUpstream()
@@ -61,7 +69,7 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
                 on_unavailable=setup.on_unavailable,
             )
             node.start()
-            node.emulator.issue_at_rate(RATE)
+            node.emulator.issue_at_rate(setup.rate)
         watcher = asyncio.create_task(watch(nodes, stop))
         report.cycles = await body(nodes, mock)
         mock.state.faults.update({"error_rate": 0.0, "rate_limit_rate": 0.0, "delay": 0.0})
@@ -85,6 +93,10 @@ async def run_scenario(name: str, workdir: Path, setup: Setup, body: Body) -> Re
         await mock.stop()
     found, report.notes = check(nodes, mock)
     report.violations += found
+    if extra_check is not None:
+        found, notes = extra_check(nodes, mock)
+        report.violations += found
+        report.notes += notes
     report.fds = sum(node.issued for node in nodes)
     report.seconds = time.monotonic() - started
     return report
@@ -277,3 +289,64 @@ async def disk_full(workdir: Path, passes: int) -> Report:
             return passes
 
         return await run_scenario("disk_full", workdir, Setup(journal_dir=workdir / "fs"), body)
+
+
+async def long_tlv(workdir: Path, passes: int) -> Report:
+    """Receipts with 332-byte 1084 requisites, their FF3B answers split by TLV and then cut in
+    blocks, while receipts flow; meanwhile FF01 answers with a garbled FN and FF3A answers for
+    the wrong FD. Beyond the usual invariants: only the real FN is ever journaled, nothing is
+    skipped, and the long receipts are there byte for byte."""
+
+    async def body(nodes: list[Kktd], _: MockUpstream) -> int:
+        node = nodes[0]
+        device = node.emulator.device
+        device.generator.requisite_rate = 0.5
+        device.ff3b_block = 100
+        # half the usual rate: half the FDs are three times as long, in several answers each
+        node.emulator.issue_at_rate(RATE / 2)
+        await node.wait_ready()
+        shapes: tuple[Ff3bShape, ...] = ("split", "blocks")
+        for _pass in range(passes):
+            for shape in shapes:
+                device.ff3b = shape
+                await asyncio.sleep(1.0)
+                device.garble_fn(1)
+                device.answer_wrong_fd(2)
+                await _until(lambda: device.faults.garbled_fn == device.faults.wrong_fd == 0)
+        return passes * len(shapes)
+
+    report = await run_scenario("long_tlv", workdir, Setup(), body)
+    report.violations += _long_tlv_journal(workdir / "long_tlv" / "long_tlv-0", report)
+    return report
+
+
+async def _until(done: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for a fault to be consumed; the drain and the checks report what did not happen."""
+    deadline = time.monotonic() + within
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _long_tlv_journal(node: Path, report: Report) -> list[str]:
+    """What the long_tlv scenario checks in the journal file and the log beyond `world.check`."""
+    path = node / "kktd.db"
+    log = (node / "kktd.log").read_text(encoding="utf-8", errors="replace")
+    garbled, misread = log.count('"kkt.fn_garbled"'), log.count("(1040/1041)")
+    report.notes.append(f"{garbled} garbled FF01 answers and {misread} wrong-FD reads refused")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            fns = [row[0] for row in conn.execute("SELECT DISTINCT fn FROM documents")]
+            raws = [bytes(row[0]) for row in conn.execute("SELECT raw FROM documents")]
+            skips = conn.execute("SELECT COUNT(*) FROM skips").fetchone()[0]
+    except sqlite3.Error as exc:
+        return [f"journal unreadable: {exc}"]
+    long = sum(any(t.tag == TAG_REQUISITE for t in iter_tlv(raw)) for raw in raws)
+    report.notes.append(f"{long} FDs with a 332-byte 1084 requisite journaled")
+    found = []
+    if fns != [FN]:
+        found.append(f"journaled under FNs {fns}, the KKT has only {FN}")
+    if skips:
+        found.append(f"{skips} FDs skipped: nothing may be skipped automatically")
+    if not (long and garbled and misread):
+        found.append("a fault never reached kktd (no long FD, garbled FN or wrong FD seen)")
+    return found

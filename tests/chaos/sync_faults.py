@@ -75,7 +75,6 @@ async def clock(workdir: Path, passes: int) -> Report:
     async def body(nodes: list[Kktd], mock: MockUpstream) -> int:
         seen.extend(nodes)
         (node,) = nodes
-        node.emulator.issue_at_rate(CLOCK_RATE)
         await node.wait_ready()
         steps = 0
         for _pass in range(passes):
@@ -92,7 +91,7 @@ async def clock(workdir: Path, passes: int) -> Report:
                 steps += 2
         return steps
 
-    report = await run_scenario("clock", workdir, Setup(env=env), body)
+    report = await run_scenario("clock", workdir, Setup(env=env, rate=CLOCK_RATE), body)
     report.violations += none_dead(seen)
     return report
 

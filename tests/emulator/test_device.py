@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from kktd.emulator.device import WRONG_PASSWORD, Faults, KktDevice
+from kktd.emulator.device import MAX_PIECE, WRONG_PASSWORD, Faults, KktDevice, garbled
 from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
 from kktd.kkt import protocol
 from kktd.kkt.protocol import (
@@ -31,7 +31,7 @@ from kktd.kkt.protocol import (
     encode_request,
     fd_request,
 )
-from kktd.kkt.tlv import decode_document, encode_tlv
+from kktd.kkt.tlv import decode_document, encode_tlv, iter_tlv
 from tests.kkt.test_tlv import RECEIPT_163
 
 PWD = 30
@@ -301,15 +301,62 @@ def test_a_replaced_fn_starts_again_from_fd_1() -> None:
     assert decode_document(2, device.documents[0].raw).fn == "9999078900009999"
 
 
-def test_added_fds_must_follow_the_archive_and_fit_ff3b_answers() -> None:
+def test_added_fds_must_follow_the_archive() -> None:
     device = KktDevice(archive=2)
     with pytest.raises(ValueError, match="does not follow"):
         device.add(EmulatedDocument(2, 3, b"", {}))
-    device.add(EmulatedDocument(3, 3, encode_tlv(1048, bytes(248)), {}))
-    ask(device, Command.OPEN_FD_TLV, fd_request(3))
-    assert ask(device, Command.READ_TLV).data == encode_tlv(1048, bytes(248))
+
+
+def read_pieces(device: KktDevice, fd: int) -> list[bytes]:
+    """FF3A, then the data of every FF3B answer until 08."""
+    ask(device, Command.OPEN_FD_TLV, fd_request(fd))
+    pieces = []
+    while (answer := ask(device, Command.READ_TLV)).error == ErrorCode.OK:
+        pieces.append(answer.data)
+    assert answer.error == ErrorCode.NO_DATA
+    return pieces
+
+
+LONG = encode_tlv(1048, bytes(248)), encode_tlv(1084, bytes(328)), encode_tlv(1209, b"\x02")
+
+
+def test_a_tlv_longer_than_an_answer_comes_in_pieces_of_at_most_252_bytes() -> None:
+    device = KktDevice(archive=2)
+    device.add(EmulatedDocument(3, 3, b"".join(LONG), {}))
+    pieces = read_pieces(device, 3)
+    assert pieces == [LONG[0], LONG[1][:252], LONG[1][252:], LONG[2]]
+    assert len(LONG[0]) == len(LONG[1][:252]) == MAX_PIECE == 252
+
+
+def test_the_old_shape_is_one_whole_tlv_per_answer_and_refuses_a_longer_one() -> None:
+    device = KktDevice(archive=2, ff3b="tlv")
+    device.add(EmulatedDocument(3, 3, LONG[0] + LONG[2], {}))
+    assert read_pieces(device, 3) == [LONG[0], LONG[2]]
     with pytest.raises(ValueError, match="longer"):
-        device.add(EmulatedDocument(4, 3, encode_tlv(1048, bytes(249)), {}))
+        device.add(EmulatedDocument(4, 3, b"".join(LONG), {}))
+
+
+def test_blocks_cut_the_stream_wherever_they_fall() -> None:
+    device = KktDevice(archive=2, ff3b="blocks", ff3b_block=100)
+    raw = b"".join(LONG)
+    device.add(EmulatedDocument(3, 3, raw, {}))
+    pieces = read_pieces(device, 3)
+    assert [len(piece) for piece in pieces] == [100] * 5 + [len(raw) - 500]
+    assert b"".join(pieces) == raw
+    with pytest.raises(ValueError, match="ff3b_block"):
+        KktDevice(ff3b="blocks", ff3b_block=253)
+
+
+def test_receipts_with_a_long_requisite_are_issued_at_the_rate_asked() -> None:
+    generator = DocumentGenerator(rng=random.Random(3), requisite_rate=0.5)
+    device = KktDevice(generator, archive=60)
+    long_ones = [d for d in device.documents if any(t.tag == 1084 for t in iter_tlv(d.raw))]
+    assert 10 < len(long_ones) < 50
+    for document in long_ones:
+        [requisite] = [t for t in iter_tlv(document.raw) if t.tag == 1084]
+        assert 4 + len(requisite.value) == 332  # 64-byte name, 256-byte value
+        assert b"".join(read_pieces(device, document.fd)) == document.raw
+        assert decode_document(3, document.raw).to_fields() == document.record
 
 
 # --- fault switches ----------------------------------------------------------------------------
@@ -385,6 +432,29 @@ def test_garbage_is_written_between_the_ack_and_the_answer_after_a_pause() -> No
     for _ in range(3):
         assert FnStatus.decode(line.command(Command.FN_STATUS).data).last_fd == 0
     assert device.faults.garbage == []
+
+
+def test_a_garbled_fn_keeps_16_digits_and_the_lrc_of_the_true_answer() -> None:
+    device = vector_device()
+    honest = b"".join(device.feed(request(Command.FN_STATUS)))
+    device.feed(bytes([ACK]))
+    device.garble_fn(1)
+    out = b"".join(device.feed(request(Command.FN_STATUS)))
+    device.feed(bytes([ACK]))
+    assert out != honest
+    assert out[-1] == honest[-1]  # other bytes, the same XOR LRC
+    status = FnStatus.decode(decode_response(out[3:-1]).data)  # still a well-formed answer
+    assert status.fn == garbled(device.fn) != device.fn
+    assert FnStatus.decode(ask(device, Command.FN_STATUS).data).fn == device.fn  # just once
+    assert device.faults.garbled_fn == 0
+
+
+def test_a_wrong_fd_read_serves_the_neighbouring_document_once() -> None:
+    device = KktDevice(archive=5)
+    device.answer_wrong_fd(1)
+    assert b"".join(read_pieces(device, 3)) == device.documents[1].raw  # FD 2's bytes
+    assert b"".join(read_pieces(device, 3)) == device.documents[2].raw
+    assert device.faults.wrong_fd == 0
 
 
 def test_all_faults_at_once_still_end_in_a_complete_read() -> None:

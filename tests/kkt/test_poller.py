@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +77,23 @@ class Harness:
         return found
 
 
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    device = KktDevice(archive=10, strict_output=True)
+@asynccontextmanager
+async def harness(device: KktDevice, tmp_path: Path) -> AsyncIterator[Harness]:
+    """`device` on a pty in `tmp_path`, a journal file next to it, and a link to them."""
     async with PtyEmulator(device, link=tmp_path / "kkt0") as emulator:
         journal = await Journal.open(tmp_path / "kktd.db")
-        harness = Harness(emulator, journal, Clock())
+        made = Harness(emulator, journal, Clock())
         try:
-            yield harness
+            yield made
         finally:
-            await harness.link.close()
+            await made.link.close()
             await journal.close()
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(KktDevice(archive=10, strict_output=True), tmp_path) as made:
+        yield made
 
 
 async def test_next_skips_the_archive_and_journals_what_comes_after(h: Harness) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
+import os
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -13,6 +17,7 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand, TableField, split_session
+from kktd.ofd import relay as relay_module
 from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
@@ -38,7 +43,9 @@ async def test_every_message_is_relayed_byte_for_byte_and_the_backlog_reaches_ze
     messages = offered_messages(device)
     fds = [d.fd for d in device.documents[-UNSENT:]]
     relay = make_relay()
-    await run_until(relay, lambda: unsent(device) == 0)
+    # done once the relay itself has seen the FN's buffer empty (its FF30 after the last
+    # answer), not when the emulator has the last answer: the relay is still auditing then
+    await run_until(relay, lambda: unsent(device) == 0 and relay.status().pending_bytes == 0)
     assert ofd.messages == messages  # each sent once, unchanged, oldest first
     assert [device.ofd.answers[fd] for fd in fds] == ofd.answers  # written back byte for byte
     assert device.ofd.refused == []
@@ -265,3 +272,90 @@ async def test_firmware_without_the_tables_still_relays(
     await relay.step()
     assert (relay.status().exchange_mode, relay.status().kkt_ofd_server) == (None, None)
     assert [r.outcome for r in audit.records] == ["relayed"]
+
+
+async def _open_breaker(relay: OfdRelay, ofd: MockOfd, clock: Clock) -> None:
+    """Three failed exchanges open the breaker; 5 s later it is half open."""
+    await ofd.set_fault("garbage")
+    for _ in range(3):
+        await relay.step()
+    assert relay.status().breaker == "open"
+    await ofd.set_fault(None)
+    clock.now += 5.0
+    assert relay.breaker.state.value == "half_open"
+
+
+async def test_a_probe_that_raises_oserror_reopens_the_breaker_and_the_next_probe_relays(
+    device: KktDevice,
+    ofd: MockOfd,
+    audit: MemoryAudit,
+    make_relay: RelayFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay = make_relay()
+    await _open_breaker(relay, ofd, clock)
+
+    async def no_route(*args: object, **kwargs: object) -> bytes:
+        raise OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH))
+
+    monkeypatch.setattr(relay_module, "exchange", no_route)
+    with contextlib.suppress(OSError):  # main let it escape; the breaker must not care either way
+        await relay.step()
+    monkeypatch.undo()
+    clock.now += 5.0
+    assert await relay.step() == (0.0, False)  # the next probe reaches the OFD
+    assert relay.status().breaker == "closed"
+    assert unsent(device) == UNSENT - 1
+    failed = audit.records[-2]  # the probe: a failure of the OFD leg, audited and backed off
+    assert (failed.outcome, failed.answer) == ("unreachable", None)
+    assert "No route to host" in str(failed.error)
+
+
+async def test_a_probe_that_raises_anything_frees_the_probe_slot(
+    device: KktDevice,
+    ofd: MockOfd,
+    make_relay: RelayFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay = make_relay()
+    await _open_breaker(relay, ofd, clock)
+
+    async def broken(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(relay_module, "exchange", broken)
+    with pytest.raises(RuntimeError):
+        await relay.step()  # the supervisor logs it and runs the relay again
+    monkeypatch.undo()
+    assert relay.breaker.state.value == "half_open"  # no verdict, but the slot is free
+    assert await relay.step() == (0.0, False)
+    assert relay.status().breaker == "closed"
+    assert unsent(device) == UNSENT - 1
+
+
+async def test_a_wedged_step_is_cancelled_at_its_deadline_and_the_relay_carries_on(
+    device: KktDevice,
+    ofd: MockOfd,
+    audit: MemoryAudit,
+    make_relay: RelayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wedged = asyncio.Event()
+    real = relay_module.exchange
+
+    async def wedge_once(*args: Any, **kwargs: Any) -> bytes:
+        if not wedged.is_set():
+            wedged.set()
+            await asyncio.Event().wait()  # an await with no timeout of its own that never ends
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(relay_module, "exchange", wedge_once)
+    relay = make_relay(step_deadline=0.5)
+    with capture_logs() as logs:
+        await run_until(relay, lambda: len(audit.records) == UNSENT, seconds=20)
+    assert [e["event"] for e in logs].count("ofd.step_timed_out") == 1
+    assert relay.breaker.state.value == "closed"
+    assert [r.outcome for r in audit.records] == ["relayed"] * UNSENT
+    assert unsent(device) == 0

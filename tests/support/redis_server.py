@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -19,14 +20,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server bound to 127.0.0.1 on a free port, with no persistence."""
+    """One redis-server bound to 127.0.0.1 on a free port, with no persistence.
 
-    def __init__(self, workdir: Path) -> None:
+    `options` are more `--name value` pairs for the server (e.g. requirepass, replicaof).
+    """
+
+    def __init__(self, workdir: Path, options: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/install")
         self.binary = binary
         self.workdir = workdir
+        self.options = list(options)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -52,6 +57,7 @@ class RedisServer:
                 str(self.workdir),
                 "--logfile",
                 str(self.workdir / "redis.log"),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -69,7 +75,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: it answers
         except OSError:
             return False
 

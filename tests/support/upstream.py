@@ -151,11 +151,14 @@ async def engine_rig(
     clock: Callable[[], float] = time.time,
     instance: str = "till-1",
     on_breaker_change: Callable[[BreakerState, BreakerState], None] | None = None,
+    client_class: type[UpstreamClient] = UpstreamClient,
+    client_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
-    client = UpstreamClient(
+    client = client_class(
         UpstreamConfig(url=url, timeout=timeout, max_in_flight=max_in_flight),
         instance_id=instance,
         version="test",
+        **(client_options or {}),
     )
     changes: list[tuple[BreakerState, BreakerState]] = []
 

@@ -165,7 +165,8 @@ UNNAMED = b'{"error": "Not Found"}'
         (504, b"", Outcome.TRANSIENT),
         # outside the table: retried, the Idempotency-Key keeps a retry harmless
         (204, b"", Outcome.TRANSIENT),
-        (412, b"", Outcome.TRANSIENT),
+        # the fence was superseded, whatever the body says
+        (412, NAMED, Outcome.FENCE_SUPERSEDED),
     ],
 )
 async def test_each_answer_is_classified_by_the_outcome_table(

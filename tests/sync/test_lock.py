@@ -16,6 +16,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from kktd.config import OnUnavailable, Secret
 from kktd.sync.lock import (
+    Lease,
     LeaseLost,
     LocalSyncLock,
     LockBusy,
@@ -191,15 +192,28 @@ async def test_deadline_cancels_the_body_with_no_renewal_and_no_redis_call(
     assert not lock.lease_alive(lease)
 
 
-async def test_lease_alive_follows_the_injected_clock(make_lock: MakeLock) -> None:
+async def test_a_deadline_found_passed_ends_the_lease_before_its_timer_runs(
+    make_lock: MakeLock,
+) -> None:
+    # After a pause of the whole process the deadline timer is queued behind whatever asks
+    # first; the asking must end the lease by itself.
     now = [100.0]
     lock = make_lock("a", ttl=30.0, margin=5.0, clock=lambda: now[0])
-    async with lock.hold(FN) as lease:
-        now[0] += 24.9
-        assert lock.lease_alive(lease)
-        now[0] += 0.1
-        assert not lock.lease_alive(lease)
-        now[0] -= 25.0  # let the body leave before the timer sees the deadline
+    leases: list[Lease] = []
+
+    async def round_() -> None:
+        async with lock.hold(FN) as lease:
+            leases.append(lease)
+            now[0] += 24.9
+            assert lock.lease_alive(lease)
+            now[0] += 0.1  # the timer, on the loop's own clock, is still 25 s away
+            assert not lock.lease_alive(lease)
+            await asyncio.sleep(30)
+        pytest.fail("the body outlived its lease")
+
+    with pytest.raises(LeaseLost, match="deadline_passed"):
+        await round_()
+    assert not lock.lease_alive(leases[0])
 
 
 async def test_paused_redis_cancels_the_body_before_the_lease_ends(

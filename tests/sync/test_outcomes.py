@@ -16,7 +16,7 @@ from kktd.config import SyncConfig
 from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
-from tests.support.upstream import FN, Rig, engine_rig, running, running_mock, store_fds, wait_until
+from tests.support.upstream import FN, Rig, engine_rig, running, store_fds, wait_until
 from tests.sync.test_engine import T0, Clock, row
 
 DAY = 86_400.0
@@ -29,14 +29,9 @@ def wall() -> Clock:
 
 @pytest.fixture
 async def journal(tmp_path: Path, wall: Clock) -> AsyncIterator[Journal]:
+    """The shared journal fixture's, on the injected wall clock."""
     async with await Journal.open(tmp_path / "kktd.db", clock=wall) as opened:
         yield opened
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with running_mock() as upstream:
-        yield upstream
 
 
 async def dead_fds(journal: Journal) -> list[int]:
