@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,19 +44,26 @@ READ_TIMEOUT = 5.0
 
 
 @contextmanager
-def emulator(directory: Path, fds: int, baud: int | None = None) -> Iterator[Path]:
-    """An emulator process holding `fds` FDs; yields the port path once it is serving."""
-    link = directory / "kkt0"
-    argv = [sys.executable, "-m", "kktd.emulator", "--link", str(link), "--archive", str(fds)]
+def emulator(
+    directory: Path, fds: int, baud: int | None = None, options: Sequence[str] = ()
+) -> Iterator[str]:
+    """An emulator process holding `fds` FDs; yields its kkt.port once it is serving.
+
+    A pty behind a link in `directory` by default; `options` go to `kktd emulator` as they are
+    (`--tcp 0` serves a free TCP port instead, `--busy-every 11` answers busy now and then).
+    """
+    where = [] if "--tcp" in options else ["--link", str(directory / "kkt0")]
+    argv = [sys.executable, "-m", "kktd.emulator", *where, "--archive", str(fds), *options]
     if baud is not None:
         argv += ["--baud", str(baud)]
     # S603: our own interpreter and module
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # noqa: S603
     try:
         assert proc.stdout is not None
-        if not proc.stdout.readline():  # the path, printed once the pty is there
+        port = proc.stdout.readline().decode().strip()  # printed once the port is there
+        if not port:
             raise RuntimeError("the emulator did not start")
-        yield link
+        yield port
     finally:
         proc.terminate()
         proc.wait(10)
@@ -67,7 +74,7 @@ def emulator(directory: Path, fds: int, baud: int | None = None) -> Iterator[Pat
 class BareReader:
     """The protocol with nothing around it: blocking I/O, no retries, no journal."""
 
-    def __init__(self, port: Path) -> None:
+    def __init__(self, port: str) -> None:
         self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
         tty.setraw(self.fd)
         self.parser = FrameParser()
@@ -113,7 +120,7 @@ class BareReader:
             size += len(tlv)
 
 
-def bare_rate(port: Path, fds: int) -> tuple[float, float]:
+def bare_rate(port: str, fds: int) -> tuple[float, float]:
     """(FDs per second, wire bytes per FD) of the bare reader over the whole archive."""
     reader = BareReader(port)
     try:
@@ -126,14 +133,14 @@ def bare_rate(port: Path, fds: int) -> tuple[float, float]:
         reader.close()
 
 
-async def kktd_rate(port: Path, fds: int, directory: Path) -> float:
+async def kktd_rate(port: str, fds: int, directory: Path) -> float:
     """FDs per second journaled by the daemon's link + poller + journal in one poll."""
     journal = await Journal.open(directory / f"b1-{time.monotonic_ns()}.db")
-    link = KktLink(str(port), LINE_BAUD)
+    link = KktLink(port, LINE_BAUD)
     poller = Poller(
         link,
         journal,
-        KktConfig(port=str(port), start_fd="first"),
+        KktConfig(port=port, start_fd="first"),
         on_journaled=lambda: None,
     )
     try:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks import b1_journal, b2_drain, b3_footprint, b4_latency, report
+from benchmarks import b1_journal, b2_drain, b3_footprint, b4_latency, b5_link, report
 from benchmarks.common import Mode, Results, Row, Sizes, quiet_logs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +26,7 @@ BENCHES: dict[str, Callable[[Sizes, Results], Awaitable[None]]] = {
     "B2": b2_drain.run,
     "B3": b3_footprint.run,
     "B4": b4_latency.run,
+    "B5": b5_link.run,
 }
 
 

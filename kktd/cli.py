@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
+
 from kktd import __version__
 from kktd.api.commands import register as register_client_commands
 from kktd.config import Config, ConfigError, load_config, render_config
+from kktd.kkt.address import describe, parse_address
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -42,9 +45,13 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    if _load(args) is None:
+    config = _load(args)
+    if config is None:
         return EXIT_CONFIG
-    print(f"{args.config}: ok")
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    kkt = describe(parse_address(config.kkt.port), config.kkt.baudrate)
+    print(f"{args.config}: ok (the KKT: {kkt})")
     return EXIT_OK
 
 
@@ -67,6 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kktd.systemd import Notifier  # noqa: PLC0415
 
     configure_logging(config.log.level, config.log.format)
+    for warning in config.warnings:
+        structlog.get_logger("kktd.config").warning("config.warning", detail=warning)
     environ = dict(os.environ)
     daemon = Daemon(
         args.config,
@@ -94,7 +103,7 @@ def run_mock_upstream(argv: list[str]) -> int:
 # Tools with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER cannot take a leading option such as --help, so they are dispatched before it).
 TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "emulator": (run_emulator, "run the built-in Shtrih-M KKT emulator on a pty"),
+    "emulator": (run_emulator, "run the built-in Shtrih-M KKT emulator (pty or TCP)"),
     "mock-upstream": (run_mock_upstream, "run the mock receipt collector"),
 }
 

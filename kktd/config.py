@@ -29,6 +29,7 @@ from kktd.config_loader import (
     string,
     toml_value,
 )
+from kktd.kkt.address import AddressError, TcpAddress, parse_address
 
 __all__ = [
     "DEFAULT_PATH",
@@ -180,6 +181,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     ofd: OfdConfig = field(default_factory=OfdConfig)
     source: Path | None = None
+    # `file:line: key: message` for what is accepted but probably not meant (check-config, start)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 # ---- rules for the values that are more than a type and a range ----
@@ -197,9 +200,11 @@ def _start_fd(value: Any) -> StartFd:
     )
 
 
-def _non_empty(value: str) -> None:
-    if not value:
-        raise InvalidValueError("expected a non-empty string")
+def _kkt_port(value: str) -> None:
+    try:
+        parse_address(value)
+    except AddressError as exc:
+        raise InvalidValueError(str(exc)) from None
 
 
 def _url_parts(value: str, secret_key: str) -> SplitResult:
@@ -276,7 +281,7 @@ _BAUDRATES = (2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 _SCHEMA: Schema = {
     "kkt": {
-        "port": string(_non_empty),
+        "port": string(_kkt_port),
         "baudrate": one_of(*_BAUDRATES),
         "password": integer(0, 99_999_999),
         "poll_interval": duration(0.05, 3600),
@@ -356,6 +361,15 @@ def _check_together(src: Source, values: dict[str, dict[str, Any]]) -> None:
         raise src.error(("ofd", key), 'mode "relay" needs ofd.host')
 
 
+def _warnings(src: Source, values: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """Accepted but likely not what the operator meant: said by check-config and at start."""
+    kkt = values["kkt"]
+    if "baudrate" in kkt and isinstance(parse_address(kkt.get("port", "/")), TcpAddress):
+        message = "ignored: a KKT reached over TCP has no baud rate (remove the line)"
+        return (str(src.error(("kkt", "baudrate"), message)),)
+    return ()
+
+
 def _resolve_files(src: Source, values: dict[str, dict[str, Any]], *, client: bool) -> None:
     """Turn configured path strings into absolute paths and read the secret files.
 
@@ -400,6 +414,7 @@ def parse_config(
     src = Source(source, text, os.environ if environ is None else environ)
     values = read_sections(src, _SCHEMA)
     _check_together(src, values)
+    warnings = _warnings(src, values)
     _resolve_files(src, values, client=client)
     return Config(
         kkt=KktConfig(**values["kkt"]),
@@ -413,6 +428,7 @@ def parse_config(
         log=LogConfig(**values["log"]),
         ofd=OfdConfig(**values["ofd"]),
         source=source,
+        warnings=warnings,
     )
 
 

@@ -5,7 +5,7 @@ process with a generated config in a temporary directory, its API on a unix sock
 delivered to the mock upstream (in this process). Once a second one line shows the counts; keys
 break the upstream or the serial line so the breaker, the backoff and the recovery can be watched.
 
-    python -m kktd.demo [--seconds N] [--no-keys] [--rate R]
+    python -m kktd.demo [--seconds N] [--no-keys] [--rate R] [--tcp]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from kktd.api.client import ApiClient, DaemonUnreachable
 from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
+from kktd.emulator.serving import Serving
+from kktd.emulator.tcp import TcpEmulator
 from kktd.mock_upstream import MockUpstream
 
 READY_WITHIN = 30.0
@@ -114,9 +116,13 @@ class Flow:
 class Demo:
     """Owns the three parts and the switches the keys flip."""
 
-    def __init__(self, workdir: Path, rate: float) -> None:
+    def __init__(self, workdir: Path, rate: float, tcp: bool = False) -> None:
         self.workdir = workdir
-        self.emulator = PtyEmulator(KktDevice(), link=workdir / "kkt0", rate_per_second=rate)
+        self.emulator: Serving = (
+            TcpEmulator(KktDevice(), rate_per_second=rate)
+            if tcp
+            else PtyEmulator(KktDevice(), link=workdir / "kkt0", rate_per_second=rate)
+        )
         self.upstream = MockUpstream()
         self.api = ApiConfig(listen=f"unix:{workdir / 'api.sock'}")
         self.process: subprocess.Popen[bytes] | None = None
@@ -131,7 +137,7 @@ class Demo:
         config = self.workdir / "kktd.toml"
         config.write_text(
             CONFIG.format(
-                kkt=self.emulator.path,
+                kkt=self.emulator.port,
                 journal=self.workdir / "kktd.db",
                 upstream=self.upstream.url,
                 api=self.workdir / "api.sock",
@@ -272,8 +278,10 @@ async def show(demo: Demo, seconds: float | None) -> Flow | None:
     return last
 
 
-async def run(seconds: float | None, keys: bool, rate: float, workdir: Path) -> int:
-    demo = Demo(workdir, rate)
+async def run(
+    seconds: float | None, keys: bool, rate: float, workdir: Path, tcp: bool = False
+) -> int:
+    demo = Demo(workdir, rate, tcp)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, demo.stop.set)
@@ -282,7 +290,7 @@ async def run(seconds: float | None, keys: bool, rate: float, workdir: Path) -> 
     try:
         await demo.start()
         print(f"kktd demo in {workdir} (kktd's log: {demo.log_path})", flush=True)
-        print(f"emulated KKT on {demo.emulator.path}, mock upstream at {demo.upstream.url}")
+        print(f"emulated KKT on {demo.emulator.port}, mock upstream at {demo.upstream.url}")
         await demo.wait_ready()
         print(KEYS if keys else "Ctrl-C to stop", flush=True)
         if keys:
@@ -320,13 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="run this long, then stop (for CI)")
     parser.add_argument("--no-keys", action="store_true", help="do not read keys from stdin")
     parser.add_argument("--rate", type=float, default=2.0, help="receipts a second (2)")
+    parser.add_argument("--tcp", action="store_true", help="the KKT on a TCP port, not a pty")
     args = parser.parse_args(argv)
     keys = not args.no_keys and sys.stdin.isatty()
     # the demo's own parts log warnings only: the flow lines are the show (kktd logs to a file)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     workdir = Path(tempfile.mkdtemp(prefix="kktd-demo-"))
     try:
-        return asyncio.run(run(args.seconds, keys, args.rate, workdir))
+        return asyncio.run(run(args.seconds, keys, args.rate, workdir, args.tcp))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

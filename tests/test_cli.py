@@ -70,3 +70,37 @@ def test_tools_keep_their_own_help() -> None:
     result = kktd("emulator", "--help")
     assert result.returncode == 0
     assert "--rate" in result.stdout
+
+
+def test_check_config_says_which_transport_reaches_the_kkt(tmp_path: Path) -> None:
+    config = tmp_path / "kktd.toml"
+    config.write_text('[kkt]\nport = "/dev/ttyS0"\nbaudrate = 9600\n', encoding="utf-8")
+    serial = kktd("check-config", "--config", str(config))
+    config.write_text('[kkt]\nport = "tcp://192.168.137.111"\n', encoding="utf-8")
+    tcp = kktd("check-config", "--config", str(config))
+    assert (serial.returncode, serial.stderr) == (0, "")
+    assert "the KKT: serial port /dev/ttyS0 at 9600 baud" in serial.stdout
+    assert (tcp.returncode, tcp.stderr) == (0, "")
+    assert "the KKT: TCP to 192.168.137.111 port 7778" in tcp.stdout
+
+
+def test_check_config_warns_of_a_baud_rate_given_with_a_tcp_port_and_passes(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "kktd.toml"
+    config.write_text('[kkt]\nport = "tcp://[::1]:7778"\nbaudrate = 4800\n', encoding="utf-8")
+    result = kktd("check-config", "--config", str(config))
+    assert result.returncode == 0
+    assert result.stderr.startswith(f"warning: {config}:3: kkt.baudrate: ignored: ")
+    assert "TCP to ::1 port 7778" in result.stdout
+
+
+def test_check_config_explains_a_malformed_kkt_address_on_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "kktd.toml"
+    config.write_text('[kkt]\npassword = 30\nport = "tcp://::1:7778"\n', encoding="utf-8")
+    result = kktd("check-config", "--config", str(config))
+    assert result.returncode == 78
+    assert result.stderr == (
+        f"{config}:3: kkt.port: an IPv6 address goes in brackets, the port after them"
+        " (tcp://[::1]:7778), got tcp://::1:7778\n"
+    )

@@ -421,3 +421,42 @@ def test_reload_without_restart_changes_applies_the_new_config(tmp_path: Path) -
     old = _parse("", tmp_path, STATE_DIRECTORY="/s")
     new = _parse('[log]\nlevel = "debug"\n', tmp_path, STATE_DIRECTORY="/s")
     assert merge_for_reload(old, new) == (new, [])
+
+
+# ---- kkt.port: a device path or tcp://HOST[:PORT] (issue 13) ----
+
+
+@pytest.mark.parametrize(
+    "port", ["/dev/ttyS0", "/dev/kkt0", "tcp://192.168.137.111", "tcp://[::1]:7778", "tcp://kkt"]
+)
+def test_the_kkt_port_is_a_device_path_or_a_tcp_address(port: str, tmp_path: Path) -> None:
+    cfg = _parse(f'[kkt]\nport = "{port}"\n', tmp_path)
+    assert cfg.kkt.port == port  # kept as written: the link reads it the same way
+    assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("port", "explained"),
+    [
+        ("tcp://192.168.1.300:7778", "not an IPv4 address: 192.168.1.300"),
+        ("tcp://10.0.0.5:99999", "expected a TCP port from 1 to 65535"),
+        ("udp://10.0.0.5", '"udp://" is not a way to reach a KKT'),
+        ("10.0.0.5:7778", "needs the tcp:// prefix: tcp://10.0.0.5:7778"),
+        ("COM1", "on Linux COM1 is /dev/ttyS0"),
+    ],
+)
+def test_a_malformed_kkt_port_is_explained_on_its_line(
+    port: str, explained: str, tmp_path: Path
+) -> None:
+    err = _error(f'[kkt]\npassword = 30\nport = "{port}"\n', tmp_path)
+    assert (err.line, err.key) == (3, "kkt.port")
+    assert explained in err.message
+
+
+def test_a_baud_rate_given_with_a_tcp_port_is_a_warning_on_its_line(tmp_path: Path) -> None:
+    cfg = _parse('[kkt]\nport = "tcp://10.0.0.5"\n\nbaudrate = 9600\n', tmp_path)
+    assert cfg.kkt.baudrate == 9600
+    (warning,) = cfg.warnings
+    assert warning.startswith(f"{tmp_path / 'kktd.toml'}:4: kkt.baudrate: ignored: ")
+    assert _parse('[kkt]\nport = "tcp://10.0.0.5"\n', tmp_path).warnings == ()
+    assert _parse('[kkt]\nport = "/dev/ttyS0"\nbaudrate = 9600\n', tmp_path).warnings == ()

@@ -82,3 +82,19 @@ def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
                 proc.kill()
             os.close(master)
             os.close(slave)
+
+
+def test_the_demo_runs_with_the_kkt_on_a_tcp_port() -> None:
+    done = subprocess.run(
+        [*DEMO, "--seconds", "6", "--no-keys", "--tcp"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^emulated KKT on tcp://127\.0\.0\.1:\d+,", done.stdout, re.MULTILINE)
+    printed, journaled, delivered, pending, dead = summary(done.stdout)
+    assert delivered >= 3
+    assert dead == 0
+    assert delivered + pending == journaled <= printed

@@ -142,6 +142,15 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "kktd_kkt_connected", "1 while the KKT answers.", value=int(r.link.connected)
         )
+        assert self.daemon.components is not None
+        line_errors = CounterMetricFamily(
+            "kktd_kkt_line_errors",
+            "What the link discarded off the line (noise bytes, garbled frames), by kind.",
+            labels=["kind"],
+        )
+        for kind in ("noise", "bad_frame"):  # both always present: a rate needs a zero first
+            line_errors.add_metric([kind], self.daemon.components.link.noise.totals[kind])
+        yield line_errors
         fn = r.fn
         # absent until FF39/FF01 have been read: a made-up 0 would look like a healthy FN
         if fn.unsent is not None:

@@ -1,14 +1,15 @@
-"""A Shtrih-M KKT emulator on a pty, for tests, benchmarks and trying kktd without a register.
+"""A Shtrih-M KKT emulator on a pty or TCP, for tests, benchmarks and trying kktd without a KKT.
 
-Standalone: `python -m kktd.emulator --link /tmp/kkt0 --archive 100 --rate 2` prints the port
-path (point `kkt.port` at it) and runs until Ctrl-C. Options: `--fn`, `--seed`, `--baud`,
-`--fixtures FILE` (JSON lines `{"fd", "doc_type", "tlv_hex"[, "record"]}`).
+Standalone: `kktd emulator --link /tmp/kkt0 --archive 100 --rate 2` (or `--tcp 7778` for a KKT
+on the network) prints the `kkt.port` value that reaches it and runs until Ctrl-C. Options:
+`--fn`, `--seed`, `--baud`, `--busy-every N`, `--host` (with `--tcp`), `--fixtures FILE` (JSON
+lines `{"fd", "doc_type", "tlv_hex"[, "record"]}`).
 
 In process (inside a running event loop)::
 
     device = KktDevice(DocumentGenerator(rng=random.Random(1)), archive=500)  # FDs 1..500
     async with PtyEmulator(device, link=tmp_path / "kkt0") as emulator:
-        ...                                  # kktd opens emulator.path (a stable symlink)
+        ...                                  # kkt.port = emulator.port (a stable symlink)
         device.issue_receipt()               # one receipt now (after a shift open if needed)
         device.issue()                       # the next FD a shop would issue
         await emulator.issue_at_rate(200.0, count=500)  # in the background; await to finish
@@ -35,8 +36,14 @@ what is left, `device.clear_faults()` drops them all):
   of the true answer (two flips of one bit, which the XOR LRC cannot see);
 - `device.answer_wrong_fd(n)`: the next n FF3A reads serve the neighbouring FD (its 1040 differs);
 - `emulator.baud = 4800`: the line throttled to 10 bits per byte at that rate;
-- `emulator.vanish()` / `emulator.reappear()`: the port goes away (hangup, link removed) and
-  comes back behind the same link.
+- `emulator.vanish()` / `emulator.reappear()`: the port goes away (hangup, link removed; over
+  TCP the connection closed and new ones refused) and comes back under the same name;
+- `emulator.freeze()` / `emulator.thaw()`: the KKT hangs with the line open, then recovers;
+- `emulator.busy_every = 11`, `emulator.bad_lrc_every = 7`: periodic faults, by host frame.
+
+`TcpEmulator(device, port=0)` serves the same device on a TCP port (`emulator.port` is then
+`tcp://127.0.0.1:PORT`), one connection at a time like the KKT itself, with the stray FF a KKT
+sends after each host ACK over RNDIS/TCP (`emulator.ff_after_ack`).
 
 `KktDevice(strict_output=True)` refuses FF01/FF39/FF0A with 0x02 while a document read is
 half done. `KktDevice(ff3b=...)` shapes the FF3B answers: "split" (default, as Shtrih-M does: one
@@ -58,6 +65,8 @@ from kktd.emulator.documents import (
     load_fixtures,
 )
 from kktd.emulator.pty import PtyEmulator
+from kktd.emulator.serving import Serving
+from kktd.emulator.tcp import TcpEmulator
 
 __all__ = [
     "DocumentGenerator",
@@ -65,6 +74,8 @@ __all__ = [
     "Faults",
     "KktDevice",
     "PtyEmulator",
+    "Serving",
+    "TcpEmulator",
     "dump_fixtures",
     "load_fixtures",
 ]

@@ -1,24 +1,27 @@
 """The KKT link: requests by command, exclusive sequences, reconnect with backoff, link state.
 
-One `KktLink` owns the serial port. Callers ask `request(cmd, data)` and get the answer's data
-or a `KktError` carrying the KKT's error byte by name; `exclusive()` keeps the link for a
-sequence of commands (an FD read: FF3A then FF3B … until 08) that must not be interleaved.
-When the port vanishes or stops answering the link closes it and reopens it no sooner than the
-backoff allows (1 s doubling to 30 s): `request` then fails fast with `LinkDown` and the caller
-(the poller) decides how to wait, so it can keep beating meanwhile.
+One `KktLink` owns the byte pipe to the KKT: a serial port or a TCP connection, chosen by
+`kkt.port` (`open_transport`); nothing above this module knows which. Callers ask
+`request(cmd, data)` and get the answer's data or a `KktError` carrying the KKT's error byte by
+name; `exclusive()` keeps the link for a sequence of commands (an FD read: FF3A then FF3B …
+until 08) that must not be interleaved. When the port vanishes, the connection drops or the KKT
+stops answering, the link closes the pipe and reopens it no sooner than the backoff allows (1 s
+doubling to 30 s): `request` then fails fast with `LinkDown` and the caller (the poller) decides
+how to wait, so it can keep beating meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
 
+from kktd.kkt.address import SerialAddress, parse_address
+from kktd.kkt.noise import LineNoise
 from kktd.kkt.protocol import (
     BUSY_ERRORS,
     NO_PASSWORD,
@@ -31,6 +34,7 @@ from kktd.kkt.protocol import (
     encode_request,
     error_name,
 )
+from kktd.kkt.tcp import TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT, TcpTransport
 from kktd.kkt.transport import (
     BYTE_TIMEOUT,
     CONTROL_TIMEOUT,
@@ -38,28 +42,55 @@ from kktd.kkt.transport import (
     LinkDown,
     LinkError,
     SerialTransport,
+    Transport,
 )
+from kktd.sync.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
-BUSY_RETRY = 0.2
-IDENTIFY_BUSY_RETRIES = 25
+# Busy (50/58, printing): ask again at once (a KKT busy for one command is ready for the next),
+# then after 10 ms, doubling to 200 ms (a print lasts a second or two), until this much waiting;
+# then the caller's error handling takes over. SPEC section 1.
+BUSY_FIRST = 0.01
+BUSY_MAX = 0.2
+IDENTIFY_BUSY_WAIT = 5.0
 
-Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[SerialTransport]]
+Opener = Callable[[str, int, float, float, Callable[[Discarded], None]], Awaitable[Transport]]
 
 
-async def open_serial(
-    path: str,
+def busy_delays(budget: float) -> Iterator[float]:
+    """The pauses between busy retries: 0, 10, 20, 40, 80, 160, 200, 200 … ms, `budget` in all."""
+    yield 0.0
+    backoff = Backoff(BUSY_FIRST, BUSY_MAX, "none")
+    waited = 0.0
+    while waited < budget:
+        delay = min(backoff.record_failure(), budget - waited)
+        waited += delay
+        yield delay
+
+
+async def open_transport(
+    port: str,
     baudrate: int,
     byte_timeout: float,
     control_timeout: float,
     on_discard: Callable[[Discarded], None],
-) -> SerialTransport:
-    return await SerialTransport.open(
-        path,
-        baudrate,
+) -> Transport:
+    """The pipe `kkt.port` names: a serial device, or a TCP connection for tcp://HOST:PORT."""
+    address = parse_address(port)
+    if isinstance(address, SerialAddress):
+        return await SerialTransport.open(
+            address.path,
+            baudrate,
+            byte_timeout=byte_timeout,
+            control_timeout=control_timeout,
+            on_discard=on_discard,
+        )
+    return await TcpTransport.open(
+        address.host,
+        address.port,
         byte_timeout=byte_timeout,
         control_timeout=control_timeout,
         on_discard=on_discard,
@@ -91,7 +122,11 @@ class LinkState:
 
 
 class KktLink:
-    """The serial link to one KKT, shared by every caller through `exclusive()`."""
+    """The link to one KKT, shared by every caller through `exclusive()`.
+
+    Timeouts left as None take the transport's own: a serial line's, or the longer ones a
+    network needs (`tcp.py`).
+    """
 
     def __init__(
         self,
@@ -99,23 +134,28 @@ class KktLink:
         baudrate: int,
         *,
         password: int = 30,
-        byte_timeout: float = BYTE_TIMEOUT,
-        control_timeout: float = CONTROL_TIMEOUT,
+        byte_timeout: float | None = None,
+        control_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        opener: Opener = open_serial,
+        opener: Opener = open_transport,
     ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.password = password
-        self._byte_timeout = byte_timeout
-        self._control_timeout = control_timeout
+        self.transport_kind = parse_address(port).kind
+        serial = self.transport_kind == "serial"
+        default_byte, default_control = (
+            (BYTE_TIMEOUT, CONTROL_TIMEOUT) if serial else (TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT)
+        )
+        self._byte_timeout = default_byte if byte_timeout is None else byte_timeout
+        self._control_timeout = default_control if control_timeout is None else control_timeout
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._opener = opener
-        self._transport: SerialTransport | None = None
+        self._transport: Transport | None = None
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
         self._device: DeviceType | None = None
@@ -123,8 +163,7 @@ class KktLink:
         self._last_error: str | None = None
         self._retry_at = float("-inf")
         self._backoff = BACKOFF_FIRST
-        self._noise: Counter[str] = Counter()  # the current burst of line noise
-        self._noisy = False  # noise seen during the exchange in progress
+        self.noise = LineNoise(port, monotonic=clock)
 
     @property
     def connected(self) -> bool:
@@ -185,7 +224,7 @@ class KktLink:
 
     async def _exchange(
         self,
-        transport: SerialTransport,
+        transport: Transport,
         cmd: int,
         data: bytes,
         password: bool,
@@ -193,7 +232,6 @@ class KktLink:
     ) -> Response:
         pwd = self.password if password and cmd not in NO_PASSWORD else None
         body = encode_request(cmd, pwd, data)
-        self._noisy = False
         try:
             response = await transport.exchange(
                 body, answer_timeout=answer_wait or answer_timeout(cmd)
@@ -207,11 +245,10 @@ class KktLink:
                 raise LinkDown(f"the KKT stopped answering: {exc}") from exc
             self._last_error = str(exc)
             raise
-        if not self._noisy:
-            self._end_noise_burst()
+        self.noise.clean_exchange()
         return response
 
-    async def _ensure_open(self) -> SerialTransport:
+    async def _ensure_open(self) -> Transport:
         if self._transport is not None:
             return self._transport
         left = self._retry_at - self._clock()
@@ -234,16 +271,23 @@ class KktLink:
         self._device = device
         self._since = self._wall_clock()
         self._backoff = BACKOFF_FIRST
-        log.info("kkt.connected", port=self.port, model=device.model, name=device.name)
+        log.info(
+            "kkt.connected",
+            port=self.port,
+            transport=self.transport_kind,
+            model=device.model,
+            name=device.name,
+        )
         return transport
 
-    async def _identify(self, transport: SerialTransport) -> DeviceType:
+    async def _identify(self, transport: Transport) -> DeviceType:
         """FC: the exchange starts with the ENQ probe, which also drains a pending answer."""
-        for _ in range(IDENTIFY_BUSY_RETRIES):
-            response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
+        for delay in busy_delays(IDENTIFY_BUSY_WAIT):
             if response.error not in BUSY_ERRORS:
                 break
-            await self._sleep(BUSY_RETRY)  # printing: a KKT mid-receipt is still a KKT
+            await self._sleep(delay)  # printing: a KKT mid-receipt is still a KKT
+            response = await self._exchange(transport, Command.DEVICE_TYPE, b"", False, None)
         if response.error:
             raise KktError(Command.DEVICE_TYPE, response.error)
         return DeviceType.decode(response.data)
@@ -270,13 +314,6 @@ class KktLink:
         if what.kind == "stale_answer":
             log.info("kkt.stale_answer_drained", body=what.data[:16].hex(" "))
             return
-        self._noisy = True
-        if not self._noise:
-            log.warning("kkt.line_noise", kind=what.kind, sample=what.data[:16].hex(" "))
-        self._noise[f"{what.kind}_events"] += 1
-        self._noise[f"{what.kind}_bytes"] += len(what.data)
-
-    def _end_noise_burst(self) -> None:
-        if self._noise:
-            log.info("kkt.line_clean", **self._noise)
-            self._noise.clear()
+        if what.kind == "stray_ff":
+            return  # the KKT's own quirk over USB and RNDIS/TCP, not a sign of a bad line
+        self.noise.seen(what)

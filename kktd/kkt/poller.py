@@ -29,7 +29,7 @@ from kktd.config import KktConfig
 from kktd.journal import Journal, JournalFullError
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
 from kktd.kkt.fd_stream import DocumentStream
-from kktd.kkt.link import KktError, KktLink
+from kktd.kkt.link import KktError, KktLink, busy_delays
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.protocol import (
     Command,
@@ -49,8 +49,7 @@ __all__ = ["DocumentReadError", "Poller", "PollerStatus", "StuckFd"]
 log = structlog.get_logger(__name__)
 
 OFD_STATUS_EVERY = 60.0
-BUSY_RETRY = 0.2
-BUSY_RETRIES = 50  # 10 s of "printing" before the poll gives up and tries again later
+BUSY_WAIT = 10.0  # of "printing" before the poll gives up and tries again later
 DOCUMENT_TRIES = 5
 DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 08 is left alone
 FN_CONFIRM_READS = 3  # FF01 answers read to find two in a row that agree on a new FN number
@@ -405,14 +404,14 @@ class Poller:
 
     async def _request(self, cmd: int, data: bytes = b"") -> Response:
         """A request, retried shortly while the KKT is printing (busy 50/58)."""
-        for _ in range(BUSY_RETRIES):
+        for delay in busy_delays(BUSY_WAIT):
             try:
                 return await self._link.request(cmd, data)
             except KktError as exc:
                 if not exc.busy:
                     raise
             self._beat()
-            await self._sleep(BUSY_RETRY)
+            await self._sleep(delay)
         return await self._link.request(cmd, data)
 
     async def _idle(self, seconds: float) -> None:

@@ -443,10 +443,24 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Discarded:
-    """Something on the line that was not for us (the caller logs it, once per burst)."""
+    """Something on the line that was not for us (the caller counts it; see `leftover`)."""
 
-    kind: Literal["noise", "bad_frame", "stale_answer"]
+    kind: Literal["noise", "bad_frame", "stale_answer", "stray_ff"]
     data: bytes
+
+
+STRAY_FF = 0xFF
+MAX_STRAY = 2  # a line stuck at mark reads as a run of FF: that is noise, not the quirk
+
+
+def leftover(data: bytes) -> Discarded:
+    """Bytes outside any frame: the KKT's stray FF, or noise.
+
+    Over USB and RNDIS/TCP a Shtrih-M sends a lone FF before a control byte or after the host's
+    ACK (SPEC section 1); it is skipped like noise but is no sign of a bad line.
+    """
+    stray = 0 < len(data) <= MAX_STRAY and data.count(STRAY_FF) == len(data)
+    return Discarded("stray_ff" if stray else "noise", data)
 
 
 Action = Send | ArmTimeout | Done | Failed | Discarded
@@ -529,7 +543,7 @@ class Exchange:
     def _on_event(self, event: Event) -> list[Action]:
         match event:
             case Noise(data):
-                return [Discarded("noise", data)]
+                return [leftover(data)]
             case BadFrame(body, reason):
                 return [Discarded("bad_frame", body), *self._bad_answer(reason)]
             case Frame(body):

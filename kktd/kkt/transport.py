@@ -1,11 +1,14 @@
-"""The serial port on the event loop, driving the pure handshake of `protocol.py`.
+"""A byte pipe to a Shtrih-M on the event loop, driving the pure handshake of `protocol.py`.
 
-pyserial opens and configures the port (8N1, raw mode) and we claim it exclusively (flock and
-TIOCEXCL, see `_claim`); after that the port is just a non-blocking file descriptor: reads come
-through `loop.add_reader`, writes go straight to the fd (frames are at most 258 bytes; EAGAIN
-waits on `loop.add_writer`). No thread per byte, and no pyserial-asyncio, which is unmaintained.
-Everything the protocol decides (what to send, how long to wait) comes from `protocol.Exchange`;
-this module only moves bytes and keeps time.
+`FdTransport` is the driver every transport shares: a non-blocking file descriptor whose reads
+come through `loop.add_reader` and whose writes go straight to the fd (frames are at most 258
+bytes; EAGAIN waits on `loop.add_writer`). No thread per byte, and no pyserial-asyncio, which is
+unmaintained. Everything the protocol decides (what to send, how long to wait, which stray bytes
+to skip) comes from `protocol.Exchange`; a transport only moves bytes and keeps time, so the
+serial port (here) and TCP (`tcp.py`) differ only in how the fd is opened and released.
+
+The serial port: pyserial opens and configures it (8N1, raw mode) and we claim it exclusively
+(flock and TIOCEXCL, see `_claim`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import fcntl
 import os
 import termios
 from collections.abc import Callable
+from typing import Protocol
 
 import serial
 
@@ -29,6 +33,7 @@ from kktd.kkt.protocol import (
     FailReason,
     Response,
     Send,
+    leftover,
 )
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -55,76 +60,67 @@ class ExchangeError(LinkError):
         self.detail = detail
 
 
-class SerialTransport:
-    """One open serial port. Runs one `Exchange` at a time; the link serializes callers."""
+class Transport(Protocol):
+    """What the link needs of a byte pipe to the KKT (link.py's `open_transport` makes one)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def exchange(self, body: bytes, *, answer_timeout: float) -> Response: ...
+
+
+class FdTransport:
+    """One open byte pipe. Runs one `Exchange` at a time; the link serializes callers.
+
+    A subclass opens the fd and releases it in `_release` (called once, by `close`).
+    """
+
+    hung_up = "the port hung up"  # what an empty read means on this kind of pipe
 
     def __init__(
         self,
-        port: serial.Serial,
+        fd: int,
         *,
+        byte_time: float = 0.0,
         byte_timeout: float = BYTE_TIMEOUT,
         control_timeout: float = CONTROL_TIMEOUT,
         on_discard: Callable[[Discarded], None] | None = None,
     ) -> None:
-        self._port = port
-        self._fd = port.fileno()
+        self._fd = fd
         self._loop = asyncio.get_running_loop()
         self.byte_timeout = byte_timeout
         self.control_timeout = control_timeout
         self._on_discard = on_discard
-        self._byte_time = BITS_PER_BYTE / port.baudrate  # seconds per byte on the line
+        self._byte_time = byte_time  # seconds per byte on the line; 0 where no baud rate applies
         self._input = bytearray()  # bytes that came with no exchange ready to take them
         self._error: LinkDown | None = None
         self._run: _Run | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._readable)
 
-    @classmethod
-    async def open(
-        cls,
-        path: str,
-        baudrate: int,
-        *,
-        byte_timeout: float = BYTE_TIMEOUT,
-        control_timeout: float = CONTROL_TIMEOUT,
-        on_discard: Callable[[Discarded], None] | None = None,
-    ) -> SerialTransport:
-        """Open `path` exclusively (a second opener fails instead of interleaving bytes)."""
-        try:
-            port = await asyncio.to_thread(
-                serial.Serial, path, baudrate, timeout=0, write_timeout=0, exclusive=True
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise LinkDown(f"cannot open {path}: {exc}") from exc
-        try:
-            _claim(port.fileno())
-        except OSError as exc:
-            port.close()
-            raise LinkDown(f"cannot open {path} exclusively: {exc}") from exc
-        return cls(
-            port, byte_timeout=byte_timeout, control_timeout=control_timeout, on_discard=on_discard
-        )
-
     @property
     def closed(self) -> bool:
-        return not self._port.is_open
+        return self._closed
 
     def close(self) -> None:
-        if self._port.is_open:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._run is not None:
-                _settle(self._run.result, LinkDown("the port is closed"))
-            # The last close of a real port drops TIOCEXCL, but a pty whose other side keeps
-            # its slave open (the emulator) would stay exclusive, and our own reconnect would
-            # then fail with EBUSY. A port already gone has nothing left to release.
-            with contextlib.suppress(OSError):
-                fcntl.ioctl(self._fd, termios.TIOCNXCL)
-            self._port.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._run is not None:
+            _settle(self._run.result, LinkDown("the port is closed"))
+        self._release()
+
+    def _release(self) -> None:
+        os.close(self._fd)
 
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response:
         """Send one request body and return its answer, whatever the error byte says.
@@ -220,7 +216,7 @@ class SerialTransport:
             self._fail(LinkDown(f"read failed: {exc}"))
             return
         if not data:  # readable yet empty: the other end hung up
-            self._fail(LinkDown("the port hung up"))
+            self._fail(LinkDown(self.hung_up))
             return
         run = self._run
         if run is not None and run.stalled is None and not run.result.done():
@@ -245,7 +241,7 @@ class SerialTransport:
     def _drop_stale_input(self) -> None:
         """Bytes left from before this exchange belong to nobody; the ENQ recovers any answer."""
         if self._input:
-            self._discarded(Discarded("noise", bytes(self._input)))
+            self._discarded(leftover(bytes(self._input)))
             self._input.clear()
 
     def _discarded(self, what: Discarded) -> None:
@@ -294,6 +290,61 @@ class SerialTransport:
         run.stalled = None
         self._loop.remove_writer(self._fd)
         _settle(run.result, LinkDown(f"the port took no output for {WRITE_STALL} s"))
+
+
+class SerialTransport(FdTransport):
+    """One serial port (USB CDC, RS-232 or a USB-serial adapter), claimed exclusively."""
+
+    def __init__(
+        self,
+        port: serial.Serial,
+        *,
+        byte_timeout: float = BYTE_TIMEOUT,
+        control_timeout: float = CONTROL_TIMEOUT,
+        on_discard: Callable[[Discarded], None] | None = None,
+    ) -> None:
+        self._port = port
+        super().__init__(
+            port.fileno(),
+            byte_time=BITS_PER_BYTE / port.baudrate,
+            byte_timeout=byte_timeout,
+            control_timeout=control_timeout,
+            on_discard=on_discard,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        path: str,
+        baudrate: int,
+        *,
+        byte_timeout: float = BYTE_TIMEOUT,
+        control_timeout: float = CONTROL_TIMEOUT,
+        on_discard: Callable[[Discarded], None] | None = None,
+    ) -> SerialTransport:
+        """Open `path` exclusively (a second opener fails instead of interleaving bytes)."""
+        try:
+            port = await asyncio.to_thread(
+                serial.Serial, path, baudrate, timeout=0, write_timeout=0, exclusive=True
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkDown(f"cannot open {path}: {exc}") from exc
+        try:
+            _claim(port.fileno())
+        except OSError as exc:
+            port.close()
+            raise LinkDown(f"cannot open {path} exclusively: {exc}") from exc
+        return cls(
+            port, byte_timeout=byte_timeout, control_timeout=control_timeout, on_discard=on_discard
+        )
+
+    def _release(self) -> None:
+        # The last close of a real port drops TIOCEXCL, but a pty whose other side keeps its
+        # slave open (the emulator) would stay exclusive, and our own reconnect would then fail
+        # with EBUSY. A port already gone has nothing left to release.
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self._fd, termios.TIOCNXCL)
+        self._port.close()
 
 
 class _Run:

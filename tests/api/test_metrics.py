@@ -164,3 +164,31 @@ async def test_fn_backlog_and_kkt_link_come_from_the_emulated_kkt(
     age_days = value(samples, "kktd_fn_ofd_oldest_unsent_age_seconds") / 86400
     assert 11.9 < age_days < 12.1
     assert value(samples, "kktd_fn_warning_flags") == 8
+
+
+async def test_line_errors_are_counted_by_kind_from_zero(
+    tmp_path: Path, upstream: MockUpstream, aiohttp_client: ClientFactory
+) -> None:
+    device = KktDevice(archive=3)
+    config = make_config(tmp_path, upstream.url, kkt=kkt_config(tmp_path))
+    daemon = await build_daemon(config)
+    assert daemon.components is not None
+    link = daemon.components.link
+    client = await aiohttp_client(create_app(daemon))
+    try:
+        before = parse(await (await client.get("/metrics")).text())
+        async with polled_kkt(daemon, device):
+            device.corrupt_lrc(3)
+            device.inject_garbage(b"\x41\x42")
+
+            async def counted() -> bool:
+                return link.noise.totals["bad_frame"] >= 3 and link.noise.totals["noise"] >= 1
+
+            await wait_until(counted)
+            samples = parse(await (await client.get("/metrics")).text())
+    finally:
+        await daemon.components.close()
+    assert value(before, "kktd_kkt_line_errors_total", kind="bad_frame") == 0
+    assert value(before, "kktd_kkt_line_errors_total", kind="noise") == 0
+    assert value(samples, "kktd_kkt_line_errors_total", kind="bad_frame") >= 3
+    assert value(samples, "kktd_kkt_line_errors_total", kind="noise") >= 1

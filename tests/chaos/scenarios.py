@@ -37,6 +37,7 @@ class Setup:
     on_unavailable: str = "proceed"
     journal_dir: Path | None = None
     rate: float = RATE  # receipts a second from each emulator
+    transport: str = "pty"  # how kktd reaches each emulated KKT: "pty" or "tcp"
     env: dict[str, str] = field(default_factory=dict)  # for each kktd
 
 
@@ -58,7 +59,7 @@ async def run_scenario(
     watcher: asyncio.Task[None] | None = None
     try:
         for index in range(setup.nodes):
-            node = Kktd(workdir / name, f"{name}-{index}", mock.url, seed=index)
+            node = Kktd(workdir / name, f"{name}-{index}", mock.url, index, setup.transport)
             node.env.update(setup.env)
             nodes.append(node)
             await node.emulator.start()
@@ -180,6 +181,18 @@ async def upstream(workdir: Path, passes: int) -> Report:
 
 async def serial(workdir: Path, passes: int) -> Report:
     """Bad LRC bursts, lost ACKs, stray FF, garbage, busy, the port vanishing and returning."""
+    return await run_scenario("serial", workdir, Setup(), line_faults(passes, hang=False))
+
+
+async def serial_tcp(workdir: Path, passes: int) -> Report:
+    """The serial scenario with the KKT on TCP (vanish = the connection closed and refused), plus
+    a KKT that hangs with the connection open (only its unanswered ENQs tell)."""
+    return await run_scenario("serial_tcp", workdir, Setup(transport="tcp"), line_faults(passes))
+
+
+def line_faults(passes: int, *, hang: bool = True) -> Body:
+    """Each pass: every fault of the line for a second, the port gone for 1.5 s, then (`hang`)
+    the KKT hung for 2 s with the port open."""
 
     async def body(nodes: list[Kktd], _: MockUpstream) -> int:
         node = nodes[0]
@@ -200,9 +213,14 @@ async def serial(workdir: Path, passes: int) -> Report:
             await asyncio.sleep(1.5)
             node.emulator.reappear()
             await asyncio.sleep(1.0)
-        return passes * (len(faults) + 1)
+            if hang:
+                node.emulator.freeze()
+                await asyncio.sleep(2.0)
+                node.emulator.thaw()
+                await asyncio.sleep(1.0)
+        return passes * (len(faults) + 1 + hang)
 
-    return await run_scenario("serial", workdir, Setup(), body)
+    return body
 
 
 async def sighup(workdir: Path, passes: int) -> Report:

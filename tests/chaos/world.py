@@ -1,8 +1,8 @@
 """The chaos harness's world: emulated KKTs, kktd subprocesses, the mock upstream, the checks.
 
 Everything here is real: each kktd is `python -m kktd run` with its own journal file, talking to
-an emulator on a pty and to the in-process mock upstream over loopback; the checks read the
-journal file itself (read-only, after kktd stopped) and the mock's accepted set.
+an emulator on a pty (or on a TCP port) and to the in-process mock upstream over loopback; the
+checks read the journal file itself (read-only, after kktd stopped) and the mock's accepted set.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
+from kktd.emulator.serving import Serving
+from kktd.emulator.tcp import TcpEmulator
 from kktd.mock_upstream import MockUpstream
 
 FN = "9999078900005488"
@@ -94,12 +96,18 @@ class Kktd:
     Exits are watched: any exit the harness did not cause is a violation.
     """
 
-    def __init__(self, workdir: Path, name: str, upstream: str, seed: int) -> None:
+    def __init__(
+        self, workdir: Path, name: str, upstream: str, seed: int, transport: str = "pty"
+    ) -> None:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         device = KktDevice(DocumentGenerator(fn=FN, rng=random.Random(seed)))
-        self.emulator = PtyEmulator(device, link=self.dir / "kkt0")
+        self.emulator: Serving = (
+            TcpEmulator(device)
+            if transport == "tcp"
+            else PtyEmulator(device, link=self.dir / "kkt0")
+        )
         self.upstream = upstream
         self.journal = self.dir / "kktd.db"
         self.config = self.dir / "kktd.toml"
@@ -126,7 +134,7 @@ class Kktd:
         if journal is not None:
             self.journal = journal
         text = CONFIG.format(
-            kkt=self.emulator.path,
+            kkt=self.emulator.port,
             journal=self.journal,
             upstream=self.upstream,
             redis=redis,

@@ -167,15 +167,26 @@ async def test_a_kkt_that_stops_answering_is_link_down_and_reconnected(
     assert (await link.request(0xFF01)).data == b"\x01"
 
 
-async def test_line_noise_is_logged_once_per_burst(peer: Peer, link: KktLink) -> None:
+async def test_line_noise_is_counted_and_logged_at_its_start_once_a_minute_and_its_end(
+    peer: Peer, link: KktLink, clock: Clock
+) -> None:
     await link.connect()
     peer.before_answer = b"\x41\x42\x43"
     with capture_logs() as logs:
-        for _ in range(5):
+        for _ in range(5):  # noise at 100, 120, 140, 160 and 180 s
             await link.request(0xFF01)
+            clock.now += 20.0
         peer.before_answer = b""
+        await link.request(0xFF01)  # 20 s after the last noise: not clean yet
+        clock.now += 60.0
         await link.request(0xFF01)
         await link.request(0xFF01)
-    assert [entry["event"] for entry in logs] == ["kkt.line_noise", "kkt.line_clean"]
-    assert logs[1]["noise_events"] == 5
-    assert logs[1]["noise_bytes"] == 15
+    assert [entry["event"] for entry in logs] == [
+        "kkt.line_noise",
+        "kkt.line_noise_continues",
+        "kkt.line_clean",
+    ]
+    assert (logs[0]["kind"], logs[0]["sample"]) == ("noise", "41 42 43")
+    assert (logs[1]["noise_events"], logs[1]["noise_bytes"], logs[1]["seconds"]) == (3, 9, 60)
+    assert (logs[2]["noise_events"], logs[2]["noise_bytes"], logs[2]["lasted"]) == (5, 15, 80.0)
+    assert link.noise.totals == {"noise": 5}

@@ -55,6 +55,7 @@ from kktd.kkt.protocol import (
     encode_response,
     error_name,
     fd_request,
+    leftover,
     lrc,
 )
 from tests.kkt.vectors import ALL_VECTORS, Vector
@@ -140,7 +141,7 @@ def check_error_answer(v: Vector) -> None:
 def check_stray_ff(v: Vector) -> None:
     exchange = Exchange(encode_request(Command.FN_STATUS, 30), answer_timeout=3.0)
     assert sends(exchange.start()) == [v.lines[0][1]]
-    assert exchange.receive(v.lines[1][1]) == [Discarded("noise", b"\xff")]
+    assert exchange.receive(v.lines[1][1]) == [Discarded("stray_ff", b"\xff")]
     assert sends(exchange.receive(v.lines[2][1])) == [encode_frame(b"\xff\x01\x1e\x00\x00\x00")]
 
 
@@ -665,3 +666,24 @@ def test_handshake_never_raises_on_any_input_and_always_ends_on_timeouts(
     for _ in range(40):  # a silent line: the exchange must give up, not wait forever
         exchange.timeout()
     assert exchange.finished
+
+
+# --- the stray FF (USB, RNDIS/TCP): skipped, and told apart from noise ----------------------------
+
+
+def test_a_lone_ff_is_the_kkts_stray_byte_and_a_run_of_them_is_noise() -> None:
+    assert leftover(b"\xff") == Discarded("stray_ff", b"\xff")
+    assert leftover(b"\xff\xff") == Discarded("stray_ff", b"\xff\xff")
+    assert leftover(b"\xff\xff\xff") == Discarded("noise", b"\xff\xff\xff")
+    assert leftover(b"\x41\xff") == Discarded("noise", b"\x41\xff")
+
+
+def test_the_ff_sent_after_our_ack_is_skipped_at_the_start_of_the_next_exchange() -> None:
+    exchange = Exchange(encode_request(Command.FN_STATUS, 30), answer_timeout=3.0)
+    exchange.start()
+    frame = encode_frame(encode_request(Command.FN_STATUS, 30))
+    assert exchange.receive(b"\xff\x15") == [
+        Discarded("stray_ff", b"\xff"),
+        Send(frame),
+        ArmTimeout(0.5),
+    ]

@@ -45,7 +45,11 @@ def test_reload_checks_the_config_before_it_signals() -> None:
 
 def test_service_keeps_the_serial_port_directories_and_network_kktd_needs() -> None:
     assert _single("DevicePolicy") == "closed"
-    assert unit_lines(SERVICE, "DeviceAllow") == ["char-ttyACM rw", "char-ttyUSB rw"]
+    assert unit_lines(SERVICE, "DeviceAllow") == [
+        "char-ttyACM rw",
+        "char-ttyUSB rw",
+        "char-ttyS rw",
+    ]
     modprobe = {"modprobe@cdc_acm.service", "modprobe@usbserial.service"}
     for key in ("Wants", "After"):
         ordered = {u for line in unit_lines(SERVICE, key) for u in line.split()}
@@ -100,6 +104,16 @@ def test_udev_rule_gives_the_port_to_kktd_links_kkt0_and_keeps_modemmanager_off(
         assert 'SYMLINK+="kkt0"' in rule
         assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in rule
     assert any("udevadm info --attribute-walk" in line for line in rules)
+
+
+def test_udev_rules_ship_a_commented_com_port_rule_giving_the_port_to_kktd() -> None:
+    """PrivateUsers=yes hides group dialout from the service: the port must be group kktd's."""
+    rules = (REPO / "etc/udev/99-kkt.rules").read_text().splitlines()
+    (com,) = [line.removeprefix("#") for line in rules if 'KERNEL=="ttyS' in line]
+    assert rules[rules.index(f"#{com}")].startswith("#SUBSYSTEM")  # shipped off: one KKT per link
+    for part in ('SUBSYSTEM=="tty"', 'KERNEL=="ttyS0"', 'GROUP="kktd"', 'SYMLINK+="kkt0"'):
+        assert part in com
+    assert any("PrivateUsers=yes" in line for line in rules)
 
 
 def _rendered_man() -> str:
