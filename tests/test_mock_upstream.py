@@ -153,6 +153,57 @@ async def test_chosen_fds_are_rejected_with_422_or_failed_with_500(
     assert statuses == [201, 422, 500]
 
 
+async def test_a_refused_document_is_named_by_its_key(
+    mock: MockUpstream, http: aiohttp.ClientSession
+) -> None:
+    mock.set_faults(reject_fds=[2])
+    status, answer, _ = await post(http, mock, 2)
+    assert (status, answer) == (
+        422,
+        {"error": "FD 2 rejected: document not acceptable", "key": f"{FN}-2"},
+    )
+    status, answer, _ = await post(http, mock, 3, body={"fn": FN, "fd": 3})
+    assert (status, answer["key"]) == (400, f"{FN}-3")
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "content_type", "text"),
+    [
+        (
+            {"not_found_page": True},
+            404,
+            "application/json",
+            '"error": "Not Found", "path": "/v1/receipts"',
+        ),
+        ({"proxy_page": True}, 400, "text/html", "The plain HTTP request was sent to HTTPS port"),
+        ({"redirect": 301}, 301, "application/json", "{}"),
+        ({"redirect": 308}, 308, "application/json", "{}"),
+        ({"gateway_down": True}, 503, "text/html", "503 Service Unavailable"),
+    ],
+)
+async def test_upstream_wide_faults_answer_like_what_stands_in_for_a_collector(
+    mock: MockUpstream,
+    http: aiohttp.ClientSession,
+    fault: dict[str, Any],
+    status: int,
+    content_type: str,
+    text: str,
+) -> None:
+    mock.set_faults(**fault)
+    headers = {"Idempotency-Key": f"{FN}-1"}
+    body = {"fn": FN, "fd": 1, "tlv": TLV}
+    async with http.post(mock.url, json=body, headers=headers, allow_redirects=False) as resp:
+        answer = (resp.status, resp.content_type, await resp.text(), resp.headers.get("Location"))
+    assert answer[:2] == (status, content_type)
+    assert text in answer[2]
+    assert "key" not in answer[2]  # nothing here is the collector's verdict on the FD
+    assert answer[3] == (
+        f"https://127.0.0.1:{mock.port}/v1/receipts" if fault.get("redirect") else None
+    )
+    assert mock.state.accepted == {}
+    assert mock.state.requests[-1].status == status
+
+
 async def test_reset_fault_drops_the_connection_without_an_answer(
     mock: MockUpstream, http: aiohttp.ClientSession
 ) -> None:
@@ -261,6 +312,8 @@ async def test_down_over_http_refuses_for_a_while_then_comes_back(
         {"unauthorized": 1},
         {"fail_fds": ["x"]},
         {"retry_after": 1.5},
+        {"redirect": 200},
+        {"redirect": True},
     ],
 )
 def test_fault_switches_refuse_nonsense(changes: dict[str, Any]) -> None:

@@ -256,10 +256,8 @@ def _upstream_advice(sync: dict[str, Any]) -> list[str]:
     if failure["outcome"] == "forbidden":
         return [f"upstream refuses our token ({failure['status']}): check upstream.token_file"]
     if failure["outcome"] == "misrouted":
-        return [
-            f"upstream.url {sync['upstream']} answers 404 like a web page, not a receipt"
-            f" collector: check the URL's path; {kept}"
-        ]
+        # the reason names what answered and what to check
+        return [f"upstream.url {sync['upstream']} does not reach the collector: {reason}; {kept}"]
     if failure["outcome"] == "unreachable":
         return [
             f"upstream not reachable ({reason}): check the network and upstream.url;"

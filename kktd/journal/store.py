@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -232,13 +233,20 @@ class Journal(JournalFile):
 
     # -- delivery (the sync engine) --
 
-    async def claim_due(self, limit: int, now: float, fn: str | None = None) -> list[JournalEntry]:
-        """Up to `limit` pending FDs due at `now`, lowest (fn, fd) first.
+    async def claim_due(
+        self, limit: int, now: float | None, fn: str | None = None, *, horizon: float = math.inf
+    ) -> list[JournalEntry]:
+        """Up to `limit` pending FDs due at `now` (due or not when `now` is None), lowest first.
 
+        An FD due later than `now + horizon`, further ahead than any schedule the caller makes,
+        is due now: the wall clock has been stepped back since its attempt was scheduled.
         No row marks: one process owns the journal and the engine runs one round at a time.
         """
-        where = "WHERE state = 'pending' AND next_attempt_at <= ?"
-        params: tuple[Any, ...] = (now,)
+        where = "WHERE state = 'pending'"
+        params: tuple[Any, ...] = ()
+        if now is not None:
+            where += " AND (next_attempt_at <= ? OR next_attempt_at > ?)"
+            params += (now, now + horizon)
         if fn is not None:
             where += " AND fn = ?"
             params += (fn,)

@@ -8,8 +8,15 @@ In process: `MockUpstream` (`await start()`, `.url`, `set_faults(...)`, `go_down
 
 from __future__ import annotations
 
-from kktd.mock_upstream.server import RECEIPTS_PATH, Arrival, MockUpstream
-from kktd.mock_upstream.state import STALE_FENCE_STATUS, FaultError, Faults, MockState, Recorded
+from kktd.mock_upstream.server import Arrival, MockUpstream
+from kktd.mock_upstream.state import (
+    RECEIPTS_PATH,
+    STALE_FENCE_STATUS,
+    FaultError,
+    Faults,
+    MockState,
+    Recorded,
+)
 
 __all__ = [
     "RECEIPTS_PATH",

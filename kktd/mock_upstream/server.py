@@ -21,11 +21,18 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from kktd.mock_upstream.state import Answer, Faults, Incoming, MockState, fn_of_key, parse_fence
+from kktd.mock_upstream.state import (
+    RECEIPTS_PATH,
+    Answer,
+    Faults,
+    Incoming,
+    MockState,
+    fn_of_key,
+    parse_fence,
+)
 
 log = structlog.get_logger(__name__)
 
-RECEIPTS_PATH = "/v1/receipts"
 # Handlers are let go before shutdown; this only bounds a handler that ignores that.
 _SHUTDOWN_TIMEOUT = 1.0
 
@@ -155,6 +162,7 @@ class MockUpstream:
             idempotency_key=request.headers.get("Idempotency-Key"),
             fence=parse_fence(request.headers.get("X-Kktd-Fence")),
             instance=request.headers.get("X-Kktd-Instance"),
+            host=request.host,
         )
         answer = self.state.decide(incoming)
         released = self._released
@@ -168,7 +176,7 @@ class MockUpstream:
                 return _abort(request)
         if answer.action == "reset":
             return _abort(request)
-        return _json(answer)
+        return _respond(answer)
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:
@@ -202,8 +210,12 @@ class MockUpstream:
         await self.come_back()
 
 
-def _json(answer: Answer) -> web.Response:
+def _respond(answer: Answer) -> web.Response:
     assert answer.status is not None
+    if answer.page is not None:
+        return web.Response(
+            status=answer.status, text=answer.page, content_type="text/html", headers=answer.headers
+        )
     return web.Response(
         status=answer.status,
         text=json.dumps(answer.body, ensure_ascii=False),

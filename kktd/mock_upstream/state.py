@@ -1,8 +1,12 @@
 """What the mock upstream knows and decides, without sockets (SPEC sections 4 and 8).
 
-`MockState.decide` takes one parsed request and returns the answer: a status with a JSON body,
-or a connection reset, or a hang. It keeps the accepted set, counts duplicate deliveries and
-checks fences; the aiohttp layer in `server` only carries bytes and waits.
+`MockState.decide` takes one parsed request and returns the answer: a status with a JSON body
+(or a page, when something other than the collector answers), or a connection reset, or a hang.
+It keeps the accepted set, counts duplicate deliveries and checks fences; the aiohttp layer in
+`server` only carries bytes and waits. Its own refusal of a document names the document
+(`{"error": ..., "key": <Idempotency-Key>}`, SPEC section 4); the upstream-wide faults answer
+like the things that stand in for a collector in real life: a framework's 404 page, a proxy's
+400 page, a redirect, a load balancer's 503.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 # A request carrying a fence lower than the highest accepted for its FN comes from a lease that
@@ -24,6 +29,19 @@ from typing import Any, Literal
 # body) must not be able to lock the real holder out.
 STALE_FENCE_STATUS = 412
 ERROR_BODY_LIMIT = 200
+RECEIPTS_PATH = "/v1/receipts"
+REDIRECTS = (301, 302, 303, 307, 308)
+# what stands in for a collector in the upstream-wide faults (real-world pages, abridged)
+PROXY_PAGE = (
+    "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
+    "<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
+    "<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
+    "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+GATEWAY_PAGE = (
+    "<html><body><h1>503 Service Unavailable</h1>\n"
+    "No server is available to handle this request.\n</body></html>\n"
+)
 
 
 class FaultError(ValueError):
@@ -44,6 +62,11 @@ class Faults:
     reject_fds: list[int] = field(default_factory=list)
     fail_fds: list[int] = field(default_factory=list)
     unauthorized: bool = False
+    # upstream-wide: every request is answered by something that is not the collector
+    not_found_page: bool = False  # a framework's 404 JSON page (a wrong path)
+    proxy_page: bool = False  # a proxy's 400 HTML page (http:// to an HTTPS port)
+    redirect: int = 0  # 301, 302, 303, 307 or 308 to the same path over https; 0 = off
+    gateway_down: bool = False  # a load balancer's 503 page: the collector behind it is down
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +93,8 @@ def _checked(name: str, value: Any, current: Any) -> Any:
         return list(value)
     if isinstance(current, int) and not _is_int(value):
         raise FaultError(f"{name}: expected an integer")
+    if name == "redirect" and value not in (0, *REDIRECTS):
+        raise FaultError(f"redirect: expected 0 or one of {', '.join(map(str, REDIRECTS))}")
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
         raise FaultError(f"{name}: expected a number >= 0")
     if name.endswith("_rate") and value > 1:
@@ -89,6 +114,7 @@ class Incoming:
     idempotency_key: str | None
     fence: int | None
     instance: str | None
+    host: str = "127.0.0.1"  # the Host header, for a redirect's Location
 
 
 @dataclass(frozen=True)
@@ -100,6 +126,7 @@ class Answer:
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    page: str | None = None  # sent as text/html instead of `body`
 
 
 @dataclass(frozen=True)
@@ -201,10 +228,13 @@ class MockState:
             return Answer("reset", delay=delay)
         if faults.hang_rate and self._rng() < faults.hang_rate:
             return Answer("hang")
+        if (stand_in := self._stand_in(incoming, delay)) is not None:
+            return stand_in
         if faults.unauthorized:
             return _error(401, "invalid token", delay)
+        key = incoming.idempotency_key
         if isinstance(parsed, str):
-            return _error(400, parsed, delay)
+            return _error(400, parsed, delay, key=key)
         fn, fd, body = parsed
         if (superseded := self._superseded(fn, incoming.fence, delay)) is not None:
             return superseded
@@ -218,14 +248,29 @@ class MockState:
         if fd in faults.fail_fds:
             return _error(500, f"cannot store FD {fd}", delay)
         if fd in faults.reject_fds:
-            return _error(422, f"FD {fd} rejected: document not acceptable", delay)
-        key = (fn, fd)
-        self.deliveries[key] += 1
-        if key in self.accepted:
+            return _error(422, f"FD {fd} rejected: document not acceptable", delay, key=key)
+        self.deliveries[(fn, fd)] += 1
+        if (fn, fd) in self.accepted:
             self.duplicates += 1
             return Answer("respond", 409, {"status": "duplicate"}, delay=delay)
-        self.accepted[key] = body
+        self.accepted[(fn, fd)] = body
         return Answer("respond", 201, {"status": "accepted"}, delay=delay)
+
+    def _stand_in(self, incoming: Incoming, delay: float) -> Answer | None:
+        """The answer of whatever stands where the collector should, when a fault says so."""
+        faults = self.faults
+        if faults.redirect:
+            where = {"Location": f"https://{incoming.host}{RECEIPTS_PATH}"}
+            return Answer("respond", faults.redirect, headers=where, delay=delay)
+        if faults.proxy_page:
+            return Answer("respond", 400, delay=delay, page=PROXY_PAGE)
+        if faults.not_found_page:
+            stamp = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds")
+            page = {"timestamp": stamp, "status": 404, "error": "Not Found", "path": RECEIPTS_PATH}
+            return Answer("respond", 404, page, delay=delay)
+        if faults.gateway_down:
+            return Answer("respond", 503, delay=delay, page=GATEWAY_PAGE)
+        return None
 
     def stats(self) -> dict[str, Any]:
         """The counters tests, benchmarks and the chaos harness read (`GET /_mock/stats`)."""
@@ -243,8 +288,12 @@ class MockState:
         }
 
 
-def _error(status: int, message: str, delay: float) -> Answer:
-    return Answer("respond", status, {"error": message}, delay=delay)
+def _error(status: int, message: str, delay: float, *, key: str | None = None) -> Answer:
+    """The collector's own error; a refusal of one document names it by its key."""
+    body: dict[str, Any] = {"error": message}
+    if key is not None:
+        body["key"] = key
+    return Answer("respond", status, body, delay=delay)
 
 
 def _is_base64(text: str) -> bool:

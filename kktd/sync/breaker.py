@@ -90,6 +90,12 @@ class CircuitBreaker:
             self._probe_in_flight = False
             self._open()
 
+    def trip(self) -> None:
+        """Open now, whatever the count: every FD of a round failed alike (SPEC section 3)."""
+        if self.state is not BreakerState.OPEN:
+            self._probe_in_flight = False
+            self._open()
+
     def release(self) -> None:
         """A call ended with no verdict (e.g. cancelled): free the probe slot for another caller."""
         if self.state is BreakerState.HALF_OPEN:

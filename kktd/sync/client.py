@@ -1,9 +1,8 @@
 """The upstream HTTP client: one FD per POST, every answer classified (SPEC sections 3 and 4).
 
 `deliver` never raises for network or HTTP trouble: it returns a `Delivery` whose `outcome` tells
-the engine what to do with the FD and the breaker. Statuses the outcome table does not name (3xx,
-other 2xx, 418 …) are transient: the FD is retried, and the Idempotency-Key makes a retry of
-something the upstream did store come back as 409, so nothing is lost or doubled.
+the engine what to do with the FD and the breaker; `answers` says what each answer means. The body
+of an answer is read whole, up to 64 KiB, however many pieces it arrives in.
 
 The one exception: `WriteRefused`, when the `may_write` check (the sync lease) says no right
 before the request's first byte; then nothing was written.
@@ -15,8 +14,6 @@ import base64
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,45 +23,33 @@ import structlog
 from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
-from kktd.sync.backoff import parse_retry_after
+from kktd.sync.alerts import Alert
+from kktd.sync.answers import (
+    FENCE_SUPERSEDED,
+    REASON_LIMIT,
+    Delivery,
+    Outcome,
+    superseded,
+    unexpected,
+    verdict,
+)
+
+__all__ = [
+    "FENCE_SUPERSEDED",
+    "REASON_LIMIT",
+    "Delivery",
+    "Outcome",
+    "UpstreamClient",
+    "WriteRefused",
+    "build_body",
+    "superseded",
+]
 
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = 5.0
-REASON_LIMIT = 500  # characters of the upstream's error text kept (SPEC section 4)
-_BODY_READ_LIMIT = 64 * 1024
-
-ACCEPTED = frozenset({200, 201, 202})
-DUPLICATE = frozenset({409})
-REJECTED = frozenset({400, 404, 413, 422})
-FORBIDDEN = frozenset({401, 403})
-TRANSIENT = frozenset({408, 425, 429})
-FENCE_SUPERSEDED = 412  # a fencing collector has seen a higher X-Kktd-Fence for this FN
-
-
-class Outcome(StrEnum):
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
-    FORBIDDEN = "forbidden"
-    TRANSIENT = "transient"
-    UNREACHABLE = "unreachable"
-    MISROUTED = "misrouted"
-    FENCE_SUPERSEDED = "fence_superseded"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """The verdict on one delivery; `reason` is what goes into the journal's last error.
-
-    `current_fence`: for a 412, the fence the collector holds now, when its body says so.
-    """
-
-    outcome: Outcome
-    status: int | None
-    reason: str
-    retry_after: float | None
-    current_fence: int | None = None
+BODY_READ_LIMIT = 64 * 1024  # bytes of an answer read (SPEC section 4)
+_FORBIDDEN_STEP = "check upstream.token_file, and that the collector knows this till's token"
 
 
 class WriteRefused(Exception):  # noqa: N818 - a refusal, not an error of the request
@@ -114,36 +99,6 @@ def build_body(entry: JournalEntry) -> dict[str, Any]:
     return body
 
 
-def classify_status(status: int) -> Outcome:
-    """The outcome of an HTTP answer by its status alone."""
-    if status == FENCE_SUPERSEDED:
-        return Outcome.FENCE_SUPERSEDED
-    if status in ACCEPTED:
-        return Outcome.ACCEPTED
-    if status in DUPLICATE:
-        return Outcome.DUPLICATE
-    if status in REJECTED:
-        return Outcome.REJECTED
-    if status in FORBIDDEN:
-        return Outcome.FORBIDDEN
-    return Outcome.TRANSIENT
-
-
-def error_text(body: bytes) -> str:
-    """The upstream's error text: `{"error": ...}` when it sent that JSON, else the body itself."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text.strip()[:REASON_LIMIT]
-    if isinstance(parsed, dict) and "error" in parsed:
-        error = parsed["error"]
-        return (error if isinstance(error, str) else json.dumps(error, ensure_ascii=False))[
-            :REASON_LIMIT
-        ]
-    return text.strip()[:REASON_LIMIT]
-
-
 class UpstreamClient:
     """Delivers FDs to `upstream.url` over one aiohttp session for the whole process."""
 
@@ -162,6 +117,8 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._user_agent = f"kktd/{version}"
         self._session: aiohttp.ClientSession | None = None
+        # a wrong URL or a refused token: logged once per change rather than once per FD
+        self._alert = Alert()
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: UpstreamConfig) -> None:
@@ -238,11 +195,11 @@ class UpstreamClient:
                 headers=self._headers(entry, fence),
                 timeout=self._timeout,
                 ssl=self._ssl,
-                allow_redirects=False,  # a redirected POST could drop the body: retry instead
+                allow_redirects=False,  # a redirected POST could drop the body: misrouting
                 trace_request_ctx=SimpleNamespace(gate=gate),
             ) as resp:
-                body = await resp.content.read(_BODY_READ_LIMIT)
-                delivery = self._verdict(resp.status, resp.headers.get("Retry-After"), body)
+                body = await read_body(resp.content, BODY_READ_LIMIT)
+                delivery = verdict(resp.status, resp.headers, body, f"{entry.fn}-{entry.fd}")
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ConnectionTimeoutError,
@@ -257,78 +214,44 @@ class UpstreamClient:
             delivery = Delivery(Outcome.TRANSIENT, None, _describe(exc), None)
         return delivery
 
-    @staticmethod
-    def _verdict(status: int, retry_after: str | None, body: bytes) -> Delivery:
-        outcome = classify_status(status)
-        if outcome is Outcome.FENCE_SUPERSEDED:
-            return superseded(body)
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            return Delivery(outcome, status, "", None)
-        if status == 404 and not _is_error_object(body):
-            # Not a verdict on this FD but a wrong upstream.url (a web server's own 404 page):
-            # dead-lettering the whole backlog would be SPEC's rule followed off a cliff.
-            return Delivery(
-                Outcome.MISROUTED,
-                status,
-                'HTTP 404 without an {"error"} body: upstream.url names no receipt collector',
-                None,
-            )
-        text = error_text(body)
-        if outcome is Outcome.REJECTED:
-            return Delivery(outcome, status, text or f"HTTP {status}", None)
-        reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
-        wait = parse_retry_after(retry_after) if outcome is Outcome.TRANSIENT else None
-        return Delivery(outcome, status, reason[:REASON_LIMIT], wait)
-
     def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
         fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
-        if delivery.outcome is Outcome.FORBIDDEN:
-            # kktd is locked out: nothing gets delivered until an operator fixes the token
-            log.error("sync.forbidden", url=self._cfg.url, reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.MISROUTED:
-            log.error("sync.misrouted", url=self._cfg.url, reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.REJECTED:
+        outcome = delivery.outcome
+        if outcome in (Outcome.FORBIDDEN, Outcome.MISROUTED):
+            # nothing gets delivered until an operator fixes the token or the URL
+            self._alert.start(
+                f"sync.{outcome}",
+                (outcome, delivery.status),
+                url=self._cfg.url,
+                reason=delivery.reason,
+                **({"next_step": _FORBIDDEN_STEP} if outcome is Outcome.FORBIDDEN else {}),
+                **fields,
+            )
+        elif outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
+            self._alert.end(url=self._cfg.url, **fields)
+        if outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
-        elif delivery.outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
+        elif outcome is Outcome.TRANSIENT and unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
         else:
-            log.debug("sync.delivered", outcome=str(delivery.outcome), **fields)
+            log.debug("sync.delivered", outcome=str(outcome), **fields)
 
 
-def superseded(body: bytes) -> Delivery:
-    """A 412: another instance holds the FN now; the collector may say its current fence."""
-    current = _current_fence(body)
-    by = f" by fence {current}" if current is not None else ""
-    reason = f"HTTP 412: this fence was superseded{by}: another instance syncs this FN now"
-    return Delivery(Outcome.FENCE_SUPERSEDED, FENCE_SUPERSEDED, reason, None, current)
+async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer's body up to `limit` bytes, however many pieces it arrives in.
 
-
-def _current_fence(body: bytes) -> int | None:
-    """`"current_fence"` of a 412's JSON body: a number, or a string of digits, below 2**63."""
-    try:
-        parsed = json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return None
-    value = parsed.get("current_fence") if isinstance(parsed, dict) else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
-
-
-def _is_error_object(body: bytes) -> bool:
-    """True for the collector's own JSON error (`{"error": ...}`), the contract of SPEC 4."""
-    try:
-        parsed = json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return False
-    return isinstance(parsed, dict) and "error" in parsed
-
-
-def _unexpected(status: int | None) -> bool:
-    """A status outside SPEC section 3's table (retried as transient, but worth a warning)."""
-    return status is not None and status not in TRANSIENT and not 500 <= status < 600
+    (`StreamReader.read(n)` returns what one chunk brought: a 422 split after '{"error":' would
+    lose its verdict, and a split 404 page its key.)
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,8 +2,15 @@
 
 A round, per FN: take the lock -> claim up to `sync.batch_size` due FDs, lowest first -> send
 them, at most `upstream.max_in_flight` at once, each only with the breaker's leave and a live
-lease -> record every outcome in the journal and the breaker. Transient failures are written at
-the end of the round, when the round's backoff delay (the FD's next attempt) is known.
+lease -> record every outcome in the journal and the breaker. Rejections and transient failures
+are written at the end of the round, when it is known what the round says about the upstream.
+
+Only evidence about an FD counts against it (SPEC section 3): a transient failure is counted in
+a round where the upstream accepted another FD, never otherwise (so never in a half-open probe);
+a round that rejected five or more FDs and accepted none holds them pending and opens the
+breaker, and until an FD is accepted again a rejected probe is held too. A due time further ahead
+than any schedule kktd makes means the wall clock was stepped back since: the FD is due now. A
+manual sync ignores due times.
 
 After a round: a full, clean batch goes again at once (a backlog drains at the upstream's pace);
 an open breaker sleeps until its probe time; a failed round waits the backoff delay; otherwise
@@ -17,14 +24,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
-from kktd.sync.backoff import Backoff
+from kktd.sync.alerts import Alert
+from kktd.sync.backoff import RETRY_AFTER_CAP, Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Delivery, Outcome, UpstreamClient, WriteRefused
 from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
@@ -35,6 +43,7 @@ log = structlog.get_logger(__name__)
 ReportStatus = Literal["completed", "busy", "circuit_open", "skipped"]
 _RAN = ("completed", "lease_lost", "fence_superseded")  # FN rounds that sent (or could have)
 _BEAT_SLICE = 1.0  # seconds: idle waits are sliced so the loop beats at least this often
+ALL_REJECTED_MIN = 5  # a round rejecting this many FDs and accepting none indicts the upstream
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class _Tally:
     delivered: bool = False  # the upstream answered something
     retry_after: float | None = None
     transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
+    rejected: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
     accepted: list[tuple[str, int]] = field(default_factory=list)
     superseded: Delivery | None = None  # a 412: another instance holds the FN now
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
@@ -143,6 +153,8 @@ class SyncEngine:
         self.on_round: Callable[[SyncReport], None] | None = None
         #: the last delivery that failed or was rejected (wall-clock time)
         self.last_failure: DeliveryFailure | None = None
+        # "the upstream rejects every FD": rejections are held until it accepts one again
+        self._rejecting = Alert(monotonic=monotonic)
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
@@ -171,18 +183,18 @@ class SyncEngine:
                 await self._pause(self._breaker.retry_in(), interruptible=False)
                 continue
             async with self._round_lock:
-                tally, _ = await self._pass_in_own_task()
+                tally, _ = await self._pass_in_own_task(manual=False)
             seconds, interruptible = self._next_pause(tally)
             await self._pause(seconds, interruptible=interruptible)
 
     async def sync_now(self) -> SyncReport:
-        """A manual sync: one round now, after any round in progress."""
+        """A manual sync: one round now, after any round in progress, due or not."""
         if self._breaker.state is BreakerState.OPEN:
             return SyncReport(
                 "circuit_open", 0, 0, 0, 0.0, retry_in_seconds=self._breaker.retry_in()
             )
         async with self._round_lock:
-            tally, report = await self._pass_in_own_task()
+            tally, report = await self._pass_in_own_task(manual=True)
         if self._next_pause(tally)[0] == 0:
             self.wake()  # more is due: let the loop carry on draining
         return report
@@ -254,7 +266,7 @@ class SyncEngine:
 
     # -- rounds --
 
-    async def _pass_in_own_task(self) -> tuple[_Tally, SyncReport]:
+    async def _pass_in_own_task(self, *, manual: bool) -> tuple[_Tally, SyncReport]:
         """Run a pass in a task of its own.
 
         The lock cancels the task holding a lost lease, and Redis and HTTP timeouts cancel and
@@ -262,13 +274,13 @@ class SyncEngine:
         long-lived loop (or the API handler). Cancelling the caller cancels the pass, and should
         something in the pass swallow that cancellation, the caller still stops here.
         """
-        result = await asyncio.create_task(self._pass(), name="sync-pass")
+        result = await asyncio.create_task(self._pass(manual=manual), name="sync-pass")
         caller = asyncio.current_task()
         if caller is not None and caller.cancelling():
             raise asyncio.CancelledError
         return result
 
-    async def _pass(self) -> tuple[_Tally, SyncReport]:
+    async def _pass(self, *, manual: bool) -> tuple[_Tally, SyncReport]:
         """One round for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
         self._woken = False  # from here on, a wake means "journaled after this pass looked"
@@ -285,7 +297,7 @@ class SyncEngine:
             tally = _Tally()
             outcome, fence, round_started = "completed", None, self._monotonic()
             try:
-                fence = await self._round(fn, tally)
+                fence = await self._round(fn, tally, manual=manual)
             except LockBusy as exc:
                 outcome, status, holder = "busy", "busy", exc.holder
                 self._holder = exc.holder
@@ -317,13 +329,15 @@ class SyncEngine:
         self._last_report, self._last_round_at = report, self._clock()
         return total, report
 
-    async def _round(self, fn: str, tally: _Tally) -> int | None:
+    async def _round(self, fn: str, tally: _Tally, *, manual: bool) -> int | None:
         """One FN's round under its lock; returns the fence it ran under."""
         async with self._lock.hold(fn) as lease:
             self._holder = lease.instance
             try:
-                now = self._clock()
-                entries = await self._journal.claim_due(self._cfg.batch_size, now, fn=fn)
+                now = None if manual else self._clock()
+                entries = await self._journal.claim_due(
+                    self._cfg.batch_size, now, fn=fn, horizon=self._horizon()
+                )
                 tally.full = len(entries) == self._cfg.batch_size
                 try:
                     await self._send(entries, lease, tally)
@@ -396,12 +410,17 @@ class SyncEngine:
         )
 
     async def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
-        """The breaker first (no await before it), then the journal row."""
+        """The breaker first (no await before it); the journal row at the end of the round."""
         outcome = delivery.outcome
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             self._breaker.record_success()
             tally.delivered = True
+            self._rejecting.end(fn=entry.fn, fd=entry.fd)
+        elif outcome is Outcome.REJECTED and self._rejecting.active is None:
+            self._breaker.record_success()  # the upstream at work, judging this FD
+            tally.delivered = True
         else:
+            # a rejected probe while the upstream rejects every FD proves it still does
             self._breaker.record_failure()
             tally.failure = True
         if outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
@@ -412,9 +431,7 @@ class SyncEngine:
             tally.accepted.append((entry.fn, entry.fd))
             tally.synced += 1
         elif outcome is Outcome.REJECTED:
-            await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
-            tally.dead += 1
-            log.warning("sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason)
+            tally.rejected.append((entry, delivery))
         elif outcome is Outcome.TRANSIENT:
             tally.transient.append((entry, delivery))
             if delivery.retry_after is not None:
@@ -424,10 +441,18 @@ class SyncEngine:
             tally.failed += 1
 
     async def _settle(self, tally: _Tally) -> None:
-        """End of a round: record the accepted FDs, grow or reset the backoff, then count the
-        transient failures."""
+        """End of a round: record the accepted FDs, judge the rejections, grow or reset the
+        backoff, then record the transient failures (counted only beside an accepted FD)."""
         accepted, tally.accepted = tally.accepted, []
         await self._journal.mark_synced_many(accepted, self._clock())
+        rejected, tally.rejected = tally.rejected, []
+        if rejected and not accepted and self._upstream_rejects_all(rejected):
+            await self._hold(rejected, tally)
+        else:
+            for entry, delivery in rejected:
+                await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
+                tally.dead += 1
+                log.warning("sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason)
         if tally.failure:
             delay = self._backoff.record_failure(tally.retry_after)
         else:
@@ -437,6 +462,12 @@ class SyncEngine:
         transient, tally.transient = tally.transient, []
         next_attempt_at = self._clock() + delay
         for entry, delivery in transient:
+            if not accepted:
+                # nothing in this round shows the upstream at work: the failure says nothing
+                # about this FD (an outage, a gateway's 503, a lone probe)
+                await self._journal.defer(entry.fn, entry.fd, next_attempt_at, delivery.reason)
+                tally.failed += 1
+                continue
             went_dead = await self._journal.mark_failed(
                 entry.fn, entry.fd, delivery.reason, next_attempt_at, self._cfg.max_attempts
             )
@@ -447,6 +478,40 @@ class SyncEngine:
                 )
             else:
                 tally.failed += 1
+
+    def _upstream_rejects_all(self, rejected: list[tuple[JournalEntry, Delivery]]) -> bool:
+        """In a round that accepted nothing: does it show the upstream rejecting every FD?
+
+        Yes while it is known to (a rejected probe proves nothing new), or when the round saw
+        `ALL_REJECTED_MIN` rejections (SPEC says "every claimed FD": FDs that failed otherwise
+        beside them make the upstream no more trustworthy, so they do not save the rejections).
+        """
+        return self._rejecting.active is not None or len(rejected) >= ALL_REJECTED_MIN
+
+    async def _hold(self, rejected: list[tuple[JournalEntry, Delivery]], tally: _Tally) -> None:
+        """Keep FDs the upstream rejects wholesale pending, and open the breaker.
+
+        Held as far ahead as any schedule goes, so that the probes meanwhile try other FDs:
+        the next probe then tells a collector that rejects everything from FDs that are bad.
+        """
+        entry, delivery = rejected[0]
+        reason = f"the upstream rejects every FD: {delivery.reason}"
+        self._rejecting.start(
+            "sync.all_rejected", ("rejected",), fn=entry.fn, fds=len(rejected), reason=reason
+        )
+        self.last_failure = DeliveryFailure(
+            self._clock(), entry.fn, entry.fd, replace(delivery, reason=reason)
+        )
+        until = self._clock() + self._horizon()
+        for held, answer in rejected:
+            await self._journal.defer(held.fn, held.fd, until, answer.reason)
+        tally.failed += len(rejected)
+        tally.failure = True
+        self._breaker.trip()
+
+    def _horizon(self) -> float:
+        """How far ahead kktd ever schedules an attempt: the backoff's cap, or Retry-After's."""
+        return max(self._backoff.max_delay, RETRY_AFTER_CAP)
 
     def _log_round(
         self,

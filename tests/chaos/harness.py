@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from tests.chaos import freezes, journal_scenarios, scenarios
+from tests.chaos import freezes, journal_scenarios, scenarios, sync_faults
 from tests.chaos.world import Report
 
 SCENARIOS = (
@@ -39,6 +39,8 @@ SCENARIOS = (
     "long_tlv",
     "journal_damaged",
     "disk_full_start",
+    "systemic",
+    "clock",
 )
 
 
@@ -77,6 +79,8 @@ def steps(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[Report]
         "long_tlv": lambda: scenarios.long_tlv(workdir, plan.passes),
         "journal_damaged": lambda: journal_scenarios.journal_damaged(workdir, plan.passes),
         "disk_full_start": lambda: journal_scenarios.disk_full_start(workdir, plan.passes),
+        "systemic": lambda: sync_faults.systemic(workdir, plan.passes),
+        "clock": lambda: sync_faults.clock(workdir, plan.passes),
     }
 
 

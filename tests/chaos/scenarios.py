@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kktd.emulator.device import Ff3bShape
@@ -37,6 +37,7 @@ class Setup:
     journal_dir: Path | None = None
     rate: float = RATE  # receipts a second from each emulator
     transport: str = "pty"  # how kktd reaches each emulated KKT: "pty" or "tcp"
+    env: dict[str, str] = field(default_factory=dict)  # for each kktd
 
 
 Body = Callable[[list[Kktd], MockUpstream], Awaitable[int]]
@@ -58,6 +59,7 @@ async def run_scenario(
     try:
         for index in range(setup.nodes):
             node = Kktd(workdir / name, f"{name}-{index}", mock.url, index, setup.transport)
+            node.env.update(setup.env)
             nodes.append(node)
             await node.emulator.start()
             journal = None if setup.journal_dir is None else setup.journal_dir / f"{index}.db"

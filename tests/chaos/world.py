@@ -122,6 +122,7 @@ class Kktd:
         self.unexpected: list[str] = []
         self.rss: list[tuple[int, int]] = []  # (start number, VmRSS kB)
         self.log_path = self.dir / "kktd.log"
+        self.env: dict[str, str] = {}  # more environment for kktd (e.g. libfaketime's)
 
     @property
     def issued(self) -> int:
@@ -145,6 +146,7 @@ class Kktd:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in {"JOURNAL_STREAM", "WATCHDOG_USEC"}}
         env.update(NOTIFY_SOCKET=str(self.dir / "notify.sock"), KKTD_INSTANCE_ID=self.name)
+        env.update(self.env)
         self.drain_notify()
         self.messages.clear()
         self.expected_exit = False

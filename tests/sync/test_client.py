@@ -7,6 +7,7 @@ import base64
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,76 +124,208 @@ async def test_no_authorization_or_fence_header_when_there_is_none(
     assert "X-Kktd-Fence" not in headers
 
 
+KEY = f"{FN}-7"  # the Idempotency-Key of `deliver`'s FD
+NAMED = json.dumps({"error": "no such KKT registered", "key": KEY}).encode()
+UNNAMED = b'{"error": "Not Found"}'
+
+
 @pytest.mark.parametrize(
-    ("status", "outcome"),
+    ("status", "body", "outcome"),
     [
-        (200, Outcome.ACCEPTED),
-        (201, Outcome.ACCEPTED),
-        (202, Outcome.ACCEPTED),
-        (409, Outcome.DUPLICATE),
-        (400, Outcome.REJECTED),
-        (404, Outcome.REJECTED),
-        (413, Outcome.REJECTED),
-        (422, Outcome.REJECTED),
-        (401, Outcome.FORBIDDEN),
-        (403, Outcome.FORBIDDEN),
-        (408, Outcome.TRANSIENT),
-        (425, Outcome.TRANSIENT),
-        (429, Outcome.TRANSIENT),
-        (500, Outcome.TRANSIENT),
-        (502, Outcome.TRANSIENT),
-        (503, Outcome.TRANSIENT),
-        (504, Outcome.TRANSIENT),
+        (200, b"", Outcome.ACCEPTED),
+        (201, b"", Outcome.ACCEPTED),
+        (202, b"", Outcome.ACCEPTED),
+        (409, b"", Outcome.DUPLICATE),
+        # a 4xx naming this FD is the collector's verdict on it
+        (400, NAMED, Outcome.REJECTED),
+        (404, NAMED, Outcome.REJECTED),
+        (410, NAMED, Outcome.REJECTED),
+        (413, NAMED, Outcome.REJECTED),
+        (422, NAMED, Outcome.REJECTED),
+        # any other 4xx, and every 3xx, is something else answering: misrouting
+        (400, UNNAMED, Outcome.MISROUTED),
+        (404, UNNAMED, Outcome.MISROUTED),
+        (413, b"<html>413 Request Entity Too Large</html>", Outcome.MISROUTED),
+        (418, b"", Outcome.MISROUTED),
+        (422, UNNAMED, Outcome.MISROUTED),
+        (301, b"", Outcome.MISROUTED),
+        (302, b"", Outcome.MISROUTED),
+        (307, b"", Outcome.MISROUTED),
+        (308, b"", Outcome.MISROUTED),
+        # kktd is not let in, whatever the body says
+        (401, b"", Outcome.FORBIDDEN),
+        (403, NAMED, Outcome.FORBIDDEN),
+        # "later", even when the body names the FD
+        (408, b"", Outcome.TRANSIENT),
+        (425, b"", Outcome.TRANSIENT),
+        (429, NAMED, Outcome.TRANSIENT),
+        (500, NAMED, Outcome.TRANSIENT),
+        (502, b"", Outcome.TRANSIENT),
+        (503, b"", Outcome.TRANSIENT),
+        (504, b"", Outcome.TRANSIENT),
         # outside the table: retried, the Idempotency-Key keeps a retry harmless
-        (204, Outcome.TRANSIENT),
-        (301, Outcome.TRANSIENT),
-        (418, Outcome.TRANSIENT),
+        (204, b"", Outcome.TRANSIENT),
+        # the fence was superseded, whatever the body says
+        (412, NAMED, Outcome.FENCE_SUPERSEDED),
     ],
 )
-async def test_each_status_is_classified_by_the_outcome_table(
+async def test_each_answer_is_classified_by_the_outcome_table(
     scripted: tuple[Scripted, str],
     make_client: Callable[..., UpstreamClient],
     status: int,
+    body: bytes,
     outcome: Outcome,
 ) -> None:
     upstream, url = scripted
-    upstream.status = status
-    upstream.headers = {"Location": url} if status == 301 else {}
-    if status == 404:
-        upstream.body = b'{"error": "no such KKT registered"}'  # the collector's own verdict
+    upstream.status, upstream.body = status, body
+    upstream.headers = {"Location": url} if 300 <= status < 400 else {}
     delivery = await deliver(make_client(url))
     assert (delivery.outcome, delivery.status) == (outcome, status)
     assert len(upstream.seen) == 1  # a redirect is not followed
 
 
-async def test_a_404_page_without_an_error_object_is_a_wrong_url_not_a_rejection(
+async def test_a_4xx_naming_another_fd_is_no_verdict_on_this_one(
     scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
 ) -> None:
     upstream, url = scripted
-    upstream.status, upstream.body = 404, b"<html><h1>404 Not Found</h1></html>"
-    with capture_logs() as logs:
-        delivery = await deliver(make_client(url))
-    assert (delivery.outcome, delivery.status) == (Outcome.MISROUTED, 404)
-    assert "upstream.url" in delivery.reason
-    assert [(e["event"], e["log_level"]) for e in logs] == [("sync.misrouted", "error")]
+    upstream.status = 422
+    upstream.body = json.dumps({"error": "bad receipt", "key": f"{FN}-8"}).encode()
+    delivery = await deliver(make_client(url), fd=7)
+    assert delivery.outcome is Outcome.MISROUTED
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "quoted"),
+    [
+        ({"not_found_page": True}, 404, '"error": "Not Found"'),
+        ({"proxy_page": True}, 400, "The plain HTTP request was sent to HTTPS port"),
+        ({"redirect": 301}, 301, "redirect to https://127.0.0.1:"),
+        ({"redirect": 308}, 308, "redirect to https://127.0.0.1:"),
+    ],
+)
+async def test_a_page_that_is_not_the_collectors_verdict_is_misrouting_with_the_next_step(
+    make_client: Callable[..., UpstreamClient], fault: dict[str, Any], status: int, quoted: str
+) -> None:
+    async with running_mock() as mock:
+        mock.set_faults(**fault)
+        delivery = await deliver(make_client(mock.url))
+    assert (delivery.outcome, delivery.status) == (Outcome.MISROUTED, status)
+    assert quoted in delivery.reason
+    assert "set upstream.url" in delivery.reason or "check upstream.url" in delivery.reason
+
+
+async def test_misrouting_is_logged_once_when_it_starts_and_once_when_it_ends(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    async with running_mock() as mock:
+        client = make_client(mock.url)
+        mock.set_faults(not_found_page=True)
+        with capture_logs() as logs:
+            for fd in range(1, 6):
+                await deliver(client, fd=fd)
+            mock.set_faults(not_found_page=False, proxy_page=True)  # a change: said again
+            await deliver(client, fd=6)
+            await deliver(client, fd=7)
+            mock.set_faults(proxy_page=False)
+            await deliver(client, fd=8)
+            await deliver(client, fd=9)
+    loud = [(e["event"], e.get("status")) for e in logs if e["log_level"] != "debug"]
+    assert loud == [
+        ("sync.misrouted", 404),
+        ("sync.misrouted", 400),
+        ("sync.upstream_recovered", 201),
+    ]
+    recovered = next(e for e in logs if e["event"] == "sync.upstream_recovered")
+    assert (recovered["was"], recovered["answers"]) == ("sync.misrouted", 2)
 
 
 async def test_a_rejection_keeps_the_upstreams_json_error_text(
     scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
 ) -> None:
     upstream, url = scripted
-    upstream.status, upstream.body = 422, json.dumps({"error": "неверный ИНН"}).encode()
+    upstream.status = 422
+    upstream.body = json.dumps({"error": "неверный ИНН", "key": KEY}).encode()
     delivery = await deliver(make_client(url))
     assert delivery == Delivery(Outcome.REJECTED, 422, "неверный ИНН", None)
 
 
-async def test_a_rejection_keeps_the_first_500_characters_of_a_text_error(
+async def test_a_rejection_keeps_500_characters_of_its_error_without_control_characters(
     scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
 ) -> None:
     upstream, url = scripted
-    upstream.status, upstream.body = 400, b"x" * 2000
+    error = " ИНН\x1b[31m\x00 неверен\nстрока 2\t" + "x" * 2000
+    upstream.status = 400
+    upstream.body = json.dumps({"error": error, "key": KEY}).encode()
     delivery = await deliver(make_client(url))
-    assert delivery.reason == "x" * 500
+    assert delivery.outcome is Outcome.REJECTED
+    assert delivery.reason == (" ИНН[31m неверен строка 2 " + "x" * 2000)[:500]
+
+
+async def test_a_rejection_without_error_text_keeps_the_body(
+    scripted: tuple[Scripted, str], make_client: Callable[..., UpstreamClient]
+) -> None:
+    upstream, url = scripted
+    upstream.status = 422
+    upstream.body = json.dumps({"key": KEY, "message": "bad"}).encode()
+    delivery = await deliver(make_client(url))
+    assert delivery.outcome is Outcome.REJECTED
+    assert delivery.reason == f'{{"key": "{KEY}", "message": "bad"}}'
+
+
+@asynccontextmanager
+async def split_answer(status: int, body: bytes, pieces: int) -> AsyncIterator[str]:
+    """A loopback upstream that writes its answer in `pieces`, pausing between them."""
+    answered = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            whole = (
+                f"HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode() + body
+            step = -(-len(whole) // pieces)
+            with suppress(ConnectionError):  # a client that read enough may hang up
+                for start in range(0, len(whole), step):
+                    if start:
+                        await asyncio.sleep(0.05)  # the network's pace: a read per piece
+                    writer.write(whole[start : start + step])
+                    await writer.drain()
+        finally:
+            writer.close()
+            answered.set()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/receipts"
+        await asyncio.wait_for(answered.wait(), 10)
+
+
+@pytest.mark.parametrize("status", [404, 422])
+async def test_an_error_body_split_over_many_reads_is_read_whole(
+    make_client: Callable[..., UpstreamClient], status: int
+) -> None:
+    error = "документ отклонён: " + "подробности " * 200
+    body = json.dumps({"error": error, "key": KEY}, ensure_ascii=False).encode()
+    async with split_answer(status, body, pieces=6) as url:
+        delivery = await deliver(make_client(url))
+    assert (delivery.outcome, delivery.status) == (Outcome.REJECTED, status)
+    assert delivery.reason == error[:500]
+
+
+async def test_an_answer_longer_than_the_read_limit_is_cut_there_not_waited_for(
+    make_client: Callable[..., UpstreamClient],
+) -> None:
+    page = b"<html>" + b"x" * (256 * 1024) + b"</html>"
+    async with split_answer(404, page, pieces=4) as url:
+        delivery = await deliver(make_client(url))
+    assert (delivery.outcome, delivery.status) == (Outcome.MISROUTED, 404)
 
 
 async def test_transient_answer_carries_status_text_and_retry_after(
@@ -210,12 +343,15 @@ async def test_forbidden_is_logged_loud_without_the_token(
 ) -> None:
     upstream, url = scripted
     upstream.status, upstream.body = 401, b'{"error": "bad token"}'
+    client = make_client(url, token=Secret(TOKEN))
     with capture_logs() as logs:
-        delivery = await deliver(make_client(url, token=Secret(TOKEN)))
+        delivery = await deliver(client, fd=1)
+        await deliver(client, fd=2)
     assert delivery.outcome is Outcome.FORBIDDEN
     forbidden = [e for e in logs if e["event"] == "sync.forbidden"]
-    assert forbidden
+    assert len(forbidden) == 1  # once per change, not once per FD
     assert forbidden[0]["log_level"] == "error"
+    assert "upstream.token_file" in forbidden[0]["next_step"]
     assert TOKEN not in repr(logs)
 
 

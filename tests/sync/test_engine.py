@@ -122,25 +122,6 @@ async def test_forbidden_is_a_breaker_failure_never_counted_against_the_fd(
     assert (report.synced, report.failed, report.dead) == (0, 1, 0)
 
 
-async def test_transient_failure_counts_an_attempt_and_waits_the_backoff_delay(
-    journal: Journal, mock: MockUpstream, clock: Clock
-) -> None:
-    await store_fds(journal, [1])
-    mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=clock, backoff=(2.0, 60.0)) as rig:
-        report = await rig.engine.sync_now()
-        assert rig.breaker.consecutive_failures == 1
-        assert (rig.backoff.failures, rig.backoff.current_delay) == (1, 2.0)
-    entry = await row(journal, 1)
-    assert (entry.state, entry.attempts, entry.last_error, entry.next_attempt_at) == (
-        "pending",
-        1,
-        "HTTP 500: cannot store FD 1",
-        T0 + 2.0,
-    )
-    assert (report.synced, report.failed, report.dead) == (0, 1, 0)
-
-
 async def test_retry_after_is_a_floor_on_the_next_attempt(
     journal: Journal, mock: MockUpstream, clock: Clock
 ) -> None:
@@ -150,7 +131,7 @@ async def test_retry_after_is_a_floor_on_the_next_attempt(
         await rig.engine.sync_now()
         assert rig.backoff.current_delay == 7.0
     entry = await row(journal, 1)
-    assert (entry.attempts, entry.next_attempt_at) == (1, T0 + 7.0)
+    assert (entry.attempts, entry.next_attempt_at) == (0, T0 + 7.0)  # nothing accepted: uncounted
     assert entry.last_error == "HTTP 429: slow down"
 
 
@@ -246,13 +227,19 @@ async def test_a_poison_fd_goes_dead_after_exactly_max_attempts_while_others_are
         async def poison_dead() -> bool:
             return (await row(journal, 3)).state == "dead"
 
-        await wait_until(poison_dead, what="the poison FD to go dead")
+        last = 10
+        while not await poison_dead() and last < 200:
+            # the till keeps issuing receipts: FD 3 fails beside accepted ones, and that counts
+            last += 1
+            await store_fds(journal, [last])
+            rig.engine.wake()
+            await wait_until(lambda fd=last: (FN, fd) in mock.state.accepted, what=f"FD {last}")
     poison = await row(journal, 3)
     assert (poison.attempts, poison.last_error) == (5, "HTTP 500: cannot store FD 3")
-    assert sum(1 for r in mock.state.requests if r.fd == 3) == 5
+    assert sum(1 for r in mock.state.requests if r.fd == 3) >= 5  # a lone retry is not counted
     counts = await journal.counts()
-    assert (counts.synced, counts.dead, counts.pending) == (9, 1, 0)
-    assert set(mock.state.accepted) == {(FN, fd) for fd in range(1, 11) if fd != 3}
+    assert (counts.synced, counts.dead, counts.pending) == (last - 1, 1, 0)
+    assert set(mock.state.accepted) == {(FN, fd) for fd in range(1, last + 1) if fd != 3}
 
 
 async def test_a_new_fd_wakes_the_idle_loop_long_before_the_interval(
