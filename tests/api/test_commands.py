@@ -35,7 +35,7 @@ from kktd.status import heartbeat
 from kktd.sync.lock import redis_from_url
 from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
 from tests.support.daemon import DaemonProcess, write_config
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 CLIENT_CONFIG = """\
 [upstream]
@@ -539,3 +539,43 @@ async def test_an_answer_of_another_shape_inside_is_a_failure_not_a_traceback(
     assert (code, out) == (1, "")
     assert err.count("\n") == 1
     assert "answered in a shape this kktd client cannot read (KeyError: " in err
+
+
+# ---- the API token goes only where it is needed ----
+
+
+async def test_the_token_goes_only_on_posts_and_receipt_reads_never_on_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While kktd is down, another local user binds its port and records what comes in."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    async def squatter(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, request.headers.get("Authorization")))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", squatter)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = client_config(tmp_path, f"127.0.0.1:{port}")
+        for command in (
+            ["status"],
+            ["status", "--json"],
+            ["dlq", "retry", "--all"],
+            ["doc", FN, "1"],
+        ):
+            await asyncio.to_thread(_main, [*command, "--config", str(config)])
+    finally:
+        await runner.cleanup()
+    capsys.readouterr()
+    bearer = f"Bearer {TOKEN}"
+    assert seen == [
+        ("GET", "/v1/status", None),
+        ("GET", "/v1/status", None),
+        ("POST", "/v1/dlq/retry-all", bearer),  # the recorder does see a token when one is sent
+        ("GET", f"/v1/documents/{FN}/1", bearer),
+    ]
