@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from kktd.api.client import ApiClient, DaemonUnreachable
+from kktd.api.render import clean
 from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
@@ -299,7 +300,7 @@ async def run(seconds: float | None, keys: bool, rate: float, workdir: Path) -> 
         else:
             last = await show(demo, seconds)
     except RuntimeError as exc:
-        print(f"demo: {exc}\n{demo.log_tail()}", file=sys.stderr)
+        print(f"demo: {exc}\n{clean(demo.log_tail(), block=True)}", file=sys.stderr)
         await demo.close()
         return 1
     final = await demo.drain() or last

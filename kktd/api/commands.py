@@ -4,13 +4,15 @@ token, lock.redis_url), print tables for people and JSON with `--json` for scrip
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error. An answer that is
 not kktd's (see `client.BadAnswer`) is a failure: one line on stderr, nothing on stdout.
+
+Everything they print goes through `render.clean` (text) or `render.json_text` (JSON): no
+control character an upstream, a KKT or a foreign server sent reaches the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -67,15 +69,15 @@ RECORD_SHAPE: Shape = {"fn": str, "fd": int, "fields": dict}
 
 
 def _out(text: str) -> None:
-    print(text, flush=True)
+    print(render.clean(text, block=True), flush=True)
 
 
 def _err(text: str) -> None:
-    print(f"kktd: {text}", file=sys.stderr, flush=True)
+    print(f"kktd: {render.clean(text)}", file=sys.stderr, flush=True)
 
 
 def _json(value: Any) -> None:
-    _out(json.dumps(value, ensure_ascii=False, indent=2))
+    print(render.json_text(value, indent=2), flush=True)
 
 
 def _explain(exc: ApiError) -> str:
@@ -214,11 +216,12 @@ async def _export(api: ApiClient, args: argparse.Namespace, progress: _Progress 
     out = sys.stdout
     count = 0
     # the CSV header waits for the first record: an answer that is not kktd's prints nothing
-    async for line, item in api.records("/v1/export", params, RECORD_SHAPE):
+    async for _, item in api.records("/v1/export", params, RECORD_SHAPE):
         if args.format == "csv":
             out.write((csv_header() if count == 0 else "") + csv_line(item))
         else:
-            out.write(line)
+            # the record again, not the line as received: JSON allows a raw CR between values
+            out.write(render.json_text(item) + "\n")
         count += 1
         if progress is not None:
             progress.show(count)
