@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kktd import __version__
+from kktd.config import redact_url
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts
 from kktd.kkt.link import LinkState
@@ -114,7 +115,7 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
     report = sync.last_report
     failure = components.engine.last_failure
     return {
-        "upstream": components.config.upstream.url,
+        "upstream": redact_url(components.config.upstream.url),
         "breaker": str(sync.breaker_state),
         "retry_in_seconds": _round(sync.retry_in_seconds),
         "backoff_delay_seconds": _round(sync.backoff_delay),

@@ -127,7 +127,9 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
+        # the FN's backlog is read apart from the FDs: wait for both, in either order
         await wait_until(lambda: _is(poller.status().ofd is not None))
+        await wait_until(lambda: _is(poller.status().journaled == 3))
         status = await snapshot(daemon)
         beat = await heartbeat(daemon.components)
     assert status["kkt"]["connected"] is True

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from kktd.api import render
 from kktd.api.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable, Shape
 from kktd.api.export import csv_header, csv_line, iso, parse_since
-from kktd.config import Config, ConfigError, load_config
+from kktd.config import Config, ConfigError, load_config, redact_url
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -274,7 +274,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     try:
         beats = await read_fleet(client)
     except (RedisError, OSError, TimeoutError) as exc:
-        _err(f"cannot read the fleet from Redis at {config.lock.redis_url}: {exc}")
+        _err(f"cannot read the fleet from Redis at {redact_url(config.lock.redis_url)}: {exc}")
         return EXIT_FAILURE
     finally:
         await client.aclose()

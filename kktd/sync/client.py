@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from kktd.config import UpstreamConfig
+from kktd.config import UpstreamConfig, redact_url
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.backoff import parse_retry_after
@@ -116,6 +116,7 @@ class UpstreamClient:
     def reconfigure(self, cfg: UpstreamConfig) -> None:
         """New settings (SIGHUP), used from the next request on."""
         self._cfg = cfg
+        self._shown_url = redact_url(cfg.url)  # its query may hold a key: never logged as is
         self._ssl = ssl.create_default_context(
             cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
         )
@@ -208,9 +209,9 @@ class UpstreamClient:
         fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
         if delivery.outcome is Outcome.FORBIDDEN:
             # kktd is locked out: nothing gets delivered until an operator fixes the token
-            log.error("sync.forbidden", url=self._cfg.url, reason=delivery.reason, **fields)
+            log.error("sync.forbidden", url=self._shown_url, reason=delivery.reason, **fields)
         elif delivery.outcome is Outcome.MISROUTED:
-            log.error("sync.misrouted", url=self._cfg.url, reason=delivery.reason, **fields)
+            log.error("sync.misrouted", url=self._shown_url, reason=delivery.reason, **fields)
         elif delivery.outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif delivery.outcome is Outcome.TRANSIENT and _unexpected(delivery.status):
