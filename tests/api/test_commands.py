@@ -182,6 +182,18 @@ async def test_usage_errors_exit_2(served: Served, args: list[str]) -> None:
     assert "usage:" in err
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["doc", FN, "9" * 5000], ["doc", "9" * 5000, "1"], ["dlq", "list", "--limit", "9" * 5000]],
+)
+async def test_numbers_of_thousands_of_digits_are_usage_errors_in_one_short_line(
+    served: Served, args: list[str]
+) -> None:
+    code, _, err = await served.kktd(*args)
+    assert code == 2
+    assert len(err.splitlines()[-1]) < 200, err
+
+
 async def test_doc_shows_one_fd_decoded(served: Served) -> None:
     await journal_fds(served.daemon, 5)
     code, out, _ = await served.kktd("doc", FN, "5")

@@ -276,3 +276,27 @@ def test_app_routes_cover_every_endpoint_of_the_spec() -> None:
         ("GET", "/v1/documents/{fn}/{fd}"),
         ("GET", "/metrics"),
     }
+
+
+HUGE = "9" * 5000  # int() refuses more than 4300 digits: unbounded, this was a 500
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/v1/documents/{FN}/{HUGE}"),
+        ("GET", f"/v1/documents/{HUGE}/1"),
+        ("GET", f"/v1/dlq?limit={HUGE}"),
+        ("GET", f"/v1/dlq?after={FN}:{HUGE}"),
+        ("GET", f"/v1/dlq?after={HUGE}:1"),
+        ("POST", f"/v1/dlq/{FN}/{HUGE}/retry"),
+        ("GET", f"/v1/documents/{FN}/0{'0' * 12}1"),  # small, but longer than any FD
+    ],
+)
+async def test_numbers_of_thousands_of_digits_are_400_not_500(
+    harness: Harness, method: str, path: str
+) -> None:
+    resp = await harness.client.request(method, path, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]) == (400, "bad_parameter")
+    assert len(body["detail"]) < 200  # the number is not quoted back whole
