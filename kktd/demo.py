@@ -2,8 +2,11 @@
 
 Receipts are printed by the emulator (in this process, on a pty), journaled by kktd (a child
 process with a generated config in a temporary directory, its API on a unix socket there) and
-delivered to the mock upstream (in this process). Once a second one line shows the counts; keys
-break the upstream or the serial line so the breaker, the backoff and the recovery can be watched.
+delivered to the mock upstream (in this process). kktd never outlives the demo: it runs in a
+process group of its own, which the demo stops however it leaves, and the kernel sends it
+SIGTERM should the demo be killed outright (PR_SET_PDEATHSIG). Once a second one line shows the
+counts; keys break the upstream or the serial line so the breaker, the backoff and the recovery
+can be watched.
 
     python -m kktd.demo [--seconds N] [--no-keys] [--rate R]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -23,7 +27,7 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.mock_upstream import MockUpstream
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 READY_WITHIN = 30.0
 STOP_WITHIN = 15.0
 DRAIN_WITHIN = 5.0
@@ -112,6 +117,22 @@ class Flow:
         )
 
 
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when this process dies, even by SIGKILL.
+
+    Linux sends it when the *thread* that forked the child ends: spawn from the main thread.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os._exit(1)
+
+    return preexec
+
+
 class Demo:
     """Owns the three parts and the switches the keys flip."""
 
@@ -125,6 +146,7 @@ class Demo:
         self.errors_on = False
         self.stop = asyncio.Event()
         self.note = ""
+        self._closed = False
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -143,8 +165,8 @@ class Demo:
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
         with self.log_path.open("wb") as log_file:
-            # its own session: a Ctrl-C on the terminal is ours to handle, not kktd's, so kktd
-            # gets exactly one SIGTERM (a second signal would force its exit)
+            # its own session and process group: a Ctrl-C on the terminal is ours to handle, not
+            # kktd's, so kktd gets exactly one SIGTERM (a second signal would force its exit)
             # S603: our own interpreter and module; ASYNC220: a child we keep, not a call we await
             self.process = subprocess.Popen(  # noqa: S603, ASYNC220
                 [sys.executable, "-m", "kktd", "run", "--config", str(config)],
@@ -152,6 +174,8 @@ class Demo:
                 stderr=log_file,
                 env=env,
                 start_new_session=True,
+                # only prctl(2) runs before exec: no lock that another thread could hold
+                preexec_fn=die_with_parent(),  # noqa: PLW1509
             )
 
     async def wait_ready(self) -> None:
@@ -209,18 +233,27 @@ class Demo:
                 self.note = "  <- serial line back"
 
     async def close(self) -> int | None:
-        """SIGTERM kktd and wait for it (kill after a bound); stop the emulator and the mock."""
-        code = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM kktd's process group and wait (SIGKILL after a bound); stop the emulator and
+        the mock. kktd's exit code; a second call only returns it again."""
+        process = self.process
+        if self._closed:
+            return None if process is None else process.returncode
+        self._closed = True
+        if process is not None and process.poll() is None:
+            self._signal_group(signal.SIGTERM)
             try:
-                code = await asyncio.to_thread(self.process.wait, STOP_WITHIN)
+                await asyncio.to_thread(process.wait, STOP_WITHIN)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                code = await asyncio.to_thread(self.process.wait)
+                self._signal_group(signal.SIGKILL)
+                await asyncio.to_thread(process.wait)
         await self.emulator.stop()
         await self.upstream.stop()
-        return code
+        return None if process is None else process.returncode
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)  # its own group: start_new_session
 
     async def drain(self) -> Flow | None:
         """Stop printing and let kktd catch up, briefly, so the summary adds up."""
@@ -279,36 +312,44 @@ async def run(seconds: float | None, keys: bool, rate: float, workdir: Path) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, demo.stop.set)
     started = loop.time()
-    last: Flow | None = None
     try:
-        await demo.start()
-        print(f"kktd demo in {workdir} (kktd's log: {demo.log_path})", flush=True)
-        print(f"emulated KKT on {demo.emulator.path}, mock upstream at {demo.upstream.url}")
-        await demo.wait_ready()
-        print(KEYS if keys else "Ctrl-C to stop", flush=True)
-        if keys:
-            stdin = sys.stdin.fileno()
-            pressed: asyncio.Queue[str] = asyncio.Queue()
-            with cbreak(stdin):
-                loop.add_reader(stdin, lambda: pressed.put_nowait(os.read(stdin, 1).decode()))
-                worker = asyncio.create_task(_keys(demo, pressed))
-                try:
-                    last = await show(demo, seconds)
-                finally:
-                    loop.remove_reader(stdin)
-                    worker.cancel()
-        else:
-            last = await show(demo, seconds)
-    except RuntimeError as exc:
-        print(f"demo: {exc}\n{clean(demo.log_tail(), block=True)}", file=sys.stderr)
-        await demo.close()
-        return 1
-    final = await demo.drain() or last
-    code = await demo.close()
-    if final is not None:
-        print(final.summary(loop.time() - started), flush=True)
-    print(f"kktd stopped (exit {code})", flush=True)
-    return 0 if code in (0, None) else 1
+        try:
+            last = await _watch(demo, seconds, keys)
+        except RuntimeError as exc:
+            print(f"demo: {exc}\n{clean(demo.log_tail(), block=True)}", file=sys.stderr)
+            return 1
+        final = await demo.drain() or last
+        code = await demo.close()
+        if final is not None:
+            print(final.summary(loop.time() - started), flush=True)
+        print(f"kktd stopped (exit {code})", flush=True)
+        return 0 if code in (0, None) else 1
+    finally:
+        await demo.close()  # whatever went wrong: kktd never outlives the demo
+
+
+async def _watch(demo: Demo, seconds: float | None, keys: bool) -> Flow | None:
+    """Start the parts, then show the flow (reading keys, if asked) until the end; the last look."""
+    await demo.start()
+    print(f"kktd demo in {demo.workdir} (kktd's log: {demo.log_path})", flush=True)
+    print(f"emulated KKT on {demo.emulator.path}, mock upstream at {demo.upstream.url}")
+    await demo.wait_ready()
+    if not keys:
+        print("Ctrl-C to stop", flush=True)
+        return await show(demo, seconds)
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.fileno()
+    pressed: asyncio.Queue[str] = asyncio.Queue()
+    with cbreak(stdin):
+        # the keys are shown once they work: a key typed before cbreak would wait for Enter
+        print(KEYS, flush=True)
+        loop.add_reader(stdin, lambda: pressed.put_nowait(os.read(stdin, 1).decode()))
+        worker = asyncio.create_task(_keys(demo, pressed))
+        try:
+            return await show(demo, seconds)
+        finally:
+            loop.remove_reader(stdin)
+            worker.cancel()
 
 
 async def _keys(demo: Demo, pressed: asyncio.Queue[str]) -> None:
