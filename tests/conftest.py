@@ -47,11 +47,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private `redis-server` on a free loopback port, killed at the end of the test."""
     server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.stop()  # a start that timed out, too
 
 
 @pytest.fixture(autouse=True)
