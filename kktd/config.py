@@ -25,6 +25,7 @@ from kktd.config_loader import (
     integer,
     one_of,
     read_sections,
+    redact_url,
     show,
     string,
     toml_value,
@@ -217,24 +218,6 @@ def _url_parts(value: str, secret_key: str) -> SplitResult:
             f" put the secret in a file and name it in {secret_key}"
         )
     return parts
-
-
-def redact_url(url: str) -> str:
-    """`url` as it may be shown or logged: query values and fragment hidden, no user info.
-
-    Parameter names stay, so an operator still sees which ones are set.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<a URL that cannot be parsed>"
-    scheme = f"{parts.scheme}:" if parts.scheme else ""
-    # "unix:///path" keeps its empty authority: urlunsplit would drop it
-    slashes = "//" if url[len(scheme) :].startswith("//") else ""
-    shown = f"{scheme}{slashes}{parts.netloc.rpartition('@')[2]}{parts.path}"
-    if query := [item.partition("=") for item in parts.query.split("&") if item]:
-        shown += "?" + "&".join(f"{name}=***" if sep else "***" for name, sep, _ in query)
-    return shown + ("#***" if parts.fragment else "")
 
 
 def _http_url(value: str) -> None:
