@@ -89,7 +89,9 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
+        # the FN's backlog is read apart from the FDs: wait for both, in either order
         await wait_until(lambda: _is(poller.status().ofd is not None))
+        await wait_until(lambda: _is(poller.status().journaled == 2))
         line = await status_line(daemon)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
