@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,20 +116,24 @@ class Flow:
         )
 
 
-def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets `sig` when this process dies, even by SIGKILL.
+def dying_with_this_process(argv: Sequence[str]) -> list[str]:
+    """`argv` run so that it gets SIGTERM when this process dies, even by SIGKILL.
 
-    Linux sends it when the *thread* that forked the child ends: spawn from the main thread.
+    A small Python start sets PR_SET_PDEATHSIG on itself, which the kernel keeps across exec, and
+    becomes `argv`. Not a `preexec_fn`: that runs between fork and exec of a process with threads
+    (the event loop's executor), where a lock another thread held stays locked for good.
+    Linux sends the signal when the thread that forked the child ends: spawn from the main thread.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
+    return [sys.executable, "-c", _LAUNCH, str(os.getpid()), *argv]
 
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: no signal would come
-            os._exit(1)
 
-    return preexec
+_LAUNCH = f"""\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent died before prctl: no signal would come
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class Demo:
@@ -169,13 +172,13 @@ class Demo:
             # kktd's, so kktd gets exactly one SIGTERM (a second signal would force its exit)
             # S603: our own interpreter and module; ASYNC220: a child we keep, not a call we await
             self.process = subprocess.Popen(  # noqa: S603, ASYNC220
-                [sys.executable, "-m", "kktd", "run", "--config", str(config)],
+                dying_with_this_process(
+                    [sys.executable, "-m", "kktd", "run", "--config", str(config)]
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
                 env=env,
                 start_new_session=True,
-                # only prctl(2) runs before exec: no lock that another thread could hold
-                preexec_fn=die_with_parent(),  # noqa: PLW1509
             )
 
     async def wait_ready(self) -> None:
