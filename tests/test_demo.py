@@ -68,8 +68,8 @@ def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
         DEMO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         assert proc.stdout is not None
+        out = ""
         try:
-            out = ""
             for line in proc.stdout:
                 out += line
                 if line.startswith("keys:"):
@@ -83,7 +83,9 @@ def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
             assert termios.tcgetattr(slave) == before
         finally:
             if proc.poll() is None:
-                proc.kill()
+                proc.kill()  # its kktd goes too; its directory is ours to remove then
+                if out.startswith("kktd demo in "):
+                    shutil.rmtree(out.split()[3], ignore_errors=True)
             os.close(master)
             os.close(slave)
 
