@@ -25,6 +25,7 @@ from kktd.config_loader import (
     integer,
     one_of,
     read_sections,
+    redact_url,
     show,
     string,
     toml_value,
@@ -56,6 +57,7 @@ __all__ = [
     "load_config",
     "merge_for_reload",
     "parse_config",
+    "redact_url",
     "render_config",
 ]
 
@@ -214,8 +216,12 @@ def _url_parts(value: str, secret_key: str) -> SplitResult:
         _ = parts.port  # parsed lazily: a bad port raises only here
     except ValueError:
         return urlsplit("")
-    if parts.password:
-        raise InvalidValueError(f"a password in the URL would end up in logs; use {secret_key}")
+    if "@" in parts.netloc:
+        # user:password@ and token@ alike: a URL is shown in status and logged, a file is not
+        raise InvalidValueError(
+            f"user info (user:password@ or token@) in the URL would end up in logs and status;"
+            f" put the secret in a file and name it in {secret_key}"
+        )
     return parts
 
 
@@ -347,6 +353,8 @@ RESTART_KEYS = (
 )
 # a secret file's path and what was read from it change together
 _READ_FROM = {"lock.password_file": "password"}
+# URLs are shown with `redact_url`: their query may carry a key (?api_key=...)
+_URL_KEYS = frozenset({("upstream", "url"), ("lock", "redis_url")})
 
 
 def _check_together(src: Source, values: dict[str, dict[str, Any]]) -> None:
@@ -461,14 +469,18 @@ def merge_for_reload(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 
 def render_config(cfg: Config) -> str:
-    """The effective config as TOML, secrets redacted; `parse_config` reads it back equal."""
+    """The effective config as TOML, secrets redacted; `parse_config` reads it back equal
+    (but for the values of a URL's query, which are redacted too)."""
     origin = "" if cfg.source is None else f", read from {toml_value(cfg.source)}"
     lines = [f"# kktd effective configuration{origin}"]
     for name, checks in _SCHEMA.items():
         section = getattr(cfg, name)
         lines += ["", f"[{name}]"]
         for key in checks:
-            line = f"{key} = {toml_value(getattr(section, key))}"
+            value = getattr(section, key)
+            if (name, key) in _URL_KEYS:
+                value = redact_url(value)
+            line = f"{key} = {toml_value(value)}"
             secret_key = _SECRET_FILES.get((name, key))
             if secret_key is not None and getattr(section, secret_key) is not None:
                 line += f"  # {secret_key}: <redacted>"

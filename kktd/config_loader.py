@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 Convert = Callable[[Any], Any]
 Schema = Mapping[str, Mapping[str, Convert]]
@@ -145,6 +146,24 @@ def duration(lo: float, hi: float = math.inf, *, above: bool = False) -> Convert
 
 
 # ---- rendering values back as TOML ----
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown or logged: query values and fragment hidden, no user info.
+
+    Parameter names stay, so an operator still sees which ones are set.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    scheme = f"{parts.scheme}:" if parts.scheme else ""
+    # "unix:///path" keeps its empty authority: urlunsplit would drop it
+    slashes = "//" if url[len(scheme) :].startswith("//") else ""
+    shown = f"{scheme}{slashes}{parts.netloc.rpartition('@')[2]}{parts.path}"
+    if query := [item.partition("=") for item in parts.query.split("&") if item]:
+        shown += "?" + "&".join(f"{name}=***" if sep else "***" for name, sep, _ in query)
+    return shown + ("#***" if parts.fragment else "")
 
 
 def toml_value(value: object) -> str:

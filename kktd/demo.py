@@ -2,8 +2,11 @@
 
 Receipts are printed by the emulator (in this process, on a pty), journaled by kktd (a child
 process with a generated config in a temporary directory, its API on a unix socket there) and
-delivered to the mock upstream (in this process). Once a second one line shows the counts; keys
-break the upstream or the serial line so the breaker, the backoff and the recovery can be watched.
+delivered to the mock upstream (in this process). kktd never outlives the demo: it runs in a
+process group of its own, which the demo stops however it leaves, and the kernel sends it
+SIGTERM should the demo be killed outright (PR_SET_PDEATHSIG). Once a second one line shows the
+counts; keys break the upstream or the serial line so the breaker, the backoff and the recovery
+can be watched.
 
     python -m kktd.demo [--seconds N] [--no-keys] [--rate R] [--tcp]
 """
@@ -31,6 +34,7 @@ from typing import Any
 import structlog
 
 from kktd.api.client import ApiClient, DaemonUnreachable
+from kktd.api.render import clean
 from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
@@ -38,6 +42,7 @@ from kktd.emulator.serving import Serving
 from kktd.emulator.tcp import TcpEmulator
 from kktd.mock_upstream import MockUpstream
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 READY_WITHIN = 30.0
 STOP_WITHIN = 15.0
 DRAIN_WITHIN = 5.0
@@ -113,6 +118,26 @@ class Flow:
         )
 
 
+def dying_with_this_process(argv: Sequence[str]) -> list[str]:
+    """`argv` run so that it gets SIGTERM when this process dies, even by SIGKILL.
+
+    A small Python start sets PR_SET_PDEATHSIG on itself, which the kernel keeps across exec, and
+    becomes `argv`. Not a `preexec_fn`: that runs between fork and exec of a process with threads
+    (the event loop's executor), where a lock another thread held stays locked for good.
+    Linux sends the signal when the thread that forked the child ends: spawn from the main thread.
+    """
+    return [sys.executable, "-c", _LAUNCH, str(os.getpid()), *argv]
+
+
+_LAUNCH = f"""\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent died before prctl: no signal would come
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class Demo:
     """Owns the three parts and the switches the keys flip."""
 
@@ -130,6 +155,7 @@ class Demo:
         self.errors_on = False
         self.stop = asyncio.Event()
         self.note = ""
+        self._closed = False
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -148,11 +174,13 @@ class Demo:
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
         with self.log_path.open("wb") as log_file:
-            # its own session: a Ctrl-C on the terminal is ours to handle, not kktd's, so kktd
-            # gets exactly one SIGTERM (a second signal would force its exit)
+            # its own session and process group: a Ctrl-C on the terminal is ours to handle, not
+            # kktd's, so kktd gets exactly one SIGTERM (a second signal would force its exit)
             # S603: our own interpreter and module; ASYNC220: a child we keep, not a call we await
             self.process = subprocess.Popen(  # noqa: S603, ASYNC220
-                [sys.executable, "-m", "kktd", "run", "--config", str(config)],
+                dying_with_this_process(
+                    [sys.executable, "-m", "kktd", "run", "--config", str(config)]
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
                 env=env,
@@ -214,18 +242,27 @@ class Demo:
                 self.note = "  <- serial line back"
 
     async def close(self) -> int | None:
-        """SIGTERM kktd and wait for it (kill after a bound); stop the emulator and the mock."""
-        code = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM kktd's process group and wait (SIGKILL after a bound); stop the emulator and
+        the mock. kktd's exit code; a second call only returns it again."""
+        process = self.process
+        if self._closed:
+            return None if process is None else process.returncode
+        self._closed = True
+        if process is not None and process.poll() is None:
+            self._signal_group(signal.SIGTERM)
             try:
-                code = await asyncio.to_thread(self.process.wait, STOP_WITHIN)
+                await asyncio.to_thread(process.wait, STOP_WITHIN)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                code = await asyncio.to_thread(self.process.wait)
+                self._signal_group(signal.SIGKILL)
+                await asyncio.to_thread(process.wait)
         await self.emulator.stop()
         await self.upstream.stop()
-        return code
+        return None if process is None else process.returncode
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)  # its own group: start_new_session
 
     async def drain(self) -> Flow | None:
         """Stop printing and let kktd catch up, briefly, so the summary adds up."""
@@ -286,36 +323,44 @@ async def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, demo.stop.set)
     started = loop.time()
-    last: Flow | None = None
     try:
-        await demo.start()
-        print(f"kktd demo in {workdir} (kktd's log: {demo.log_path})", flush=True)
-        print(f"emulated KKT on {demo.emulator.port}, mock upstream at {demo.upstream.url}")
-        await demo.wait_ready()
-        print(KEYS if keys else "Ctrl-C to stop", flush=True)
-        if keys:
-            stdin = sys.stdin.fileno()
-            pressed: asyncio.Queue[str] = asyncio.Queue()
-            with cbreak(stdin):
-                loop.add_reader(stdin, lambda: pressed.put_nowait(os.read(stdin, 1).decode()))
-                worker = asyncio.create_task(_keys(demo, pressed))
-                try:
-                    last = await show(demo, seconds)
-                finally:
-                    loop.remove_reader(stdin)
-                    worker.cancel()
-        else:
-            last = await show(demo, seconds)
-    except RuntimeError as exc:
-        print(f"demo: {exc}\n{demo.log_tail()}", file=sys.stderr)
-        await demo.close()
-        return 1
-    final = await demo.drain() or last
-    code = await demo.close()
-    if final is not None:
-        print(final.summary(loop.time() - started), flush=True)
-    print(f"kktd stopped (exit {code})", flush=True)
-    return 0 if code in (0, None) else 1
+        try:
+            last = await _watch(demo, seconds, keys)
+        except RuntimeError as exc:
+            print(f"demo: {exc}\n{clean(demo.log_tail(), block=True)}", file=sys.stderr)
+            return 1
+        final = await demo.drain() or last
+        code = await demo.close()
+        if final is not None:
+            print(final.summary(loop.time() - started), flush=True)
+        print(f"kktd stopped (exit {code})", flush=True)
+        return 0 if code in (0, None) else 1
+    finally:
+        await demo.close()  # whatever went wrong: kktd never outlives the demo
+
+
+async def _watch(demo: Demo, seconds: float | None, keys: bool) -> Flow | None:
+    """Start the parts, then show the flow (reading keys, if asked) until the end; the last look."""
+    await demo.start()
+    print(f"kktd demo in {demo.workdir} (kktd's log: {demo.log_path})", flush=True)
+    print(f"emulated KKT on {demo.emulator.port}, mock upstream at {demo.upstream.url}")
+    await demo.wait_ready()
+    if not keys:
+        print("Ctrl-C to stop", flush=True)
+        return await show(demo, seconds)
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.fileno()
+    pressed: asyncio.Queue[str] = asyncio.Queue()
+    with cbreak(stdin):
+        # the keys are shown once they work: a key typed before cbreak would wait for Enter
+        print(KEYS, flush=True)
+        loop.add_reader(stdin, lambda: pressed.put_nowait(os.read(stdin, 1).decode()))
+        worker = asyncio.create_task(_keys(demo, pressed))
+        try:
+            return await show(demo, seconds)
+        finally:
+            loop.remove_reader(stdin)
+            worker.cancel()
 
 
 async def _keys(demo: Demo, pressed: asyncio.Queue[str]) -> None:

@@ -1,7 +1,8 @@
 """The fleet heartbeat (SPEC section 6): each instance keeps a short status record in Redis.
 
 Every 15 s `SET kktd:heartbeat:<instance> <status json> PX 45000`: a record outlives two missed
-beats, so an instance that stops beating drops off `kktd fleet` within 45 s by itself. The
+beats, so an instance that stops beating drops off `kktd fleet` within 45 s by itself. A clean
+stop deletes the record at once: a till that was stopped must not be listed as live. The
 reader walks the keys with SCAN (never KEYS, which blocks a shared Redis on a big keyspace).
 """
 
@@ -24,6 +25,7 @@ KEY_PREFIX = "kktd:heartbeat:"
 EVERY = 15.0
 TTL_MS = 45_000
 CALL_TIMEOUT = 5.0  # a hung Redis must not hold the runner past a few of its beats
+CLEAR_TIMEOUT = 2.0  # a hung Redis must not hold up a stop: the record then expires by itself
 SCAN_COUNT = 200
 
 _TROUBLE = (RedisError, OSError, TimeoutError)
@@ -68,10 +70,30 @@ class Heartbeat:
         self._failing = False
         return True
 
+    async def clear(self) -> bool:
+        """Delete the record; False (logged) when Redis is in trouble: it expires by itself."""
+        try:
+            async with asyncio.timeout(CLEAR_TIMEOUT):
+                await self._redis.delete(self._key)
+        except _TROUBLE as exc:
+            log.warning(
+                "fleet.heartbeat_left",
+                key=self._key,
+                error=_describe(exc),
+                expires_in=round(self._ttl_ms / 1000),
+            )
+            return False
+        return True
+
     async def run(self, beat: Beat) -> None:
-        while True:
-            await self.beat_once()
-            await sliced_sleep(self._every, beat)
+        """Beat until cancelled; being cancelled is the daemon stopping: the record goes too."""
+        try:
+            while True:
+                await self.beat_once()
+                await sliced_sleep(self._every, beat)
+        except asyncio.CancelledError:
+            await self.clear()
+            raise
 
 
 async def read_fleet(client: redis.asyncio.Redis) -> list[dict[str, Any]]:

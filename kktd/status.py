@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from kktd import __version__
+from kktd.config import redact_url
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts, JournalError, RecoveryRecord
 from kktd.journal.skips import list_skips, skipped_count
@@ -129,7 +130,7 @@ def _sync(components: Components, r: Readings) -> dict[str, Any]:
     report = sync.last_report
     failure = components.engine.last_failure
     return {
-        "upstream": components.config.upstream.url,
+        "upstream": redact_url(components.config.upstream.url),
         "breaker": str(sync.breaker_state),
         "retry_in_seconds": _round(sync.retry_in_seconds),
         "backoff_delay_seconds": _round(sync.backoff_delay),

@@ -50,7 +50,11 @@ def test_the_example_file_loads_and_documents_the_defaults(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(EXAMPLE, environ={})
-    assert cfg == Config(journal=JournalConfig(path=tmp_path / "kktd.db"), source=EXAMPLE)
+    # api.listen is the package's unix socket, not the built-in loopback port
+    shipped = ApiConfig(listen="unix:/run/kktd/api.sock")
+    assert cfg == Config(
+        journal=JournalConfig(path=tmp_path / "kktd.db"), api=shipped, source=EXAMPLE
+    )
 
 
 def test_the_example_file_shows_every_key() -> None:

@@ -39,7 +39,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
 async def get_json(sock: Path, path: str) -> tuple[int, dict[str, object]]:
     async with (
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as session,
-        session.get(f"http://kktd{path}") as resp,
+        session.get(f"http://localhost{path}") as resp,
     ):
         return resp.status, await resp.json()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 SUMMARY = re.compile(
@@ -66,11 +68,13 @@ def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
         DEMO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         assert proc.stdout is not None
+        out = ""
         try:
-            out = ""
             for line in proc.stdout:
                 out += line
                 if line.startswith("keys:"):
+                    # in canonical mode a key waits for an Enter that never comes
+                    wait_for_cbreak(slave)
                     os.write(master, b"u")  # upstream down
                 if "upstream DOWN" in line:
                     os.write(master, b"q")
@@ -79,7 +83,9 @@ def test_keys_break_the_upstream_and_the_terminal_is_restored() -> None:
             assert termios.tcgetattr(slave) == before
         finally:
             if proc.poll() is None:
-                proc.kill()
+                proc.kill()  # its kktd goes too; its directory is ours to remove then
+                if out.startswith("kktd demo in "):
+                    shutil.rmtree(out.split()[3], ignore_errors=True)
             os.close(master)
             os.close(slave)
 
@@ -98,3 +104,57 @@ def test_the_demo_runs_with_the_kkt_on_a_tcp_port() -> None:
     assert delivered >= 3
     assert dead == 0
     assert delivered + pending == journaled <= printed
+
+
+def wait_for_cbreak(tty: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while termios.tcgetattr(tty)[3] & termios.ICANON:
+        assert time.monotonic() < deadline, "the demo never put the terminal in cbreak mode"
+        time.sleep(0.01)
+
+
+def test_kktd_stops_when_the_demo_is_killed_outright() -> None:
+    """SIGKILL (a test timeout, the OOM killer): no handler of the demo runs, kktd must go too."""
+    with subprocess.Popen(
+        [*DEMO, "--no-keys"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if "  printed " in line:  # kktd answers: it runs
+                    break
+            (kktd,) = children(proc.pid)
+            proc.kill()
+            proc.wait(timeout=10)
+            deadline = time.monotonic() + 30
+            while alive(kktd):
+                assert time.monotonic() < deadline, f"kktd {kktd} outlived the demo"
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            shutil.rmtree(lines[0].split()[3], ignore_errors=True)  # the demo's own directory
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaps yet has stopped all the same)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
+from redis import Redis
 from structlog.testing import capture_logs
 
 from kktd.fleet import TTL_MS, Heartbeat, heartbeat_key, read_fleet
 from kktd.sync.lock import redis_from_url
+from tests.support.daemon import DaemonProcess, write_config
 from tests.support.redis_server import RedisServer
 
 
@@ -88,7 +93,9 @@ async def test_a_redis_outage_is_logged_once_and_the_beats_resume(
     assert await client.exists(heartbeat_key("till-1"))
 
 
-async def test_the_runner_beats_until_cancelled(client: redis.asyncio.Redis) -> None:
+async def test_the_runner_beats_until_cancelled_then_deletes_its_record(
+    client: redis.asyncio.Redis,
+) -> None:
     beats = 0
 
     def beat() -> None:
@@ -103,8 +110,42 @@ async def test_the_runner_beats_until_cancelled(client: redis.asyncio.Redis) -> 
             if beats >= 3 and await client.exists(heartbeat_key("till-1")):
                 break
             await asyncio.sleep(0.02)
+        assert beats >= 3
+        assert await client.exists(heartbeat_key("till-1"))
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
-    assert beats >= 3
-    assert await client.exists(heartbeat_key("till-1"))
+    assert runner.cancelled()
+    assert not await client.exists(heartbeat_key("till-1"))  # a stopped till is not live
+
+
+async def test_a_stop_with_redis_gone_leaves_the_record_to_expire_and_says_so(
+    client: redis.asyncio.Redis, redis_server: RedisServer
+) -> None:
+    heartbeat = Heartbeat(client, "till-1", status_of("till-1"))
+    assert await heartbeat.beat_once()
+    redis_server.kill()
+    with capture_logs() as logs:
+        assert not await heartbeat.clear()
+    assert [(e["event"], e["expires_in"]) for e in logs] == [("fleet.heartbeat_left", 45)]
+
+
+def test_a_clean_stop_of_kktd_run_takes_its_heartbeat_away(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGTERM to a real `kktd run`: `kktd fleet` must not list it as live for 45 s more."""
+    config = write_config(tmp_path, extra=f'\n[lock]\nredis_url = "{redis_server.url}"\n')
+    daemon = DaemonProcess(config, env={"KKTD_INSTANCE_ID": "till-7"})
+    reader = Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5)
+    try:
+        daemon.wait_ready()
+        deadline = time.monotonic() + 15
+        while not reader.exists(heartbeat_key("till-7")):
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit() == 0, daemon.log()
+        assert not reader.exists(heartbeat_key("till-7")), daemon.log()
+    finally:
+        reader.close()
+        daemon.close()

@@ -124,9 +124,9 @@ async def _is(value: bool) -> bool:
 
 
 def read_through(poller: Poller, device: KktDevice) -> bool:
-    """FF39 read and every FD journaled: the poll reads FF39 first, the FDs after it."""
+    """FF39 read and every FD journaled (stored, not only read), in whichever order they came."""
     status = poller.status()
-    return status.ofd is not None and status.cursor == device.last_fd
+    return status.ofd is not None and status.journaled == device.last_fd
 
 
 async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon) -> None:

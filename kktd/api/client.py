@@ -1,7 +1,9 @@
 """The HTTP client of the local API, for the client commands (`kktd status` …).
 
 It finds the daemon where the config says it listens (`api.listen`: host:port or unix:/path) and
-sends the API token when one is configured. Anything that keeps us from talking to the daemon is
+sends the API token, when one is configured, only on the requests that need it (POSTs and reads
+of receipts, `kktd.api.access`): whatever answers on the port while kktd is down must not collect
+it from a `kktd status`. Anything that keeps us from talking to the daemon is
 `DaemonUnreachable`, naming the address tried, so the command can exit 3 with a useful message.
 An answer that is not kktd's (an HTML page from some other server, JSON of another shape, a body
 cut short) is `BadAnswer`: the command exits 1 saying so, and never takes it for a success.
@@ -16,6 +18,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from kktd.api.access import needs_token
 from kktd.config import ApiConfig
 
 CONNECT_TIMEOUT = 5.0
@@ -62,12 +65,11 @@ class ApiClient:
     def __init__(self, cfg: ApiConfig, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = cfg.listen
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
-        self._headers = {}
-        if cfg.token is not None:
-            self._headers["Authorization"] = f"Bearer {cfg.token.reveal()}"
+        self._token = cfg.token
         if cfg.listen.startswith("unix:"):
             self._socket: str | None = cfg.listen.removeprefix("unix:")
-            self._base = "http://kktd"
+            # the Host the API accepts on a unix socket, as curl --unix-socket sends it
+            self._base = "http://localhost"
         else:
             self._socket = None
             self._base = f"http://{cfg.listen}"
@@ -75,9 +77,7 @@ class ApiClient:
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.UnixConnector(path=self._socket) if self._socket else None
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout
-        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self
 
     async def __aexit__(
@@ -115,10 +115,10 @@ class ApiClient:
                 method,
                 url,
                 params=params,
+                headers={**self._auth(method, path), **(headers or {})},
                 timeout=bound,
                 allow_redirects=False,
                 json=body,
-                headers=headers,
             ) as resp:
                 raw = await resp.read()
                 status, content_type = resp.status, resp.content_type
@@ -160,7 +160,11 @@ class ApiClient:
         count = 0
         try:
             async with session.get(
-                self._base + path, params=params, timeout=endless, allow_redirects=False
+                self._base + path,
+                params=params,
+                headers=self._auth("GET", path),
+                timeout=endless,
+                allow_redirects=False,
             ) as resp:
                 if resp.status >= 400:
                     body = self._object(resp.status, resp.content_type, await resp.read(), None)
@@ -226,6 +230,11 @@ class ApiClient:
         return BadAnswer(
             f"{self.address} answered something that is not kktd's API (not HTTP): {_line(reason)}"
         )
+
+    def _auth(self, method: str, path: str) -> dict[str, str]:
+        if self._token is None or not needs_token(method, path):
+            return {}
+        return {"Authorization": f"Bearer {self._token.reveal()}"}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -4,13 +4,15 @@ token, lock.redis_url), print tables for people and JSON with `--json` for scrip
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error. An answer that is
 not kktd's (see `client.BadAnswer`) is a failure: one line on stderr, nothing on stdout.
+
+Everything they print goes through `render.clean` (text) or `render.json_text` (JSON): no
+control character an upstream, a KKT or a foreign server sent reaches the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pwd
 import sys
@@ -28,7 +30,7 @@ from kktd.api.client import (
     Shape,
 )
 from kktd.api.export import csv_header, csv_line, iso, parse_since
-from kktd.config import Config, ConfigError, load_config
+from kktd.config import Config, ConfigError, load_config, redact_url
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,6 +40,7 @@ EXIT_CONFIG = 78
 
 PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
 DLQ_PAGE = 200
+FD_MAX = 0xFFFF_FFFF
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
@@ -86,15 +89,15 @@ REASON_LIMIT = 500  # what the journal keeps (kktd/journal/skips.py)
 
 
 def _out(text: str) -> None:
-    print(text, flush=True)
+    print(render.clean(text, block=True), flush=True)
 
 
 def _err(text: str) -> None:
-    print(f"kktd: {text}", file=sys.stderr, flush=True)
+    print(f"kktd: {render.clean(text)}", file=sys.stderr, flush=True)
 
 
 def _json(value: Any) -> None:
-    _out(json.dumps(value, ensure_ascii=False, indent=2))
+    print(render.json_text(value, indent=2), flush=True)
 
 
 def _explain(exc: ApiError) -> str:
@@ -233,11 +236,12 @@ async def _export(api: ApiClient, args: argparse.Namespace, progress: _Progress 
     out = sys.stdout
     count = 0
     # the CSV header waits for the first record: an answer that is not kktd's prints nothing
-    async for line, item in api.records("/v1/export", params, RECORD_SHAPE):
+    async for _, item in api.records("/v1/export", params, RECORD_SHAPE):
         if args.format == "csv":
             out.write((csv_header() if count == 0 else "") + csv_line(item))
         else:
-            out.write(line)
+            # the record again, not the line as received: JSON allows a raw CR between values
+            out.write(render.json_text(item) + "\n")
         count += 1
         if progress is not None:
             progress.show(count)
@@ -292,8 +296,9 @@ async def cmd_skip(args: argparse.Namespace, config: Config) -> int:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["skipped_at"]))
         _out(
             f"FD {record['fd']} of FN {record['fn']} is skipped: kktd reads on from FD"
-            f" {record['fd'] + 1}.\nRecorded in the journal: {at} by {record['operator']}"
-            f" ({record['peer']}): {render.clip(record['reason'], 200)}"
+            f" {record['fd'] + 1}.\nRecorded in the journal: {at} by"
+            f" {render.clip(record['operator'], 80)} ({render.clip(record['peer'], 80)}):"
+            f" {render.clip(record['reason'], 200)}"
         )
     return EXIT_OK
 
@@ -324,7 +329,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     try:
         beats = await read_fleet(client)
     except (RedisError, OSError, TimeoutError) as exc:
-        _err(f"cannot read the fleet from Redis at {config.lock.redis_url}: {exc}")
+        _err(f"cannot read the fleet from Redis at {redact_url(config.lock.redis_url)}: {exc}")
         return EXIT_FAILURE
     finally:
         await client.aclose()
@@ -336,14 +341,15 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
 
 
 def _fd(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 0xFFFF_FFFF:
-        raise argparse.ArgumentTypeError(f"expected an FD number, got {text!r}")
+    # the length first: int() of thousands of digits is slow, and past 4300 it raises
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= FD_MAX):
+        raise argparse.ArgumentTypeError(f"expected an FD number from 1 to {FD_MAX}")
     return int(text)
 
 
 def _fn(text: str) -> str:
-    if not text.isdigit() or len(text) > 16:
-        raise argparse.ArgumentTypeError(f"expected an FN number (up to 16 digits), got {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 16):
+        raise argparse.ArgumentTypeError("expected an FN number (up to 16 digits)")
     return text
 
 
@@ -369,8 +375,8 @@ def _since(text: str) -> float:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) >= 1):
+        raise argparse.ArgumentTypeError("expected a number from 1 to 999999999")
     return int(text)
 
 

@@ -1,7 +1,9 @@
 """The shape of exported FDs: one JSON line per FD on the wire, CSV columns for spreadsheets.
 
 The API streams JSON lines only; `kktd export --format csv` flattens them here, so a record
-has one definition and the command can count records exactly for its progress line.
+has one definition and the command can count records exactly for its progress line. A CSV has
+no escapes: its values are cleaned of control characters (kept: line breaks, quoted), as the
+file is as likely to be shown on a terminal as opened in a spreadsheet.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 from datetime import datetime
 from typing import Any
 
+from kktd.api.render import clean
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
 
@@ -73,7 +76,7 @@ def csv_line(item: dict[str, Any]) -> str:
     """One CSV line of an exported record: its identity and state, then the decoded fields."""
     fields = item.get("fields") or {}
     values = [item.get(column, fields.get(column)) for column in CSV_COLUMNS]
-    return _csv_line(["" if value is None else str(value) for value in values])
+    return _csv_line(["" if value is None else clean(value, block=True) for value in values])
 
 
 def _csv_line(values: list[str]) -> str:

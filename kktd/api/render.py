@@ -3,14 +3,44 @@
 Pure functions of the API's JSON, so what `kktd status` says is tested without a daemon. The
 report names the next action whenever something is wrong: an operator should not have to
 interpret a breaker state or a counter to know what to do.
+
+Much of what is shown came from outside kktd: an upstream's rejection text (or whoever sits on
+an http:// path to it), item names and the model name from the KKT, instance names from Redis.
+None of it reaches the terminal raw: `clean` takes out every control character, so nobody can
+set the operator's window title, colours or worse. The journal keeps the text verbatim.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 _UPSTREAM = {"closed": "ok", "open": "circuit OPEN", "half_open": "probing (half-open)"}
+
+# Line breaks of any kind (C0, NEL, Unicode's separators): a space, or "\n" in a block.
+_BREAKS = re.compile(r"\r\n|[\n\v\f\r\x1c-\x1e\x85\u2028\u2029]")
+# The rest of C0 (all but the "\n" a block keeps), DEL and C1 (ESC, BEL, CSI U+009B ...), and
+# the bidirectional formatting characters, which make a terminal show text in another order.
+_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What JSON leaves raw of those: json.dumps escapes only U+0000..U+001F.
+_JSON_RAW = re.compile(r"[\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object, *, block: bool = False) -> str:
+    """`text` safe to print on a terminal: control characters removed, line breaks a space.
+
+    `block`: keep line breaks (as "\n") for text printed as lines of its own.
+    """
+    spaced = _BREAKS.sub("\n" if block else " ", str(text)).replace("\t", " ")
+    return _CONTROLS.sub("", spaced)
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """JSON of `value` for a terminal: the data exactly, with DEL, C1 and bidi marks escaped."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _JSON_RAW.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def duration(seconds: float) -> str:
@@ -47,11 +77,12 @@ def number(value: int | None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; the last column is not padded."""
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    """Columns padded to their widest cell; the last column is not padded. Cells are cleaned."""
+    shown = [[clean(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(headers))]
     lines = []
-    for row in [headers, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+    for row in shown:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -59,7 +90,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def clip(text: str | None, width: int) -> str:
     if not text:
         return ""
-    text = " ".join(text.split())
+    text = " ".join(clean(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -90,11 +121,11 @@ def status_report(status: dict[str, Any]) -> str:
         ("Config", _config_line(status, config)),
     ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{head}: {verdict}", ""]
-    lines += [f"{name.ljust(width)}  {text}" for name, text in rows]
+    lines = [f"{clean(head)}: {verdict}", ""]
+    lines += [f"{name.ljust(width)}  {clean(text)}" for name, text in rows]
     if todo:
         lines += ["", "What to do:"]
-        lines += [f"  - {item}" for item in todo]
+        lines += [f"  - {clean(item)}" for item in todo]
     return "\n".join(lines)
 
 
@@ -299,9 +330,13 @@ def document_report(doc: dict[str, Any], now: float) -> str:
         lines.append(f"synced {ago(now - doc['synced_at'])}")
     if doc["last_error"]:
         lines.append(f"last error: {doc['last_error']}")
+    lines = [clean(line) for line in lines]
     lines.append("")
-    width = max((len(key) for key in fields), default=0)
-    lines += [f"{key.ljust(width)}  {_field(key, value)}" for key, value in fields.items()]
+    keys = {key: clean(key) for key in fields}
+    width = max((len(key) for key in keys.values()), default=0)
+    lines += [
+        f"{keys[key].ljust(width)}  {clean(_field(key, value))}" for key, value in fields.items()
+    ]
     if items:
         rows = [
             (

@@ -29,6 +29,8 @@ DLQ_PAGE = 50
 DLQ_PAGE_MAX = 1000
 EXPORT_BATCH = 500
 FN_DIGITS = 16
+FD_MAX = 0xFFFF_FFFF
+QUOTED = 40  # characters of a bad parameter quoted back
 
 
 def _components(request: web.Request) -> Components:
@@ -45,14 +47,30 @@ def _journal_ready(request: web.Request) -> None:
 
 def _fn(text: str) -> str:
     if not (text.isascii() and text.isdigit() and len(text) <= FN_DIGITS):
-        raise ParameterError(f"fn: expected the FN number (up to {FN_DIGITS} digits), got {text!r}")
+        raise ParameterError(
+            f"fn: expected the FN number (up to {FN_DIGITS} digits), got {_shown(text)}"
+        )
     return text
 
 
 def _fd(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 0xFFFF_FFFF):
-        raise ParameterError(f"fd: expected an FD number from 1 to 4294967295, got {text!r}")
-    return int(text)
+    number = _bounded(text, 1, FD_MAX)
+    if number is None:
+        raise ParameterError(f"fd: expected an FD number from 1 to {FD_MAX}, got {_shown(text)}")
+    return number
+
+
+def _bounded(text: str, lo: int, hi: int) -> int | None:
+    """`text` as a number from lo to hi, or None. The length is checked before int(): thousands
+    of digits make int() slow, and past 4300 it raises, which would be a 500 instead of a 400."""
+    if text.isascii() and text.isdigit() and len(text) <= len(str(hi)) and lo <= int(text) <= hi:
+        return int(text)
+    return None
+
+
+def _shown(text: str) -> str:
+    """A bad parameter as quoted back: its start is enough to recognise it."""
+    return repr(text) if len(text) <= QUOTED else repr(text[:QUOTED]) + f"… ({len(text)} chars)"
 
 
 def _fn_fd(request: web.Request) -> tuple[str, int]:
@@ -131,14 +149,16 @@ async def dlq(request: web.Request) -> web.Response:
     """Dead FDs in (fn, fd) order; `next` is the `after` of the following page, or null."""
     query = request.query
     text = query.get("limit", str(DLQ_PAGE))
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= DLQ_PAGE_MAX):
-        raise ParameterError(f"limit: expected a number from 1 to {DLQ_PAGE_MAX}, got {text!r}")
-    limit = int(text)
+    limit = _bounded(text, 1, DLQ_PAGE_MAX)
+    if limit is None:
+        raise ParameterError(
+            f"limit: expected a number from 1 to {DLQ_PAGE_MAX}, got {_shown(text)}"
+        )
     after = None
     if "after" in query:
         fn, sep, fd = query["after"].partition(":")
         if not sep:
-            raise ParameterError(f"after: expected FN:FD, got {query['after']!r}")
+            raise ParameterError(f"after: expected FN:FD, got {_shown(query['after'])}")
         after = (_fn(fn), _fd(fd))
     # one more than asked: whether a next page exists, without a second query
     entries = await _components(request).journal.list_dead(limit + 1, after)

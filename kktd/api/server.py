@@ -1,7 +1,9 @@
 """The local API (aiohttp on loopback or a unix socket). kktd owns the signals: an AppRunner.
 
-Every error leaves as JSON ``{"error", "detail"}``; POST endpoints want the API token when
-`api.token_file` is set (read live from the daemon's config, so a SIGHUP can rotate it).
+Every error leaves as JSON ``{"error", "detail"}``. A request from a web browser (a foreign
+`Host`, an `Origin`) is refused before anything else (`kktd.api.access`); POSTs and reads of
+receipts want the API token when `api.token_file` is set (read live from the daemon's config,
+so a SIGHUP can rotate it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from kktd.api.access import needs_token, refusal
 from kktd.api.metrics import Metrics
 from kktd.config import ApiConfig
 from kktd.journal import JournalError
@@ -26,7 +29,9 @@ log = structlog.get_logger(__name__)
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
+REFUSED_KEY: web.AppKey[set[str]] = web.AppKey("refused")
 SOCKET_MODE = 0o660  # the daemon's user and group (an operator group) may talk to it
+REFUSALS_LOGGED = 100  # distinct refusals logged; a page retrying in a loop must not flood the log
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +43,20 @@ class ParameterError(Exception):
 def error(code: int, name: str, detail: str, **extra: Any) -> web.Response:
     """The API's error answer: ``{"error": name, "detail": detail, ...extra}``."""
     return web.json_response({"error": name, "detail": detail, **extra}, status=code)
+
+
+@web.middleware
+async def browser_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 for a request a web page made (SPEC section 6): it never reaches a handler."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    why = refusal(request.headers, sockname)
+    if why is None:
+        return await handler(request)
+    seen = request.app[REFUSED_KEY]
+    if why not in seen and len(seen) < REFUSALS_LOGGED:
+        seen.add(why)
+        log.warning("api.refused", reason=why, path=request.path)
+    return error(403, "forbidden", f"{why}: kktd's API is for this till's own tools only")
 
 
 @web.middleware
@@ -59,9 +78,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """POST needs ``Authorization: Bearer <api token>`` when a token is configured."""
+    """POSTs and receipt reads need ``Authorization: Bearer <api token>`` when one is configured."""
     token = request.app[DAEMON_KEY].config.api.token
-    if request.method == "POST" and token is not None:
+    if token is not None and needs_token(request.method, _route(request)):
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         expected = token.reveal().encode("utf-8")
         # compare_digest: the time taken must not tell how much of a guess was right
@@ -70,16 +89,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         ):
             log.warning("api.unauthorized", path=request.path, remote=request.remote)
             return error(
-                401, "unauthorized", "this endpoint needs 'Authorization: Bearer <api token>'"
+                401, "unauthorized", "this request needs 'Authorization: Bearer <api token>'"
             )
     return await handler(request)
+
+
+def _route(request: web.Request) -> str:
+    """The path as the route was declared: no spelling of a URL slips past `needs_token`."""
+    resource = request.match_info.route.resource
+    return request.path if resource is None else resource.canonical
 
 
 def create_app(daemon: Daemon) -> web.Application:
     from kktd.api import routes  # noqa: PLC0415 - routes import this module for the keys
 
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app = web.Application(middlewares=[browser_middleware, error_middleware, auth_middleware])
     app[DAEMON_KEY] = daemon
+    app[REFUSED_KEY] = set()
     app[METRICS_KEY] = Metrics(daemon)
     app.add_routes(routes.table)
     return app

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from kktd.config import UpstreamConfig
+from kktd.config import UpstreamConfig, redact_url
 from kktd.journal import JournalEntry
 from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.alerts import Alert
@@ -124,6 +124,7 @@ class UpstreamClient:
     def reconfigure(self, cfg: UpstreamConfig) -> None:
         """New settings (SIGHUP), used from the next request on."""
         self._cfg = cfg
+        self._shown_url = redact_url(cfg.url)  # its query may hold a key: never logged as is
         self._ssl = ssl.create_default_context(
             cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
         )
@@ -222,13 +223,13 @@ class UpstreamClient:
             self._alert.start(
                 f"sync.{outcome}",
                 (outcome, delivery.status),
-                url=self._cfg.url,
+                url=self._shown_url,
                 reason=delivery.reason,
                 **({"next_step": _FORBIDDEN_STEP} if outcome is Outcome.FORBIDDEN else {}),
                 **fields,
             )
         elif outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.REJECTED):
-            self._alert.end(url=self._cfg.url, **fields)
+            self._alert.end(url=self._shown_url, **fields)
         if outcome is Outcome.REJECTED:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif outcome is Outcome.TRANSIENT and unexpected(delivery.status):

@@ -35,7 +35,7 @@ from kktd.status import heartbeat
 from kktd.sync.lock import redis_from_url
 from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
 from tests.support.daemon import DaemonProcess, write_config
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 CLIENT_CONFIG = """\
 [upstream]
@@ -180,6 +180,18 @@ async def test_usage_errors_exit_2(served: Served, args: list[str]) -> None:
     code, _, err = await served.kktd(*args)
     assert code == 2
     assert "usage:" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["doc", FN, "9" * 5000], ["doc", "9" * 5000, "1"], ["dlq", "list", "--limit", "9" * 5000]],
+)
+async def test_numbers_of_thousands_of_digits_are_usage_errors_in_one_short_line(
+    served: Served, args: list[str]
+) -> None:
+    code, _, err = await served.kktd(*args)
+    assert code == 2
+    assert len(err.splitlines()[-1]) < 200, err
 
 
 async def test_doc_shows_one_fd_decoded(served: Served) -> None:
@@ -539,3 +551,135 @@ async def test_an_answer_of_another_shape_inside_is_a_failure_not_a_traceback(
     assert (code, out) == (1, "")
     assert err.count("\n") == 1
     assert "answered in a shape this kktd client cannot read (KeyError: " in err
+
+
+# ---- the API token goes only where it is needed ----
+
+
+async def test_the_token_goes_only_on_posts_and_receipt_reads_never_on_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While kktd is down, another local user binds its port and records what comes in."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    async def squatter(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, request.headers.get("Authorization")))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", squatter)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = client_config(tmp_path, f"127.0.0.1:{port}")
+        for command in (
+            ["status"],
+            ["status", "--json"],
+            ["dlq", "retry", "--all"],
+            ["doc", FN, "1"],
+        ):
+            await asyncio.to_thread(_main, [*command, "--config", str(config)])
+    finally:
+        await runner.cleanup()
+    capsys.readouterr()
+    bearer = f"Bearer {TOKEN}"
+    assert seen == [
+        ("GET", "/v1/status", None),
+        ("GET", "/v1/status", None),
+        ("POST", "/v1/dlq/retry-all", bearer),  # the recorder does see a token when one is sent
+        ("GET", f"/v1/documents/{FN}/1", bearer),
+    ]
+
+
+# ---- what came from outside kktd never reaches the terminal raw ----
+
+PWNED = "\x1b]0;pwned\x07\x1b[31mred"  # sets the window title, then paints everything red
+# C0 but "\n", DEL, C1 (U+009B is CSI on terminals that take 8-bit controls), bidi overrides
+RAW = {chr(c) for c in [*range(0x0A), *range(0x0B, 0x20), *range(0x7F, 0xA0)]} | {"\u202e"}
+
+
+def raw_controls(text: str) -> set[str]:
+    return {char for char in text if char in RAW}
+
+
+async def test_dlq_list_prints_no_escape_the_upstream_sent(served: Served) -> None:
+    await journal_fds(served.daemon, 1)
+    assert served.daemon.components is not None
+    await served.daemon.components.journal.mark_dead(FN, 1, PWNED)
+    code, out, _ = await served.kktd("dlq", "list")
+    assert code == 0
+    assert raw_controls(out) == set()
+    assert out.splitlines()[1].endswith("]0;pwned[31mred")
+    code, out, _ = await served.kktd("dlq", "list", "--json")
+    assert raw_controls(out) == set()
+    assert json.loads(out)[0]["reason"] == PWNED  # the data exactly, escaped
+    entry = await served.daemon.components.journal.get(FN, 1)
+    assert entry is not None
+    assert entry.last_error == PWNED  # the journal keeps what was said
+
+
+async def test_an_upstream_rejection_reaches_the_dlq_list_without_its_escapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole way: a real upstream's 422, a sync round, the API, `kktd dlq list`."""
+
+    async def reject(request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        return web.json_response({"error": PWNED + "\u009b2J", "key": key}, status=422)
+
+    app = web.Application()
+    app.router.add_post("/v1/receipts", reject)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with capture_logs():
+            daemon = await build_daemon(
+                make_config(tmp_path, f"http://127.0.0.1:{port}/v1/receipts")
+            )
+            server = ApiServer(daemon)
+            await server.start(daemon.config.api)
+            try:
+                await journal_fds(daemon, 1)
+                assert daemon.components is not None
+                await daemon.components.engine.sync_now()
+                assert (await daemon.components.journal.counts()).dead == 1
+                config = client_config(tmp_path, daemon.config.api.listen)
+                capsys.readouterr()
+                code = await asyncio.to_thread(_main, ["dlq", "list", "--config", str(config)])
+                out, _ = capsys.readouterr()
+            finally:
+                await server.stop()
+                assert daemon.components is not None
+                await daemon.components.close()
+    finally:
+        await runner.cleanup()
+    assert code == 0
+    assert "pwned" in out
+    assert raw_controls(out) == set()
+
+
+async def test_doc_and_export_print_no_control_character_from_the_kkt(served: Served) -> None:
+    assert served.daemon.components is not None
+    item = {"name": "Молоко\x1b[2J\u009b31m\u202eкг", "price": 100, "quantity": "1", "total": 100}
+    fields = {"doc_type": 3, "doc_kind": "receipt\x07", "total": 100, "items": [item]}
+    await served.daemon.components.journal.store(FN, 1, 3, b"\x01", fields)
+    await served.daemon.components.journal.mark_dead(FN, 1, "line one\r\nline two " + PWNED)
+    for args in (
+        ("doc", FN, "1"),
+        ("doc", FN, "1", "--json"),
+        ("export", *SINCE),
+        ("export", *SINCE, "--format", "csv"),
+        ("status",),
+    ):
+        code, out, err = await served.kktd(*args)
+        assert code == 0, (args, err)
+        assert raw_controls(out + err) == set(), args
+        if args[-1] == "--json" or args[-1] == SINCE[-1]:  # doc --json, export as JSON lines
+            assert json.loads(out)["fields"]["items"][0] == item  # the data exactly, escaped
+    code, out, _ = await served.kktd("doc", FN, "1")
+    assert "Молоко[2J31mкг" in out
+    assert "last error: line one line two ]0;pwned[31mred" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -268,3 +269,69 @@ def test_a_document_reads_as_fields_and_items() -> None:
     assert text.startswith("FD 7 of FN 1: receipt, synced\njournaled 2 min ago, 1 failed delivery")
     assert "total     200.00" in text
     assert "Хлеб  100.00  2    200.00" in text
+
+
+# ---- text from outside kktd is cleaned of control characters ----
+
+PWNED = "\x1b]0;pwned\x07\x1b[31mred"
+CONTROLS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]} | {"\u202e", "\u2028"}
+
+
+def shown_controls(text: str, *, lines: bool = True) -> set[str]:
+    return {c for c in text if c in CONTROLS} - ({"\n"} if lines else set())
+
+
+@pytest.mark.parametrize(
+    ("raw", "line", "block"),
+    [
+        (PWNED, "]0;pwned[31mred", "]0;pwned[31mred"),
+        ("a\r\nb\rc\td\x0be", "a b c d e", "a\nb\nc d\ne"),
+        ("csi\u009b2J nel\u0085x", "csi2J nel x", "csi2J nel\nx"),
+        ("\u202eevil\u2066", "evil", "evil"),
+        ("sep\u2028ara\u2029te", "sep ara te", "sep\nara\nte"),
+        ("Кассир Иванов И.И.", "Кассир Иванов И.И.", "Кассир Иванов И.И."),
+        (12, "12", "12"),
+    ],
+)
+def test_clean_removes_control_characters_and_keeps_lines_only_in_a_block(
+    raw: object, line: str, block: str
+) -> None:
+    assert render.clean(raw) == line
+    assert render.clean(raw, block=True) == block
+
+
+def test_json_text_escapes_what_json_leaves_raw_and_keeps_the_data() -> None:
+    value = {"reason": PWNED + "\u009b\u2028\u202e\x7f", "model": "ШТРИХ"}
+    text = render.json_text(value, indent=2)
+    assert shown_controls(text) == set()
+    assert "ШТРИХ" in text  # Cyrillic as is
+    assert json.loads(text) == value
+
+
+def test_the_status_report_shows_no_control_character_from_outside() -> None:
+    report = render.status_report(
+        status(
+            kkt={"model": "ШТРИХ\x1b[2J", "port": "/dev/kkt0", "read_error": PWNED},
+            sync={
+                "breaker": "open",
+                "retry_in_seconds": 30.0,
+                "upstream": "https://c.example/in",
+                "last_failure": failure("rejected", 422, PWNED + "\nWhat to do: nothing"),
+                "lock": {"holder": "till-2\x1b[8m", "fence": 3, "held": False},
+            },
+            fn={"level": "warning", "message": "FN says\x07 hi", "warnings": ["w\x1b1"]},
+        )
+    )
+    assert shown_controls(report) == set()
+    assert "ШТРИХ[2J" in report
+    # no line of its own injected by an upstream's text
+    assert [line for line in report.splitlines() if line.startswith("What to do")] == [
+        "What to do:"
+    ]
+
+
+def test_tables_of_outside_text_stay_aligned() -> None:
+    text = render.table(("NAME", "X"), [("a\x1b[1mb", "1"), ("long name", "2")])
+    assert text.splitlines() == ["NAME       X", "a[1mb      1", "long name  2"]
+    beat = {"instance": "till\x1b]0;x\x07", "at": NOW, "breaker": "closed"}
+    assert shown_controls(render.fleet_table([beat], NOW)) == set()

@@ -136,7 +136,7 @@ async def test_dlq_lists_dead_fds_with_the_upstream_reason(harness: Harness) -> 
     await journal_fds(harness.daemon, 1, 2, 3)
     harness.upstream.set_faults(reject_fds=[2])
     await harness.client.post("/v1/kkt/buffer/sync", headers=auth())
-    resp = await harness.client.get("/v1/dlq")
+    resp = await harness.client.get("/v1/dlq", headers=auth())
     body = await resp.json()
     assert resp.status == 200
     assert [(i["fn"], i["fd"]) for i in body["items"]] == [(FN, 2)]
@@ -152,7 +152,7 @@ async def test_dlq_pages_with_limit_and_after(harness: Harness) -> None:
     seen: list[int] = []
     params = {"limit": "2"}
     for _ in range(5):
-        body = await (await harness.client.get("/v1/dlq", params=params)).json()
+        body = await (await harness.client.get("/v1/dlq", params=params, headers=auth())).json()
         seen += [item["fd"] for item in body["items"]]
         if body["next"] is None:
             break
@@ -166,7 +166,7 @@ async def test_dlq_pages_with_limit_and_after(harness: Harness) -> None:
     ["limit=0", "limit=abc", "limit=1001", "after=nocolon", f"after={FN}:x", "after=abc:1"],
 )
 async def test_dlq_bad_paging_parameters_are_400(harness: Harness, query: str) -> None:
-    resp = await harness.client.get(f"/v1/dlq?{query}")
+    resp = await harness.client.get(f"/v1/dlq?{query}", headers=auth())
     body = await resp.json()
     assert resp.status == 400
     assert body["error"] == "bad_parameter"
@@ -216,7 +216,7 @@ async def test_dlq_retry_all_returns_every_dead_fd_to_pending(harness: Harness) 
 
 async def test_document_is_decoded_with_its_state_and_raw_tlv(harness: Harness) -> None:
     await journal_fds(harness.daemon, 7)
-    resp = await harness.client.get(f"/v1/documents/{FN}/7")
+    resp = await harness.client.get(f"/v1/documents/{FN}/7", headers=auth())
     body = await resp.json()
     assert resp.status == 200
     assert (body["fn"], body["fd"], body["state"]) == (FN, 7, "pending")
@@ -225,30 +225,30 @@ async def test_document_is_decoded_with_its_state_and_raw_tlv(harness: Harness) 
 
 
 async def test_document_unknown_is_404_and_bad_fd_is_400(harness: Harness) -> None:
-    unknown = await harness.client.get(f"/v1/documents/{FN}/8")
+    unknown = await harness.client.get(f"/v1/documents/{FN}/8", headers=auth())
     assert unknown.status == 404
     assert "not in the journal" in (await unknown.json())["detail"]
-    bad = await harness.client.get(f"/v1/documents/{FN}/-1")
+    bad = await harness.client.get(f"/v1/documents/{FN}/-1", headers=auth())
     assert bad.status == 400
 
 
 async def test_export_streams_every_fd_since_the_date_as_json_lines(harness: Harness) -> None:
     await journal_fds(harness.daemon, 1, 2, 3)
     yesterday = (date.today() - timedelta(days=1)).isoformat()
-    resp = await harness.client.get("/v1/export", params={"since": yesterday})
+    resp = await harness.client.get("/v1/export", params={"since": yesterday}, headers=auth())
     assert resp.status == 200
     lines = (await resp.text()).splitlines()
     records = [json.loads(line) for line in lines]
     assert [(r["fn"], r["fd"]) for r in records] == [(FN, 1), (FN, 2), (FN, 3)]
     assert records[0]["fields"]["doc_kind"] == "receipt"
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
-    later = await harness.client.get("/v1/export", params={"since": tomorrow})
+    later = await harness.client.get("/v1/export", params={"since": tomorrow}, headers=auth())
     assert await later.text() == ""
 
 
 @pytest.mark.parametrize("query", ["", "?since=last-tuesday"])
 async def test_export_without_a_usable_since_is_400(harness: Harness, query: str) -> None:
-    resp = await harness.client.get(f"/v1/export{query}")
+    resp = await harness.client.get(f"/v1/export{query}", headers=auth())
     assert resp.status == 400
     assert "since" in (await resp.json())["detail"]
 
@@ -257,7 +257,7 @@ async def test_unknown_paths_and_methods_answer_json_errors(harness: Harness) ->
     missing = await harness.client.get("/v1/nothing")
     assert missing.status == 404
     assert (await missing.json())["error"] == "not_found"
-    wrong = await harness.client.get("/v1/dlq/retry-all")
+    wrong = await harness.client.get("/v1/dlq/retry-all", headers=auth())
     assert wrong.status in (404, 405)
     assert "error" in await wrong.json()
 
@@ -278,3 +278,27 @@ def test_app_routes_cover_every_endpoint_of_the_spec() -> None:
         ("GET", "/metrics"),
         ("POST", "/v1/kkt/skip"),
     }
+
+
+HUGE = "9" * 5000  # int() refuses more than 4300 digits: unbounded, this was a 500
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/v1/documents/{FN}/{HUGE}"),
+        ("GET", f"/v1/documents/{HUGE}/1"),
+        ("GET", f"/v1/dlq?limit={HUGE}"),
+        ("GET", f"/v1/dlq?after={FN}:{HUGE}"),
+        ("GET", f"/v1/dlq?after={HUGE}:1"),
+        ("POST", f"/v1/dlq/{FN}/{HUGE}/retry"),
+        ("GET", f"/v1/documents/{FN}/0{'0' * 12}1"),  # small, but longer than any FD
+    ],
+)
+async def test_numbers_of_thousands_of_digits_are_400_not_500(
+    harness: Harness, method: str, path: str
+) -> None:
+    resp = await harness.client.request(method, path, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]) == (400, "bad_parameter")
+    assert len(body["detail"]) < 200  # the number is not quoted back whole

@@ -28,7 +28,7 @@ async def test_unix_socket_replaces_a_stale_file_and_is_group_only(
         connector = aiohttp.UnixConnector(path=str(sock))
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            session.get("http://kktd/v1/health") as resp,
+            session.get("http://localhost/v1/health") as resp,
         ):
             assert resp.status == 200
     finally:
@@ -73,7 +73,7 @@ async def test_without_a_token_file_posts_are_open(tmp_path: Path, upstream: Moc
         connector = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            session.post("http://kktd/v1/dlq/retry-all") as resp,
+            session.post("http://localhost/v1/dlq/retry-all") as resp,
         ):
             assert resp.status == 200
             assert (await resp.json())["retried"] == 0

@@ -69,6 +69,7 @@ class RedisServer:
             if self._ping():
                 return
             time.sleep(0.02)
+        self.kill()  # a server that does not answer must not outlive the test either
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
 
     def _ping(self) -> bool:
