@@ -71,7 +71,7 @@ def processes() -> Iterator[list[DaemonProcess]]:
 async def api(sock: Path, method: str, path: str) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as session,
-        session.request(method, f"http://kktd{path}") as resp,
+        session.request(method, f"http://localhost{path}") as resp,
     ):
         body = await resp.text()
         is_json = resp.content_type == "application/json"
