@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from kktd.api.common import METRICS_KEY, RUNTIME_KEY, ParameterError, error
 from kktd.api.export import iso, parse_since, record
 from kktd.api.metrics import CONTENT_TYPE
-from kktd.api.server import DAEMON_KEY, METRICS_KEY, ParameterError, error
 from kktd.api.skip import skip as skip_fd
 from kktd.journal import JournalEntry
 from kktd.status import health as daemon_health
@@ -34,9 +34,7 @@ QUOTED = 40  # characters of a bad parameter quoted back
 
 
 def _components(request: web.Request) -> Components:
-    components = request.app[DAEMON_KEY].components
-    assert components is not None  # the API starts after the components are built
-    return components
+    return request.app[RUNTIME_KEY].components
 
 
 def _journal_ready(request: web.Request) -> None:
@@ -80,12 +78,12 @@ def _fn_fd(request: web.Request) -> tuple[str, int]:
 @table.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     """ "ok" or "degraded" while the process is sound; the parts say which one is not."""
-    return _json(daemon_health(request.app[DAEMON_KEY]))
+    return _json(daemon_health(request.app[RUNTIME_KEY]))
 
 
 @table.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
-    return _json(await snapshot(request.app[DAEMON_KEY]))
+    return _json(await snapshot(request.app[RUNTIME_KEY]))
 
 
 @table.get("/v1/kkt/buffer/status")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kktd.api.client import OPERATOR_HEADER
-from kktd.api.server import DAEMON_KEY, ParameterError, error
+from kktd.api.access import OPERATOR_HEADER
+from kktd.api.common import RUNTIME_KEY, ParameterError, error
 from kktd.journal import JournalError
 from kktd.journal.skips import REASON_LIMIT, Requester, SkipRefused
 
@@ -69,7 +69,7 @@ def requester_of(request: web.Request) -> Requester:
     claimed = request.headers.get(OPERATOR_HEADER, "").strip()
     if not (claimed and claimed.isprintable() and len(claimed) <= OPERATOR_LIMIT):
         claimed = "unknown"
-    token = request.app[DAEMON_KEY].config.api.token
+    token = request.app[RUNTIME_KEY].config.api.token
     return Requester(claimed, _peer(request), "api token" if token is not None else "none")
 
 

@@ -39,7 +39,7 @@ async def test_calls_send_the_token_and_errors_carry_the_json(
     tmp_path: Path, upstream: MockUpstream
 ) -> None:
     daemon = await build_daemon(make_config(tmp_path, upstream.url))
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(daemon.config.api)
     try:
         await journal_fds(daemon, 1, 2)
