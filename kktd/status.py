@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kktd import __version__
 from kktd.config import redact_url
+from kktd.contract import BREAKER_WORDS
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts, JournalError, RecoveryRecord
 from kktd.journal.skips import list_skips, skipped_count
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from kktd.components import Components
     from kktd.runtime import Runtime
 
-_UPSTREAM_WORDS = {"closed": "ok", "open": "circuit open", "half_open": "probing"}
 SKIPS_SHOWN = 5  # the newest skips in /v1/status; the journal keeps them all
 
 
@@ -358,7 +358,8 @@ def render_line(
         parts.append(journal or "journal unreadable")
     else:
         parts += [f"pending {r.counts.pending}", f"dead {r.counts.dead}"]
-    parts.append(f"upstream {_UPSTREAM_WORDS.get(str(r.sync.breaker_state), 'unknown')}")
+    words = BREAKER_WORDS.get(str(r.sync.breaker_state))
+    parts.append(f"upstream {'unknown' if words is None else words[0]}")
     if r.sync.lock_holder and r.sync.lock_holder != instance:
         parts.append(f"lock held by {r.sync.lock_holder}")
     if r.sync.lock_problem is not None:

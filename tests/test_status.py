@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kktd.api.render import advice
+from kktd.cli.render import advice
 from kktd.daemon import Daemon
-from kktd.runtime import ReloadResult
 from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
@@ -21,6 +20,7 @@ from kktd.journal import RecoveryRecord
 from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
+from kktd.runtime import ReloadResult
 from kktd.status import heartbeat, snapshot, status_line
 from tests.api.helpers import (
     FN,

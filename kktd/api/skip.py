@@ -19,6 +19,7 @@ from aiohttp import web
 
 from kktd.api.access import OPERATOR_HEADER
 from kktd.api.common import RUNTIME_KEY, ParameterError, error
+from kktd.contract import FD_MAX, FN_DIGITS, parse_fn
 from kktd.journal import JournalError
 from kktd.journal.skips import REASON_LIMIT, Requester, SkipRefused
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 OPERATOR_LIMIT = 64
-FN_DIGITS = 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -53,10 +53,10 @@ async def _parameters(request: web.Request) -> tuple[str, int, str]:
     if not isinstance(body, dict):
         raise ParameterError('expected a JSON object {"fn", "fd", "reason"}')
     fn, fd, reason = body.get("fn"), body.get("fd"), body.get("reason")
-    if not (isinstance(fn, str) and fn.isascii() and fn.isdigit() and len(fn) == FN_DIGITS):
-        raise ParameterError(f"fn: expected the FN number (16 digits), got {fn!r}")
-    if not (isinstance(fd, int) and not isinstance(fd, bool) and 1 <= fd <= 0xFFFF_FFFF):
-        raise ParameterError(f"fd: expected an FD number from 1 to 4294967295, got {fd!r}")
+    if not (isinstance(fn, str) and parse_fn(fn, full=True) is not None):
+        raise ParameterError(f"fn: expected the FN number ({FN_DIGITS} digits), got {fn!r}")
+    if not (isinstance(fd, int) and not isinstance(fd, bool) and 1 <= fd <= FD_MAX):
+        raise ParameterError(f"fd: expected an FD number from 1 to {FD_MAX}, got {fd!r}")
     if not (isinstance(reason, str) and reason.strip() and reason.isprintable()):
         raise ParameterError("reason: required, one line of text saying why the FD is skipped")
     if len(reason) > REASON_LIMIT:

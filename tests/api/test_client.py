@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from kktd.api.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable
 from kktd.api.server import ApiServer
+from kktd.cli.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable
 from kktd.config import ApiConfig, Secret
 from kktd.mock_upstream import MockUpstream
 from tests.api.helpers import TOKEN, build_daemon, journal_fds, make_config

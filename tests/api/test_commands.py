@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from kktd.api.export import csv_header, csv_line
 from kktd.api.server import ApiServer
 from kktd.cli import main
+from kktd.cli.csv_export import csv_header, csv_line
 from kktd.components import Components
 from kktd.daemon import Daemon
 from kktd.fleet import Heartbeat
