@@ -94,9 +94,9 @@ async def run(sizes: Sizes, results: Results) -> None:
                 bare.stdout.close()
             await mock.stop()
     results.add(Row("B3", "RSS at READY", rss_start, "MB", "bare imports", rss_bare,
-                    "<= 60", target_on="value"))  # fmt: skip
+                    "<= 50", target_on="value"))  # fmt: skip
     results.add(Row("B3", f"RSS after {n} FDs delivered", rss_after, "MB", "bare imports",
-                    rss_bare, "<= 60", target_on="value"))  # fmt: skip
+                    rss_bare, "<= 50", target_on="value"))  # fmt: skip
     results.add(Row("B3", f"RSS growth over {n} FDs", rss_after - rss_start, "MB",
                     "RSS at READY", rss_start, "<= 10", target_on="value"))  # fmt: skip
     results.add(Row("B3", f"CPU idle over {idle_s:.0f} s", idle_pct, "%",

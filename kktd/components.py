@@ -11,24 +11,31 @@ import fcntl
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 import structlog
 
 from kktd import __version__
+from kktd.api.metrics import RoundHistogram
 from kktd.config import Config
 from kktd.journal import Journal, JournalError, JournalVersionError
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.ofd.relay import OfdRelay
+from kktd.status import heartbeat
 from kktd.supervisor import Beat, Runner, sliced_sleep
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from kktd.sync.client import UpstreamClient
 from kktd.sync.engine import SyncEngine
 from kktd.sync.lock import LocalSyncLock, RedisSyncLock, SyncLock, redis_from_url
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from kktd.fleet import Heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +97,9 @@ class Components:
     redis: aioredis.Redis | None = None
     relay: OfdRelay | None = None
     instance_lock: int | None = None
+    # the fleet heartbeat, with Redis only; the round durations that /metrics shows
+    fleet: Heartbeat | None = None
+    rounds: RoundHistogram = field(default_factory=RoundHistogram)
 
     @classmethod
     async def build(cls, config: Config, instance: str) -> Components:
@@ -141,7 +151,7 @@ class Components:
 
         poller = Poller(link, journal, config.kkt, on_journaled=journaled)
         journal.on_open.append(journaled)  # a journal back after a failure: look at it at once
-        return cls(
+        components = cls(
             config=config,
             instance=instance,
             journal=journal,
@@ -156,6 +166,10 @@ class Components:
             relay=relay,
             instance_lock=lock_fd,
         )
+        engine.on_round = components.rounds.observe
+        if redis is not None:
+            components.fleet = _fleet(redis, components)
+        return components
 
     def runners(self) -> dict[str, Runner]:
         runners: dict[str, Runner] = {
@@ -166,6 +180,8 @@ class Components:
         }
         if self.relay is not None:
             runners["ofd_relay"] = self.relay.run
+        if self.fleet is not None:
+            runners["fleet"] = self.fleet.run
         return runners
 
     async def retention(self, beat: Beat) -> None:
@@ -211,6 +227,15 @@ class Components:
         if self.instance_lock is not None:
             os.close(self.instance_lock)
             self.instance_lock = None
+
+
+def _fleet(redis: aioredis.Redis, components: Components) -> Heartbeat:
+    """This instance's heartbeat in Redis (SPEC section 6), the status read at each beat."""
+    # imported here: only a configured Redis has a fleet, and a `kktd run` without one does
+    # not load the Redis client for it
+    from kktd.fleet import Heartbeat  # noqa: PLC0415
+
+    return Heartbeat(redis, components.instance, lambda: heartbeat(components))
 
 
 def _ofd_relay(config: Config, link: KktLink, journal: Journal) -> OfdRelay:

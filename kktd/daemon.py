@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -22,10 +21,10 @@ import structlog
 from kktd.api.server import ApiServer
 from kktd.components import DEADLINES, DEFAULT_DEADLINE, Components, StartupError
 from kktd.config import Config, ConfigError, load_config, merge_for_reload
-from kktd.fleet import Heartbeat
 from kktd.fn_health import FnHealthLog
 from kktd.log import configure_logging
-from kktd.status import heartbeat, status_line
+from kktd.runtime import ReloadResult, Runtime
+from kktd.status import read, status_line
 from kktd.supervisor import Supervisor, watchdog
 from kktd.systemd import Notifier, watchdog_interval
 
@@ -38,14 +37,7 @@ FORCED_EXIT = 1
 START_FAILED = 1
 
 
-@dataclass(slots=True)
-class ReloadResult:
-    """The outcome of the last SIGHUP, for STATUS=, /v1/status and metrics."""
-
-    ok: bool
-    at: float
-    error: str | None = None
-    key: str | None = None  # the key (or file:line) at fault, for the short STATUS= line
+__all__ = ["Daemon", "ReloadResult"]
 
 
 class Daemon:
@@ -59,15 +51,14 @@ class Daemon:
         environ: Mapping[str, str],
     ) -> None:
         self.config_path = config_path
-        self.config = config
+        self._config = config
         self.instance = instance
         self.notifier = notifier
         self.environ = environ
         self.started_at = time.time()
-        self.last_reload: ReloadResult | None = None
-        self.reloads = {"ok": 0, "failed": 0}
         self.supervisor = Supervisor()
-        self.components: Components | None = None
+        # what the control surface sees, once the components exist (`attach`)
+        self.runtime: Runtime | None = None
         self.api: ApiServer | None = None
         self.fn_health_log = FnHealthLog()
         self._stop = asyncio.Event()
@@ -75,6 +66,46 @@ class Daemon:
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_status = ""
+
+    @property
+    def config(self) -> Config:
+        """The config in force: the one started with, or the last one a reload applied."""
+        return self._config if self.runtime is None else self.runtime.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        if self.runtime is not None:
+            self.runtime.config = config
+
+    @property
+    def components(self) -> Components | None:
+        return None if self.runtime is None else self.runtime.components
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        return None if self.runtime is None else self.runtime.last_reload
+
+    @last_reload.setter
+    def last_reload(self, result: ReloadResult | None) -> None:
+        assert self.runtime is not None  # reloads are heard only after the start
+        self.runtime.last_reload = result
+
+    @property
+    def reloads(self) -> dict[str, int]:
+        return {"ok": 0, "failed": 0} if self.runtime is None else self.runtime.reloads
+
+    def attach(self, components: Components) -> Runtime:
+        """Hand the built components over: from here on the API can be given the runtime."""
+        self.runtime = Runtime(
+            instance=self.instance,
+            config_path=self.config_path,
+            config=self._config,
+            supervisor=self.supervisor,
+            components=components,
+            started_at=self.started_at,
+        )
+        return self.runtime
 
     async def run(self) -> int:
         try:
@@ -97,8 +128,9 @@ class Daemon:
 
     async def startup(self) -> None:
         started = time.monotonic()
-        self.components = components = await Components.build(self.config, self.instance)
-        self.api = ApiServer(self)
+        components = await Components.build(self.config, self.instance)
+        runtime = self.attach(components)
+        self.api = ApiServer(runtime)
         await self.api.start(self.config.api)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
@@ -107,15 +139,12 @@ class Daemon:
         for name, runner in components.runners().items():
             deadline = DEADLINES.get(name, DEFAULT_DEADLINE)
             self._spawn(name, self.supervisor.supervise(name, runner, deadline=deadline))
-        if components.redis is not None:
-            fleet = Heartbeat(components.redis, self.instance, lambda: heartbeat(components))
-            self._spawn("fleet", self.supervisor.supervise("fleet", fleet.run))
         self._spawn("reloader", self._reloader())
         self._spawn("status", self._status_updater())
         interval = watchdog_interval(self.environ)
         if interval is not None:
             self._spawn("watchdog", watchdog(self.supervisor, self.notifier.watchdog, interval))
-        line = await status_line(self)
+        line = await self._status()
         self._notify(self.notifier.ready, line)
         self._last_status = line
         log.info(
@@ -157,14 +186,14 @@ class Daemon:
         except ConfigError as err:
             where = err.key if err.key != "-" else f"{err.file.name}:{err.line or '?'}"
             result = ReloadResult(ok=False, at=time.time(), error=str(err), key=where)
-            self.reloads["failed"] += 1
+            self._count_reload("failed")
             log.exception(
                 "config.reload_failed", error=str(err), action="the old config keeps running"
             )
         else:
             result = self._apply(new)
         self.last_reload = result
-        line = await status_line(self)
+        line = await self._status()
         self._last_status = line
         self._notify(self.notifier.ready, line)
         return result
@@ -173,27 +202,39 @@ class Daemon:
         """Swap a loaded config in; if a component refuses it, put the old one back."""
         old = self.config
         merged, kept = merge_for_reload(old, new)
-        assert self.components is not None
+        assert self.runtime is not None
+        components = self.runtime.components
         try:
-            self.components.reconfigure(merged)
+            components.reconfigure(merged)
         except Exception as exc:
-            self.components.reconfigure(old)
-            self.reloads["failed"] += 1
+            components.reconfigure(old)
+            self._count_reload("failed")
             log.exception("config.reload_failed", error=str(exc), action="the old config runs")
             return ReloadResult(ok=False, at=time.time(), error=f"{self.config_path}: {exc}")
         for key in kept:
             log.warning("config.restart_required", key=key)
         self.config = merged
         configure_logging(merged.log.level, merged.log.format)
-        self.reloads["ok"] += 1
+        self._count_reload("ok")
         log.info("config.reloaded", file=str(self.config_path), restart_required=kept)
         return ReloadResult(ok=True, at=time.time())
+
+    def _count_reload(self, result: str) -> None:
+        assert self.runtime is not None
+        self.runtime.reloads[result] += 1
+
+    async def _status(self) -> str:
+        """The STATUS= line of this moment; the FN's health is logged as it changes."""
+        assert self.runtime is not None
+        readings = await read(self.runtime.components)
+        self.fn_health_log.observe(readings.fn)
+        return await status_line(self.runtime, readings)
 
     async def _status_updater(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY)
             try:
-                line = await status_line(self)
+                line = await self._status()
             except Exception:
                 log.exception("status.failed")
                 continue

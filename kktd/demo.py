@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
-from kktd.api.client import ApiClient, DaemonUnreachable
-from kktd.api.render import clean
+from kktd.cli.client import ApiClient, DaemonUnreachable
+from kktd.cli.render import clean
 from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kktd import __version__
 from kktd.config import redact_url
+from kktd.contract import BREAKER_WORDS
 from kktd.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts, JournalError, RecoveryRecord
 from kktd.journal.skips import list_skips, skipped_count
@@ -26,9 +27,8 @@ from kktd.sync.redis_trouble import LockProblem
 
 if TYPE_CHECKING:
     from kktd.components import Components
-    from kktd.daemon import Daemon
+    from kktd.runtime import Runtime
 
-_UPSTREAM_WORDS = {"closed": "ok", "open": "circuit open", "half_open": "probing"}
 SKIPS_SHOWN = 5  # the newest skips in /v1/status; the journal keeps them all
 
 
@@ -176,29 +176,28 @@ def _lock_problem(problem: LockProblem | None) -> dict[str, Any] | None:
     }
 
 
-async def snapshot(daemon: Daemon) -> dict[str, Any]:
+async def snapshot(runtime: Runtime) -> dict[str, Any]:
     """Everything /v1/status shows (SPEC section 6), as JSON-ready values."""
-    components = daemon.components
-    assert components is not None
+    components = runtime.components
     r = await read(components)
-    reload = daemon.last_reload
+    reload = runtime.last_reload
     return {
         "version": __version__,
-        "instance": daemon.instance,
+        "instance": runtime.instance,
         "now": r.now,
-        "started_at": daemon.started_at,
-        "uptime_seconds": round(r.now - daemon.started_at, 3),
+        "started_at": runtime.started_at,
+        "uptime_seconds": round(r.now - runtime.started_at, 3),
         "kkt": _kkt(components, r),
         "fn": _fn(r),
-        "journal": _journal(daemon, r, await _recent_skips(components)),
+        "journal": _journal(runtime, r, await _recent_skips(components)),
         "sync": _sync(components, r),
         "ofd_relay": None if components.relay is None else components.relay.status().to_dict(),
         "config": {
-            "file": str(daemon.config_path),
+            "file": str(runtime.config_path),
             "reload": None
             if reload is None
             else {"ok": reload.ok, "at": reload.at, "error": reload.error},
-            "reloads": dict(daemon.reloads),
+            "reloads": dict(runtime.reloads),
         },
     }
 
@@ -211,13 +210,12 @@ async def _recent_skips(components: Components) -> list[dict[str, Any]] | None:
         return None
 
 
-def _journal(daemon: Daemon, r: Readings, skips: list[dict[str, Any]] | None) -> dict[str, Any]:
-    components = daemon.components
-    assert components is not None
+def _journal(runtime: Runtime, r: Readings, skips: list[dict[str, Any]] | None) -> dict[str, Any]:
+    components = runtime.components
     counts = r.counts
     recovery = shown_recovery(components, r.now)
     return {
-        "path": str(daemon.config.journal.path),
+        "path": str(runtime.config.journal.path),
         "state": journal_state(components),
         "error": journal_problem(components),
         "pending": None if counts is None else counts.pending,
@@ -263,11 +261,10 @@ def journal_problem(components: Components) -> str | None:
     return None if blocked is None else f"journal writes failing: {blocked}"
 
 
-def health(daemon: Daemon) -> dict[str, Any]:
+def health(runtime: Runtime) -> dict[str, Any]:
     """GET /v1/health: "ok" or "degraded" while the process is sound; the parts say which one is
     not, and why, in a few words."""
-    components = daemon.components
-    assert components is not None
+    components = runtime.components
     breaker = str(components.engine.status().breaker_state)
     parts = {
         "journal": _journal_health(components),
@@ -276,7 +273,7 @@ def health(daemon: Daemon) -> dict[str, Any]:
         "lock": "ok"
         if (problem := components.lock.problem) is None
         else f"refused: {problem.kind}",
-        "supervisor": _supervisor_health(daemon),
+        "supervisor": _supervisor_health(runtime),
     }
     status = "ok" if all(v == "ok" for v in parts.values()) else "degraded"
     return {"status": status, "components": parts}
@@ -289,8 +286,8 @@ def _journal_health(components: Components) -> str:
     return "ok" if blocked is None else f"blocked: {blocked}"
 
 
-def _supervisor_health(daemon: Daemon) -> str:
-    supervisor = daemon.supervisor
+def _supervisor_health(runtime: Runtime) -> str:
+    supervisor = runtime.supervisor
     loops = supervisor.crash_loops()
     stale = [name for name in supervisor.stale() if name not in loops]
     words = [f"crash loop: {name} ({why})" for name, why in sorted(loops.items())]
@@ -320,26 +317,26 @@ async def heartbeat(components: Components) -> dict[str, Any]:
     }
 
 
-async def status_line(daemon: Daemon) -> str:
+async def status_line(runtime: Runtime, readings: Readings | None = None) -> str:
     """One short line for systemd's STATUS=, changing only when something an operator cares
-    about changes: no ages or clocks in it, or it would change every second."""
-    components = daemon.components
-    assert components is not None
-    r = await read(components)
-    daemon.fn_health_log.observe(r.fn)
+    about changes: no ages or clocks in it, or it would change every second.
+
+    `readings`: the look to describe, when the caller has taken one already (`read`)."""
+    components = runtime.components
+    r = await read(components) if readings is None else readings
     return render_line(
         r,
-        instance=daemon.instance,
-        reload_failed=_failed_reload(daemon),
+        instance=runtime.instance,
+        reload_failed=_failed_reload(runtime),
         recovered=shown_recovery(components, r.now) is not None,
         journal=None if components.journal.unavailable() is None else journal_problem(components),
-        crash_loops=sorted(daemon.supervisor.crash_loops()),
+        crash_loops=sorted(runtime.supervisor.crash_loops()),
     )
 
 
-def _failed_reload(daemon: Daemon) -> str | None:
+def _failed_reload(runtime: Runtime) -> str | None:
     """None when the last reload (if any) worked; else what to show: the key at fault."""
-    result = daemon.last_reload
+    result = runtime.last_reload
     if result is None or result.ok:
         return None
     return result.key or "see log"
@@ -361,7 +358,8 @@ def render_line(
         parts.append(journal or "journal unreadable")
     else:
         parts += [f"pending {r.counts.pending}", f"dead {r.counts.dead}"]
-    parts.append(f"upstream {_UPSTREAM_WORDS.get(str(r.sync.breaker_state), 'unknown')}")
+    words = BREAKER_WORDS.get(str(r.sync.breaker_state))
+    parts.append(f"upstream {'unknown' if words is None else words[0]}")
     if r.sync.lock_holder and r.sync.lock_holder != instance:
         parts.append(f"lock held by {r.sync.lock_holder}")
     if r.sync.lock_problem is not None:

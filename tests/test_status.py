@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kktd.api.render import advice
-from kktd.daemon import Daemon, ReloadResult
+from kktd.cli.render import advice
+from kktd.daemon import Daemon
 from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
@@ -20,6 +20,7 @@ from kktd.journal import RecoveryRecord
 from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
+from kktd.runtime import ReloadResult
 from kktd.status import heartbeat, snapshot, status_line
 from tests.api.helpers import (
     FN,
@@ -47,17 +48,17 @@ async def daemon(tmp_path: Path, upstream: MockUpstream) -> AsyncIterator[Daemon
 
 
 async def test_the_line_of_a_daemon_without_a_kkt(daemon: Daemon) -> None:
-    assert await status_line(daemon) == "KKT offline, pending 0, dead 0, upstream ok"
+    assert await status_line(daemon.runtime) == "KKT offline, pending 0, dead 0, upstream ok"
 
 
 async def test_the_line_changes_with_counts_not_with_time(daemon: Daemon) -> None:
-    first = await status_line(daemon)
+    first = await status_line(daemon.runtime)
     await asyncio.sleep(0.01)
-    assert await status_line(daemon) == first
+    assert await status_line(daemon.runtime) == first
     await journal_fds(daemon, 1, 2)
     assert daemon.components is not None
     await daemon.components.journal.mark_dead(FN, 2, "bad")
-    assert await status_line(daemon) == "KKT offline, pending 1, dead 1, upstream ok"
+    assert await status_line(daemon.runtime) == "KKT offline, pending 1, dead 1, upstream ok"
 
 
 async def test_the_line_says_the_upstream_circuit_is_open(
@@ -67,20 +68,20 @@ async def test_the_line_says_the_upstream_circuit_is_open(
     await upstream.go_down()
     assert daemon.components is not None
     await daemon.components.engine.sync_now()
-    assert "upstream circuit open" in await status_line(daemon)
+    assert "upstream circuit open" in await status_line(daemon.runtime)
 
 
 async def test_the_line_says_a_failed_reload_and_a_recovered_journal(daemon: Daemon) -> None:
     daemon.last_reload = ReloadResult(
         ok=False, at=0.0, error="kktd.toml:5: sync.batch_sise: unknown key", key="sync.batch_sise"
     )
-    assert await status_line(daemon) == (
+    assert await status_line(daemon.runtime) == (
         "KKT offline, pending 0, dead 0, upstream ok,"
         " config reload FAILED (sync.batch_sise), old config running"
     )
     assert daemon.components is not None
     daemon.components.journal.recovery = RecoveryRecord(time.time(), "kktd.db.corrupt-1", "bad")
-    assert (await status_line(daemon)).endswith(
+    assert (await status_line(daemon.runtime)).endswith(
         "old config running, journal was damaged and replaced: see kktd status"
     )
 
@@ -93,7 +94,7 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
         await wait_until(lambda: _is(read_through(poller, device)))
-        line = await status_line(daemon)
+        line = await status_line(daemon.runtime)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
 
@@ -112,8 +113,8 @@ async def test_the_line_and_the_advice_say_when_an_fd_cannot_be_read(daemon: Dae
     poller = daemon.components.poller
     async with polled_kkt(daemon, FailingFd(archive=3)):
         await wait_until(lambda: _is(poller.status().last_error is not None))
-        line = await status_line(daemon)
-        status = await snapshot(daemon)
+        line = await status_line(daemon.runtime)
+        status = await snapshot(daemon.runtime)
     assert "KKT reads failing at FD 2" in line
     assert status["kkt"]["stuck_at_fd"] == 2
     assert any("FD 2 cannot be read" in todo for todo in advice(status))
@@ -137,7 +138,7 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
         await wait_until(lambda: _is(read_through(poller, device)))
-        status = await snapshot(daemon)
+        status = await snapshot(daemon.runtime)
         beat = await heartbeat(daemon.components)
     assert status["kkt"]["connected"] is True
     assert status["kkt"]["model"] == MODEL

@@ -92,7 +92,7 @@ async def test_status_shows_the_upstream_url_without_its_query(
 ) -> None:
     daemon = await build_daemon(make_config(tmp_path, f"{upstream.url}?api_key={KEY}"))
     try:
-        client = await aiohttp_client(create_app(daemon))
+        client = await aiohttp_client(create_app(daemon.runtime))
         body = await (await client.get("/v1/status")).json()
     finally:
         assert daemon.components is not None

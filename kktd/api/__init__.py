@@ -1,1 +1,1 @@
-"""The control surface: the local HTTP API, its client commands and the metrics."""
+"""The control surface's server: the local HTTP API and the metrics (its client is `kktd.cli`)."""

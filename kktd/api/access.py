@@ -25,6 +25,8 @@ RECEIPT_READS = ("/v1/documents", "/v1/export", "/v1/dlq")
 # headers only browsers send: `Origin` on cross-site and on every non-GET request, `Sec-Fetch-Site`
 # on every request of current browsers (the latter refuses even a GET an <img> tag makes)
 BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site")
+# who runs a client command that the journal audits (`kktd skip`): the user as the client sees it
+OPERATOR_HEADER = "X-Kktd-Operator"
 HTTP_PORT = 80
 QUOTED = 80  # characters of a refused header quoted back
 

@@ -4,7 +4,8 @@ Most values already live in the components (journal counts, breaker, lock, link,
 delivery counters, the daemon's reload counters), so a custom collector reads them at scrape
 time instead of mirroring them into gauges that could drift. The journal counts are the one
 awaited reading: `render` takes it first, then lets the registry collect. Only the round
-duration histogram is fed as events happen, from the engine's `on_round` hook.
+duration histogram is fed as events happen: `round_histogram` makes it, and the wiring
+(`kktd.components`) feeds it from the engine's `on_round` hook.
 """
 
 from __future__ import annotations
@@ -24,51 +25,54 @@ from kktd.sync.engine import SyncReport
 
 if TYPE_CHECKING:
     from kktd.components import Components
-    from kktd.daemon import Daemon
+    from kktd.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
-class Metrics:
-    """The daemon's registry; `render()` is the body of GET /metrics."""
+class RoundHistogram:
+    """`kktd_sync_round_seconds`: fed by the engine's `on_round` hook (see kktd.components)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.registry = CollectorRegistry()
-        self._live = _LiveCollector(daemon)
-        self.registry.register(self._live)
-        self.round_seconds = Histogram(
+    def __init__(self) -> None:
+        self.histogram = Histogram(
             "kktd_sync_round_seconds",
             "Duration of sync rounds (one FN each), lock to last outcome.",
             buckets=ROUND_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
-        assert daemon.components is not None
-        daemon.components.engine.on_round = self.observe_round
 
-    def observe_round(self, report: SyncReport) -> None:
-        self.round_seconds.observe(report.duration_seconds)
+    def observe(self, report: SyncReport) -> None:
+        self.histogram.observe(report.duration_seconds)
+
+
+class Metrics:
+    """The daemon's registry; `render()` is the body of GET /metrics."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        self._live = _LiveCollector(runtime)
+        self.registry.register(self._live)
+        self.registry.register(runtime.components.rounds.histogram)
 
     async def render(self) -> bytes:
-        daemon = self._live.daemon
-        assert daemon.components is not None
-        self._live.readings = await read(daemon.components)
+        self._live.readings = await read(self._live.runtime.components)
         return generate_latest(self.registry)
 
 
 class _LiveCollector(Collector):
     """Reads the components when the registry collects; `readings` is set just before."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.readings: Readings | None = None
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("kktd_build_info", "kktd version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        components, r = self.daemon.components, self.readings
-        if components is None or r is None:
+        components, r = self.runtime.components, self.readings
+        if r is None:
             return
         yield CounterMetricFamily(
             "kktd_documents_journaled",
@@ -104,7 +108,7 @@ class _LiveCollector(Collector):
         reloads = CounterMetricFamily(
             "kktd_config_reloads", "Config reloads (SIGHUP) by result.", labels=["result"]
         )
-        for result, count in sorted(self.daemon.reloads.items()):
+        for result, count in sorted(self.runtime.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
 
@@ -124,13 +128,12 @@ class _LiveCollector(Collector):
             "Restarts of each supervised component after it crashed (or returned).",
             labels=["component"],
         )
-        for component, count in sorted(self.daemon.supervisor.all_restarts().items()):
+        for component, count in sorted(self.runtime.supervisor.all_restarts().items()):
             restarts.add_metric([component], count)
         yield restarts
 
     def _sync(self, r: Readings) -> Iterator[Metric]:
-        components = self.daemon.components
-        assert components is not None
+        components = self.runtime.components
         deliveries = CounterMetricFamily(
             "kktd_sync_deliveries", "Deliveries to the upstream by result.", labels=["result"]
         )
@@ -167,14 +170,13 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "kktd_kkt_connected", "1 while the KKT answers.", value=int(r.link.connected)
         )
-        assert self.daemon.components is not None
         line_errors = CounterMetricFamily(
             "kktd_kkt_line_errors",
             "What the link discarded off the line (noise bytes, garbled frames), by kind.",
             labels=["kind"],
         )
         for kind in ("noise", "bad_frame"):  # both always present: a rate needs a zero first
-            line_errors.add_metric([kind], self.daemon.components.link.noise.totals[kind])
+            line_errors.add_metric([kind], self.runtime.components.link.noise.totals[kind])
         yield line_errors
         fn = r.fn
         # absent until FF39/FF01 have been read: a made-up 0 would look like a healthy FN

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -10,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kktd.api.export import iso, parse_since, record
+from kktd.api.common import METRICS_KEY, RUNTIME_KEY, ParameterError, error
+from kktd.api.export import record
 from kktd.api.metrics import CONTENT_TYPE
-from kktd.api.server import DAEMON_KEY, METRICS_KEY, ParameterError, error
 from kktd.api.skip import skip as skip_fd
+from kktd.contract import FD_MAX, FN_DIGITS, bounded, iso, parse_fd, parse_fn, parse_since
 from kktd.journal import JournalEntry
 from kktd.status import health as daemon_health
 from kktd.status import snapshot
@@ -28,15 +28,11 @@ table = web.RouteTableDef()
 DLQ_PAGE = 50
 DLQ_PAGE_MAX = 1000
 EXPORT_BATCH = 500
-FN_DIGITS = 16
-FD_MAX = 0xFFFF_FFFF
 QUOTED = 40  # characters of a bad parameter quoted back
 
 
 def _components(request: web.Request) -> Components:
-    components = request.app[DAEMON_KEY].components
-    assert components is not None  # the API starts after the components are built
-    return components
+    return request.app[RUNTIME_KEY].components
 
 
 def _journal_ready(request: web.Request) -> None:
@@ -46,26 +42,19 @@ def _journal_ready(request: web.Request) -> None:
 
 
 def _fn(text: str) -> str:
-    if not (text.isascii() and text.isdigit() and len(text) <= FN_DIGITS):
+    fn = parse_fn(text)
+    if fn is None:
         raise ParameterError(
             f"fn: expected the FN number (up to {FN_DIGITS} digits), got {_shown(text)}"
         )
-    return text
+    return fn
 
 
 def _fd(text: str) -> int:
-    number = _bounded(text, 1, FD_MAX)
+    number = parse_fd(text)
     if number is None:
         raise ParameterError(f"fd: expected an FD number from 1 to {FD_MAX}, got {_shown(text)}")
     return number
-
-
-def _bounded(text: str, lo: int, hi: int) -> int | None:
-    """`text` as a number from lo to hi, or None. The length is checked before int(): thousands
-    of digits make int() slow, and past 4300 it raises, which would be a 500 instead of a 400."""
-    if text.isascii() and text.isdigit() and len(text) <= len(str(hi)) and lo <= int(text) <= hi:
-        return int(text)
-    return None
 
 
 def _shown(text: str) -> str:
@@ -80,12 +69,12 @@ def _fn_fd(request: web.Request) -> tuple[str, int]:
 @table.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     """ "ok" or "degraded" while the process is sound; the parts say which one is not."""
-    return _json(daemon_health(request.app[DAEMON_KEY]))
+    return _json(daemon_health(request.app[RUNTIME_KEY]))
 
 
 @table.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
-    return _json(await snapshot(request.app[DAEMON_KEY]))
+    return _json(await snapshot(request.app[RUNTIME_KEY]))
 
 
 @table.get("/v1/kkt/buffer/status")
@@ -149,7 +138,7 @@ async def dlq(request: web.Request) -> web.Response:
     """Dead FDs in (fn, fd) order; `next` is the `after` of the following page, or null."""
     query = request.query
     text = query.get("limit", str(DLQ_PAGE))
-    limit = _bounded(text, 1, DLQ_PAGE_MAX)
+    limit = bounded(text, 1, DLQ_PAGE_MAX)
     if limit is None:
         raise ParameterError(
             f"limit: expected a number from 1 to {DLQ_PAGE_MAX}, got {_shown(text)}"
@@ -203,21 +192,7 @@ async def document(request: web.Request) -> web.Response:
     entry = await _components(request).journal.get(fn, fd)
     if entry is None:
         return error(404, "unknown_fd", f"FD {fd} of FN {fn} is not in the journal")
-    return _json(
-        {
-            "fn": entry.fn,
-            "fd": entry.fd,
-            "doc_type": entry.doc_type,
-            "state": entry.state,
-            "attempts": entry.attempts,
-            "last_error": entry.last_error,
-            "journaled_at": entry.journaled_at,
-            "next_attempt_at": entry.next_attempt_at if entry.state == "pending" else None,
-            "synced_at": entry.synced_at,
-            "fields": entry.fields,
-            "tlv": base64.b64encode(entry.raw).decode("ascii"),
-        }
-    )
+    return _json(record(entry))
 
 
 @table.get("/v1/export")

@@ -12,37 +12,33 @@ import hmac
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
+from kktd.api import routes
 from kktd.api.access import needs_token, refusal
+from kktd.api.common import (
+    METRICS_KEY,
+    REFUSED_KEY,
+    RUNTIME_KEY,
+    ParameterError,
+    error,
+)
 from kktd.api.metrics import Metrics
-from kktd.config import ApiConfig
 from kktd.journal import JournalError
 
 if TYPE_CHECKING:
-    from kktd.daemon import Daemon
+    from kktd.config import ApiConfig
+    from kktd.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
-REFUSED_KEY: web.AppKey[set[str]] = web.AppKey("refused")
 SOCKET_MODE = 0o660  # the daemon's user and group (an operator group) may talk to it
 REFUSALS_LOGGED = 100  # distinct refusals logged; a page retrying in a loop must not flood the log
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ParameterError(Exception):
-    """A path or query parameter an endpoint cannot use: the answer is 400."""
-
-
-def error(code: int, name: str, detail: str, **extra: Any) -> web.Response:
-    """The API's error answer: ``{"error": name, "detail": detail, ...extra}``."""
-    return web.json_response({"error": name, "detail": detail, **extra}, status=code)
 
 
 @web.middleware
@@ -79,7 +75,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """POSTs and receipt reads need ``Authorization: Bearer <api token>`` when one is configured."""
-    token = request.app[DAEMON_KEY].config.api.token
+    token = request.app[RUNTIME_KEY].config.api.token
     if token is not None and needs_token(request.method, _route(request)):
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         expected = token.reveal().encode("utf-8")
@@ -100,13 +96,11 @@ def _route(request: web.Request) -> str:
     return request.path if resource is None else resource.canonical
 
 
-def create_app(daemon: Daemon) -> web.Application:
-    from kktd.api import routes  # noqa: PLC0415 - routes import this module for the keys
-
+def create_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[browser_middleware, error_middleware, auth_middleware])
-    app[DAEMON_KEY] = daemon
+    app[RUNTIME_KEY] = runtime
     app[REFUSED_KEY] = set()
-    app[METRICS_KEY] = Metrics(daemon)
+    app[METRICS_KEY] = Metrics(runtime)
     app.add_routes(routes.table)
     return app
 
@@ -130,13 +124,13 @@ def _restrict(path: Path) -> None:
 
 
 class ApiServer:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._runner: web.AppRunner | None = None
 
     async def start(self, cfg: ApiConfig) -> None:
         runner = web.AppRunner(
-            create_app(self.daemon), handle_signals=False, access_log=None, shutdown_timeout=5.0
+            create_app(self.runtime), handle_signals=False, access_log=None, shutdown_timeout=5.0
         )
         await runner.setup()
         site: web.BaseSite

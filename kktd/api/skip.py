@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kktd.api.client import OPERATOR_HEADER
-from kktd.api.server import DAEMON_KEY, ParameterError, error
+from kktd.api.access import OPERATOR_HEADER
+from kktd.api.common import RUNTIME_KEY, ParameterError, error
+from kktd.contract import FD_MAX, FN_DIGITS, parse_fn
 from kktd.journal import JournalError
 from kktd.journal.skips import REASON_LIMIT, Requester, SkipRefused
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 OPERATOR_LIMIT = 64
-FN_DIGITS = 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -53,10 +53,10 @@ async def _parameters(request: web.Request) -> tuple[str, int, str]:
     if not isinstance(body, dict):
         raise ParameterError('expected a JSON object {"fn", "fd", "reason"}')
     fn, fd, reason = body.get("fn"), body.get("fd"), body.get("reason")
-    if not (isinstance(fn, str) and fn.isascii() and fn.isdigit() and len(fn) == FN_DIGITS):
-        raise ParameterError(f"fn: expected the FN number (16 digits), got {fn!r}")
-    if not (isinstance(fd, int) and not isinstance(fd, bool) and 1 <= fd <= 0xFFFF_FFFF):
-        raise ParameterError(f"fd: expected an FD number from 1 to 4294967295, got {fd!r}")
+    if not (isinstance(fn, str) and parse_fn(fn, full=True) is not None):
+        raise ParameterError(f"fn: expected the FN number ({FN_DIGITS} digits), got {fn!r}")
+    if not (isinstance(fd, int) and not isinstance(fd, bool) and 1 <= fd <= FD_MAX):
+        raise ParameterError(f"fd: expected an FD number from 1 to {FD_MAX}, got {fd!r}")
     if not (isinstance(reason, str) and reason.strip() and reason.isprintable()):
         raise ParameterError("reason: required, one line of text saying why the FD is skipped")
     if len(reason) > REASON_LIMIT:
@@ -69,7 +69,7 @@ def requester_of(request: web.Request) -> Requester:
     claimed = request.headers.get(OPERATOR_HEADER, "").strip()
     if not (claimed and claimed.isprintable() and len(claimed) <= OPERATOR_LIMIT):
         claimed = "unknown"
-    token = request.app[DAEMON_KEY].config.api.token
+    token = request.app[RUNTIME_KEY].config.api.token
     return Requester(claimed, _peer(request), "api token" if token is not None else "none")
 
 

@@ -57,7 +57,7 @@ def make_config(tmp_path: Path, upstream: str, **sections: Any) -> Config:
 async def build_daemon(config: Config, instance: str = "till-1") -> Daemon:
     assert config.source is not None
     daemon = Daemon(config.source, config, instance=instance, notifier=Notifier(None), environ={})
-    daemon.components = await Components.build(config, instance)
+    daemon.attach(await Components.build(config, instance))
     return daemon
 
 
@@ -97,7 +97,7 @@ async def harness(
     tmp_path: Path, upstream: MockUpstream, aiohttp_client: ClientFactory
 ) -> AsyncIterator[Harness]:
     daemon = await build_daemon(make_config(tmp_path, upstream.url))
-    client = await aiohttp_client(create_app(daemon))
+    client = await aiohttp_client(create_app(daemon.runtime))
     yield Harness(daemon, client, upstream)
     assert daemon.components is not None
     await daemon.components.close()

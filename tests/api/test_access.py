@@ -56,7 +56,7 @@ async def listener(
     if port is not None:
         config = replace(config, api=replace(config.api, listen=f"127.0.0.1:{port}"))
     daemon = await build_daemon(config)
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(config.api)
     if port is None:
         connector = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
@@ -127,7 +127,7 @@ async def test_without_a_token_a_form_post_from_a_page_is_still_refused(
     port = free_port()
     config = make_config(tmp_path, upstream.url, api=ApiConfig(listen=f"127.0.0.1:{port}"))
     daemon = await build_daemon(config)
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(config.api)
     try:
         await journal_fds(daemon, 1)

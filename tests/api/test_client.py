@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from kktd.api.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable
 from kktd.api.server import ApiServer
+from kktd.cli.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable
 from kktd.config import ApiConfig, Secret
 from kktd.mock_upstream import MockUpstream
 from tests.api.helpers import TOKEN, build_daemon, journal_fds, make_config
@@ -39,7 +39,7 @@ async def test_calls_send_the_token_and_errors_carry_the_json(
     tmp_path: Path, upstream: MockUpstream
 ) -> None:
     daemon = await build_daemon(make_config(tmp_path, upstream.url))
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(daemon.config.api)
     try:
         await journal_fds(daemon, 1, 2)

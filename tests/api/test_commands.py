@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from kktd.api.export import csv_header, csv_line
 from kktd.api.server import ApiServer
 from kktd.cli import main
+from kktd.cli.csv_export import csv_header, csv_line
 from kktd.components import Components
 from kktd.daemon import Daemon
 from kktd.fleet import Heartbeat
@@ -84,7 +84,7 @@ async def served(
 ) -> AsyncIterator[Served]:
     with capture_logs():  # the in-process daemon's log lines would mix with the command's output
         daemon = await build_daemon(make_config(tmp_path, upstream.url))
-        server = ApiServer(daemon)
+        server = ApiServer(daemon.runtime)
         await server.start(daemon.config.api)
         yield Served(daemon, client_config(tmp_path, daemon.config.api.listen), upstream, capsys)
         await server.stop()
@@ -640,7 +640,7 @@ async def test_an_upstream_rejection_reaches_the_dlq_list_without_its_escapes(
             daemon = await build_daemon(
                 make_config(tmp_path, f"http://127.0.0.1:{port}/v1/receipts")
             )
-            server = ApiServer(daemon)
+            server = ApiServer(daemon.runtime)
             await server.start(daemon.config.api)
             try:
                 await journal_fds(daemon, 1)

@@ -8,7 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from kktd.api.export import CSV_COLUMNS, csv_header, csv_line, parse_since, record
+from kktd.api.export import record
+from kktd.cli.csv_export import CSV_COLUMNS, csv_header, csv_line
+from kktd.contract import parse_since
 from kktd.journal import JournalEntry
 
 ENTRY = JournalEntry(

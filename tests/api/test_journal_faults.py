@@ -48,7 +48,7 @@ async def unopenable(tmp_path: Path, upstream: MockUpstream) -> AsyncIterator[Da
 
 @pytest.fixture
 async def client(unopenable: Daemon, aiohttp_client: ClientFactory) -> Client:
-    return await aiohttp_client(create_app(unopenable))
+    return await aiohttp_client(create_app(unopenable.runtime))
 
 
 async def test_health_says_the_journal_is_in_error_and_why(client: Client) -> None:
@@ -100,7 +100,7 @@ async def test_what_needs_the_journal_answers_503_naming_the_cause(
 
 
 async def test_the_status_line_says_why_in_place_of_the_counts(unopenable: Daemon) -> None:
-    line = await status_line(unopenable)
+    line = await status_line(unopenable.runtime)
     assert line.startswith("KKT offline, journal unavailable: I/O error on ")
     assert "pending" not in line
 
@@ -111,12 +111,12 @@ async def test_a_recovery_is_shown_until_acknowledged(
     (tmp_path / "kktd.db").write_bytes(b"not a journal" * 1000)
     daemon = await build_daemon(make_config(tmp_path, upstream.url))
     try:
-        client = await aiohttp_client(create_app(daemon))
+        client = await aiohttp_client(create_app(daemon.runtime))
         status = await (await client.get("/v1/status")).json()
         recovery = status["journal"]["recovery"]
         assert recovery["moved_to"].startswith(str(tmp_path / "kktd.db.corrupt-"))
         assert status["journal"]["recovered_from"] == recovery["moved_to"]
-        assert "journal was damaged and replaced" in await status_line(daemon)
+        assert "journal was damaged and replaced" in await status_line(daemon.runtime)
 
         assert (await client.post("/v1/journal/recovery/ack")).status == 401  # a POST: token
         resp = await client.post("/v1/journal/recovery/ack", headers=auth())
@@ -126,7 +126,7 @@ async def test_a_recovery_is_shown_until_acknowledged(
         status = await (await client.get("/v1/status")).json()
         assert status["journal"]["recovery"] is None
         assert status["journal"]["recovered_from"] is None
-        assert "journal was damaged" not in await status_line(daemon)
+        assert "journal was damaged" not in await status_line(daemon.runtime)
         again = await client.post("/v1/journal/recovery/ack", headers=auth())
         assert (await again.json())["status"] == "none"
     finally:
@@ -157,7 +157,7 @@ async def test_health_and_the_status_line_name_a_crash_looping_component(
             f"crash loop: poller ({CRASH_LOOP} crashes in a row,"
             " last: RuntimeError: database disk image is malformed)"
         )
-        assert "crash loop: poller" in await status_line(harness.daemon)
+        assert "crash loop: poller" in await status_line(harness.daemon.runtime)
         samples = parse(await (await harness.client.get("/metrics")).text())
         assert samples[("kktd_component_restarts_total", (("component", "poller"),))] == 5
     finally:

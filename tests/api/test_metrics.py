@@ -144,7 +144,7 @@ async def test_fn_backlog_and_kkt_link_come_from_the_emulated_kkt(
     daemon = await build_daemon(config)
     assert daemon.components is not None
     poller = daemon.components.poller
-    client = await aiohttp_client(create_app(daemon))
+    client = await aiohttp_client(create_app(daemon.runtime))
     try:
         async with polled_kkt(daemon, device):
 
@@ -174,7 +174,7 @@ async def test_line_errors_are_counted_by_kind_from_zero(
     daemon = await build_daemon(config)
     assert daemon.components is not None
     link = daemon.components.link
-    client = await aiohttp_client(create_app(daemon))
+    client = await aiohttp_client(create_app(daemon.runtime))
     try:
         before = parse(await (await client.get("/metrics")).text())
         async with polled_kkt(daemon, device):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kktd.api import render
+from kktd.cli import render
 
 NOW = 1_700_000_000.0
 

@@ -118,7 +118,7 @@ async def test_sync_while_another_instance_holds_the_lock_is_409_with_the_holder
     other = redis_from_url(redis_server.url, None)
     try:
         await journal_fds(daemon, 1)
-        client = await aiohttp_client(create_app(daemon))
+        client = await aiohttp_client(create_app(daemon.runtime))
         rival = RedisSyncLock(other, "kktd:sync:{fn}", 30.0, "proceed", "till-2")
         async with rival.hold(FN):
             resp = await client.post("/v1/kkt/buffer/sync", headers=auth())

@@ -21,7 +21,7 @@ async def test_unix_socket_replaces_a_stale_file_and_is_group_only(
     daemon = await build_daemon(make_config(tmp_path, upstream.url))
     sock = tmp_path / "api.sock"
     sock.write_text("left by a killed daemon")
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(daemon.config.api)
     try:
         assert stat.S_IMODE(sock.stat().st_mode) == SOCKET_MODE
@@ -44,7 +44,7 @@ async def test_loopback_tcp_and_a_token_rotated_by_reload(
     config = make_config(tmp_path, upstream.url)
     config = replace(config, api=ApiConfig(listen=f"127.0.0.1:{port}", token=Secret(TOKEN)))
     daemon = await build_daemon(config)
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(config.api)
     url = f"http://127.0.0.1:{port}/v1/dlq/retry-all"
     try:
@@ -67,7 +67,7 @@ async def test_without_a_token_file_posts_are_open(tmp_path: Path, upstream: Moc
     config = make_config(tmp_path, upstream.url)
     config = replace(config, api=replace(config.api, token=None))
     daemon = await build_daemon(config)
-    server = ApiServer(daemon)
+    server = ApiServer(daemon.runtime)
     await server.start(config.api)
     try:
         connector = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))

@@ -81,7 +81,7 @@ async def api(
     tmp_path: Path, upstream: MockUpstream, aiohttp_client: ClientFactory
 ) -> AsyncIterator[Api]:
     daemon = await build_daemon(make_config(tmp_path, upstream.url, kkt=kkt_config(tmp_path)))
-    client = await aiohttp_client(create_app(daemon))
+    client = await aiohttp_client(create_app(daemon.runtime))
     async with polled_kkt(daemon, stuck_device()):
         yield Api(daemon, client)
     assert daemon.components is not None
@@ -171,7 +171,7 @@ async def served(
 ) -> AsyncIterator[Served]:
     with capture_logs():
         daemon = await build_daemon(make_config(tmp_path, upstream.url, kkt=kkt_config(tmp_path)))
-        server = ApiServer(daemon)
+        server = ApiServer(daemon.runtime)
         await server.start(daemon.config.api)
         async with polled_kkt(daemon, stuck_device()):
             config = client_config(tmp_path, daemon.config.api.listen)

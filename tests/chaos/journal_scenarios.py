@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kktd.api.client import ApiClient, ApiError, DaemonUnreachable
+from kktd.cli.client import ApiClient, ApiError, DaemonUnreachable
 from kktd.mock_upstream import MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import Kktd, Report

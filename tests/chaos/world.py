@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kktd.api.client import ApiClient, ApiError, DaemonUnreachable
+from kktd.cli.client import ApiClient, ApiError, DaemonUnreachable
 from kktd.config import ApiConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator

@@ -284,12 +284,12 @@ async def test_health_status_and_status_line_show_a_refused_lock(
         assert daemon.components is not None
         try:
             await journal_fds(daemon, 1, 2)
-            client = await aiohttp_client(create_app(daemon))
+            client = await aiohttp_client(create_app(daemon.runtime))
             sync = await client.post("/v1/kkt/buffer/sync", headers=auth())
             health = await (await client.get("/v1/health")).json()
             status = await (await client.get("/v1/status", headers=auth())).json()
             metrics = await (await client.get("/metrics")).text()
-            line = await status_line(daemon)
+            line = await status_line(daemon.runtime)
         finally:
             await daemon.components.close()
         assert upstream.state.requests == []

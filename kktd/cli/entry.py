@@ -1,7 +1,8 @@
-"""The ``kktd`` command (SPEC section 6).
+"""The ``kktd`` command (SPEC section 6): its parser, and the commands that need no daemon.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error (EX_CONFIG, which the
-unit's RestartPreventExitStatus= names so a bad config does not crash-loop).
+`kktd run` loads the daemon and nothing of the client commands; those (`kktd status` …) are
+declared here by their arguments only (`kktd.cli.args`) and loaded when one of them runs. The
+exit codes are `kktd.cli.exits`.
 """
 
 from __future__ import annotations
@@ -16,24 +17,17 @@ from pathlib import Path
 import structlog
 
 from kktd import __version__
-from kktd.api.commands import register as register_client_commands
-from kktd.config import Config, ConfigError, load_config, render_config
+from kktd.cli.args import register as register_client_commands
+from kktd.cli.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from kktd.config import DEFAULT_PATH, Config, ConfigError, load_config, render_config
 from kktd.kkt.address import describe, parse_address
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_CONFIG = 78
-
-DEFAULT_CONFIG = Path("/etc/kktd/kktd.toml")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def default_config_path() -> Path:
     """``$KKTD_CONFIG`` when set (the demo and tests use it), else /etc/kktd/kktd.toml."""
-    return Path(os.environ.get("KKTD_CONFIG") or DEFAULT_CONFIG)
+    return Path(os.environ.get("KKTD_CONFIG") or DEFAULT_PATH)
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -119,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=default_config_path(),
-        help="config file (default: $KKTD_CONFIG or /etc/kktd/kktd.toml)",
+        help=f"config file (default: $KKTD_CONFIG or {DEFAULT_PATH})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -148,7 +142,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-_UPSTREAM = {"closed": "ok", "open": "circuit OPEN", "half_open": "probing (half-open)"}
+from kktd.contract import BREAKER_WORDS
+
+_UPSTREAM = {state: words[1] for state, words in BREAKER_WORDS.items()}
 
 # Line breaks of any kind (C0, NEL, Unicode's separators): a space, or "\n" in a block.
 _BREAKS = re.compile(r"\r\n|[\n\v\f\r\x1c-\x1e\x85\u2028\u2029]")
@@ -322,12 +325,12 @@ def document_report(doc: dict[str, Any], now: float) -> str:
     items = fields.pop("items", [])
     lines = [
         f"FD {doc['fd']} of FN {doc['fn']}: {fields.get('doc_kind', 'document')}, {doc['state']}",
-        f"journaled {ago(now - doc['journaled_at'])}",
+        f"journaled {ago(now - _epoch(doc['journaled_at']))}",
     ]
     if doc["attempts"]:
         lines[-1] += f", {doc['attempts']} failed delivery attempts"
     if doc["synced_at"] is not None:
-        lines.append(f"synced {ago(now - doc['synced_at'])}")
+        lines.append(f"synced {ago(now - _epoch(doc['synced_at']))}")
     if doc["last_error"]:
         lines.append(f"last error: {doc['last_error']}")
     lines = [clean(line) for line in lines]
@@ -349,6 +352,13 @@ def document_report(doc: dict[str, Any], now: float) -> str:
         ]
         lines += ["", table(("ITEM", "PRICE", "QTY", "TOTAL"), rows)]
     return "\n".join(lines)
+
+
+def _epoch(moment: str | float) -> float:
+    """A journal entry's time: ISO 8601 as the API sends it (or seconds, from an older daemon)."""
+    if isinstance(moment, str):
+        return datetime.fromisoformat(moment).timestamp()
+    return float(moment)
 
 
 _MONEY = frozenset({"total", "price", "cash", "card"})

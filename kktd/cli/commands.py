@@ -2,8 +2,9 @@
 `fleet`, `skip`. They find the daemon through the same `--config` as `kktd run` (api.listen, the API
 token, lock.redis_url), print tables for people and JSON with `--json` for scripts.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 78 config error. An answer that is
-not kktd's (see `client.BadAnswer`) is a failure: one line on stderr, nothing on stdout.
+Their arguments are declared in `kktd.cli.args`; this module is loaded only when one runs.
+Exit codes (`kktd.cli.exits`): an answer that is not kktd's (see `client.BadAnswer`) is a
+failure: one line on stderr, nothing on stdout.
 
 Everything they print goes through `render.clean` (text) or `render.json_text` (JSON): no
 control character an upstream, a KKT or a foreign server sent reaches the terminal.
@@ -20,27 +21,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
-from kktd.api import render
-from kktd.api.client import (
-    OPERATOR_HEADER,
-    ApiClient,
-    ApiError,
-    BadAnswer,
-    DaemonUnreachable,
-    Shape,
-)
-from kktd.api.export import csv_header, csv_line, iso, parse_since
+from kktd.api.access import OPERATOR_HEADER
+from kktd.cli import render
+from kktd.cli.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable, Shape
+from kktd.cli.csv_export import csv_header, csv_line
+from kktd.cli.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
 from kktd.config import Config, ConfigError, load_config, redact_url
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_CONFIG = 78
+from kktd.contract import iso
 
 PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
 DLQ_PAGE = 200
-FD_MAX = 0xFFFF_FFFF
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
@@ -72,7 +62,7 @@ DOC_SHAPE: Shape = {
     "fd": int,
     "state": str,
     "attempts": int,
-    "journaled_at": NUMBER,
+    "journaled_at": (str, *NUMBER),  # ISO 8601; a number from an older daemon still running
     "fields": dict,
 }
 RECORD_SHAPE: Shape = {"fn": str, "fd": int, "fields": dict}
@@ -85,7 +75,6 @@ SKIP_SHAPE: Shape = {
     "operator": str,
     "peer": str,
 }
-REASON_LIMIT = 500  # what the journal keeps (kktd/journal/skips.py)
 
 
 def _out(text: str) -> None:
@@ -118,33 +107,27 @@ def _readable(address: str, show: Callable[[], str]) -> str:
         ) from exc
 
 
-def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
-    """Load the config, run the command, and turn what went wrong into an exit code."""
-
-    def handler(args: argparse.Namespace) -> int:
-        check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
-        if check is not None:
-            check(args)  # exits 2 with the parser's usage line
-        try:
-            config = load_config(args.config, client=True)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            return asyncio.run(command(args, config))
-        except DaemonUnreachable as exc:
-            _err(f"{exc} (is kktd running? `systemctl status kktd`)")
-            return EXIT_UNREACHABLE
-        except ApiError as exc:
-            _err(_explain(exc))
-            return EXIT_FAILURE
-        except BadAnswer as exc:
-            _err(str(exc))
-            return EXIT_FAILURE
-        except BrokenPipeError:
-            return EXIT_FAILURE  # `kktd export | head`: the reader has had enough
-
-    return handler
+def run(name: str, args: argparse.Namespace) -> int:
+    """Load the config, run the command `cmd_<name>`, and turn what went wrong into an exit code."""
+    command: Command = globals()[f"cmd_{name}"]
+    try:
+        config = load_config(args.config, client=True)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(command(args, config))
+    except DaemonUnreachable as exc:
+        _err(f"{exc} (is kktd running? `systemctl status kktd`)")
+        return EXIT_UNREACHABLE
+    except ApiError as exc:
+        _err(_explain(exc))
+        return EXIT_FAILURE
+    except BadAnswer as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_FAILURE  # `kktd export | head`: the reader has had enough
 
 
 async def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -338,107 +321,3 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     else:
         _out(render.fleet_table(beats, time.time()))
     return EXIT_OK
-
-
-def _fd(text: str) -> int:
-    # the length first: int() of thousands of digits is slow, and past 4300 it raises
-    if not (text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= FD_MAX):
-        raise argparse.ArgumentTypeError(f"expected an FD number from 1 to {FD_MAX}")
-    return int(text)
-
-
-def _fn(text: str) -> str:
-    if not (text.isascii() and text.isdigit() and len(text) <= 16):
-        raise argparse.ArgumentTypeError("expected an FN number (up to 16 digits)")
-    return text
-
-
-def _full_fn(text: str) -> str:
-    if not (text.isascii() and text.isdigit() and len(text) == 16):
-        raise argparse.ArgumentTypeError(f"expected the FN number (16 digits), got {text!r}")
-    return text
-
-
-def _reason(text: str) -> str:
-    if not text.strip() or not text.isprintable() or len(text) > REASON_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"expected one line of text (1 to {REASON_LIMIT} characters) saying why"
-        )
-    return text
-
-
-def _since(text: str) -> float:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) >= 1):
-        raise argparse.ArgumentTypeError("expected a number from 1 to 999999999")
-    return int(text)
-
-
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    config_opt: argparse.ArgumentParser,
-) -> None:
-    """Add the client commands to the `kktd` parser."""
-    output = argparse.ArgumentParser(add_help=False, parents=[config_opt])
-    output.add_argument("--json", action="store_true", help="JSON for scripts")
-
-    def add(
-        parent: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        command: Command,
-        help_text: str,
-        *,
-        json_output: bool = True,
-    ) -> argparse.ArgumentParser:
-        parents = [output if json_output else config_opt]
-        parser = parent.add_parser(name, parents=parents, help=help_text)
-        parser.set_defaults(handler=_runner(command))
-        return parser
-
-    add(sub, "status", cmd_status, "what the running daemon is doing, and what to do about it")
-    add(sub, "sync", cmd_sync, "run one sync round now and report it")
-    dlq = sub.add_parser("dlq", help="dead FDs: list them, send them again")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
-    listing = add(dlq_sub, "list", cmd_dlq_list, "list dead FDs with the reason")
-    listing.add_argument("--limit", type=_positive, default=10_000, help="at most this many")
-    retry = add(dlq_sub, "retry", cmd_dlq_retry, "make dead FDs pending again (FN FD, or --all)")
-    retry.add_argument("fn", nargs="?", type=_fn, help="FN number")
-    retry.add_argument("fd", nargs="?", type=_fd, help="FD number")
-    retry.add_argument("--all", action="store_true", help="every dead FD")
-    retry.set_defaults(check=_check_retry(retry))
-    doc = add(sub, "doc", cmd_doc, "one journaled FD, decoded")
-    doc.add_argument("fn", type=_fn, help="FN number")
-    doc.add_argument("fd", type=_fd, help="FD number")
-    export = add(
-        sub, "export", cmd_export, "stream journaled FDs as JSON lines or CSV", json_output=False
-    )
-    export.add_argument("--since", type=_since, required=True, help="a date: 2024-05-01")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    add(sub, "fleet", cmd_fleet, "every live kktd instance sharing this Redis")
-    skipper = add(
-        sub,
-        "skip",
-        cmd_skip,
-        "last resort: skip the FD kktd is stuck on, which the KKT can never produce (audited)",
-    )
-    skipper.add_argument("fn", type=_full_fn, help="FN number")
-    skipper.add_argument("fd", type=_fd, help="FD number: the one `kktd status` says is stuck")
-    skipper.add_argument(
-        "--reason", type=_reason, required=True, help="why, kept in the journal with your name"
-    )
-
-
-def _check_retry(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
-    def check(args: argparse.Namespace) -> None:
-        if args.all == (args.fn is not None):
-            parser.error("give either FN FD or --all")
-        if args.fn is not None and args.fd is None:
-            parser.error("give the FD number after the FN")
-
-    return check

@@ -28,8 +28,6 @@ SYNC_TIMEOUT = 300.0
 NDJSON = "application/x-ndjson"  # what /v1/export streams
 QUOTED = 80  # characters of a foreign answer quoted in the error
 PEEK = 1024  # bytes read of a foreign stream to quote it
-# who runs a client command that the journal audits (`kktd skip`): the user as the client sees it
-OPERATOR_HEADER = "X-Kktd-Operator"
 
 Shape = Mapping[str, type | tuple[type, ...]]
 """The fields a successful answer must hold, each with the Python type its JSON value maps to."""

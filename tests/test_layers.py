@@ -1,0 +1,95 @@
+"""The arrows of imports the architecture promises (docs/ARCHITECTURE.md, issue 15).
+
+Read from the source, every import statement counted: at the top, inside a function, and under
+`if TYPE_CHECKING:`, since an arrow that exists only for the type checker still ties one part
+to the other's internals.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KKTD = Path(__file__).resolve().parent.parent / "kktd"
+CONTROL_SURFACE = [
+    *sorted((KKTD / "api").glob("*.py")),
+    KKTD / "status.py",
+    KKTD / "runtime.py",
+    KKTD / "ofd" / "metrics.py",
+]
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, wherever the statement stands."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_module_reader_sees_imports_under_type_checking_and_in_functions(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from kktd.daemon import Daemon\n"
+        "def f():\n    import kktd.cli.render\n",
+        encoding="utf-8",
+    )
+    assert {"kktd.daemon", "kktd.cli.render"} <= imported(source)
+
+
+@pytest.mark.parametrize("path", CONTROL_SURFACE, ids=lambda p: str(p.relative_to(KKTD)))
+def test_the_control_surface_does_not_import_the_daemon_or_the_client(path: Path) -> None:
+    wrong = {
+        name
+        for name in imported(path)
+        if name == "kktd.daemon" or name.startswith(("kktd.daemon.", "kktd.cli"))
+    }
+    assert wrong == set()
+
+
+def test_the_routes_do_not_import_the_server() -> None:
+    assert not {n for n in imported(KKTD / "api" / "routes.py") if n.startswith("kktd.api.server")}
+
+
+def test_kktd_run_loads_no_client_tool_or_fleet_code_without_redis() -> None:
+    """What `kktd run` imports before it starts: the parser, then the daemon."""
+    code = (
+        "import sys\n"
+        "from kktd.cli.entry import build_parser\n"
+        "build_parser().parse_args(['run'])\n"
+        "import kktd.daemon\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(done.stdout.split())
+    assert "kktd.daemon" in loaded
+    unwanted = {
+        name
+        for name in loaded
+        if name.startswith(
+            (
+                "kktd.cli.commands",
+                "kktd.cli.client",
+                "kktd.cli.render",
+                "kktd.cli.csv_export",
+                "kktd.emulator",
+                "kktd.mock_upstream",
+                "kktd.demo",
+                "kktd.fleet",
+            )
+        )
+    }
+    assert unwanted == set()
