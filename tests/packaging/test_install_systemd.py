@@ -1,4 +1,4 @@
-"""scripts/install-systemd --root: everything staged, relocated to /opt/kktd, idempotent, and the
+"""packaging/install-systemd --root: everything staged, relocated to /opt/kktd, idempotent, and the
 staged unit's own commands run from the tree."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from tests.packaging import (
     CONFIG,
     OPERATOR_EDIT,
+    PACKAGING,
     PREFIX,
     REPO,
-    SCRIPTS,
     UNIT,
     Staging,
     run,
@@ -99,12 +99,12 @@ def test_uninstall_removes_what_install_put_and_keeps_the_config_until_purge(
 ) -> None:
     root = tmp_path / "root"
     shutil.copytree(staging.root, root, symlinks=True)
-    done = run([SCRIPTS / "uninstall-systemd", "--root", root])
+    done = run([PACKAGING / "uninstall-systemd", "--root", root])
     assert done.returncode == 0, done.stderr
     assert "would run: systemctl disable --now kktd.service" in done.stdout
     files = [k for k, v in snapshot(root).items() if v != "dir"]
     assert files == [CONFIG]
-    purged = run([SCRIPTS / "uninstall-systemd", "--root", root, "--purge"])
+    purged = run([PACKAGING / "uninstall-systemd", "--root", root, "--purge"])
     assert purged.returncode == 0, purged.stderr
     assert not (root / "etc/kktd").exists()
 
@@ -144,7 +144,7 @@ def test_live_install_and_uninstall_inside_a_private_mount_namespace(tmp_path: P
             LIVE_RUN,
             "-",
             tmp_path,
-            SCRIPTS,
+            PACKAGING,
         ]
     )
     if "overlays-mounted" not in done.stdout:
