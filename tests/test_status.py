@@ -31,7 +31,8 @@ from tests.api.helpers import (
     upstream,
     wait_until,
 )
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
 
 __all__ = ["upstream"]  # a fixture
 
@@ -157,7 +158,7 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
 async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> None:
     emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
     await emulator.start()
-    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    process = KktdProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
     try:
         index = await asyncio.to_thread(
             process.wait_for, lambda m: f"STATUS=KKT online ({MODEL})" in m, 30.0
@@ -171,7 +172,7 @@ async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> No
 async def test_status_is_sent_when_the_kkt_comes_online_and_only_when_it_changes(
     tmp_path: Path,
 ) -> None:
-    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    process = KktdProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
     emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
     try:
         ready = await asyncio.to_thread(process.wait_ready)

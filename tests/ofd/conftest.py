@@ -23,19 +23,12 @@ from kktd.ofd.mock_ofd import MockOfd
 from kktd.ofd.relay import OfdRelay
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
+from tests.support.clock import FakeClock
 
 ARCHIVE = 3  # FDs the OFD confirmed before the test
 UNSENT = 4  # FDs the FN holds for the OFD at the start
 
 Stop = Callable[[], object]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Tripwire(FnOfd):
@@ -90,16 +83,11 @@ def audit() -> MemoryAudit:
     return MemoryAudit()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 RelayFactory = Callable[..., OfdRelay]
 
 
 @pytest.fixture
-def make_relay(link: KktLink, ofd: MockOfd, audit: MemoryAudit, clock: Clock) -> RelayFactory:
+def make_relay(link: KktLink, ofd: MockOfd, audit: MemoryAudit, clock: FakeClock) -> RelayFactory:
     """A relay to the mock OFD: breaker 3 failures / 5 s and backoff 0.05..0.2 s on `clock`."""
 
     def make(*, timeout: float = 2.0, mode: OfdMode = "relay", **kwargs: Any) -> OfdRelay:

@@ -21,7 +21,8 @@ from kktd.ofd import relay as relay_module
 from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
-from tests.ofd.conftest import UNSENT, Clock, RelayFactory, run_until, unsent
+from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
+from tests.support.clock import FakeClock
 
 
 def offered_messages(device: KktDevice) -> list[bytes]:
@@ -125,7 +126,7 @@ async def test_an_ofd_fault_leaves_the_fn_queue_intact_and_the_relay_recovers(
 
 
 async def test_the_breaker_opens_after_three_failures_and_a_probe_closes_it(
-    device: KktDevice, ofd: MockOfd, make_relay: RelayFactory, clock: Clock
+    device: KktDevice, ofd: MockOfd, make_relay: RelayFactory, clock: FakeClock
 ) -> None:
     relay = make_relay()
     await ofd.set_fault("garbage")
@@ -274,7 +275,7 @@ async def test_firmware_without_the_tables_still_relays(
     assert [r.outcome for r in audit.records] == ["relayed"]
 
 
-async def _open_breaker(relay: OfdRelay, ofd: MockOfd, clock: Clock) -> None:
+async def _open_breaker(relay: OfdRelay, ofd: MockOfd, clock: FakeClock) -> None:
     """Three failed exchanges open the breaker; 5 s later it is half open."""
     await ofd.set_fault("garbage")
     for _ in range(3):
@@ -290,7 +291,7 @@ async def test_a_probe_that_raises_oserror_reopens_the_breaker_and_the_next_prob
     ofd: MockOfd,
     audit: MemoryAudit,
     make_relay: RelayFactory,
-    clock: Clock,
+    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     relay = make_relay()
@@ -316,7 +317,7 @@ async def test_a_probe_that_raises_anything_frees_the_probe_slot(
     device: KktDevice,
     ofd: MockOfd,
     make_relay: RelayFactory,
-    clock: Clock,
+    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     relay = make_relay()

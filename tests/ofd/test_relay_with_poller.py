@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from kktd.config import KktConfig
 from kktd.emulator.device import KktDevice
@@ -37,13 +33,6 @@ SEQUENCES: dict[int, set[int]] = {
 }
 POLLER: set[int] = {Command.FN_STATUS, Command.OPEN_FD_TLV, Command.READ_TLV}
 RELAY: set[int] = {OfdCommand.BUFFER_STATUS, OfdCommand.READ_BLOCK, OfdCommand.START_ANSWER}
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    store = await Journal.open(tmp_path / "kktd.db")
-    yield store
-    await store.close()
 
 
 def spy_on(link: KktLink) -> list[int]:
