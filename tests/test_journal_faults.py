@@ -20,11 +20,11 @@ import pytest
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.mock_upstream import MockUpstream
-from tests.api.helpers import wait_until
 from tests.api.test_metrics import parse
 from tests.support.config import write_config
 from tests.support.faults import damage_table, fill, tmpfs
 from tests.support.kktd_process import KktdProcess
+from tests.support.wait import wait_until
 
 ARCHIVE = 5  # FDs in the FN before kktd first starts (start_fd = "next" leaves them unread)
 
@@ -101,7 +101,7 @@ async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_d
     kktd = await start(processes, till.config())
     for _ in range(3):
         till.device.issue()
-    await wait_until(lambda: _true(till.accepted() >= {6, 7, 8}), timeout=30.0)
+    await wait_until(lambda: till.accepted() >= {6, 7, 8}, timeout=30.0)
 
     damage_table(till.dir / "kktd.db", "documents")
     for _ in range(2):
@@ -145,7 +145,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         config = till.config(journal)
         first = await start(processes, config)
         till.device.issue()
-        await wait_until(lambda: _true(6 in till.accepted()), timeout=30.0)
+        await wait_until(lambda: 6 in till.accepted(), timeout=30.0)
         first.signal(signal.SIGTERM)
         assert await asyncio.to_thread(first.wait_exit) == 0
         first.close()
@@ -172,7 +172,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         assert parse(metrics)[("kktd_journal_state", (("state", "full"),))] == 1
 
         filler.unlink()  # space returns
-        await wait_until(lambda: _true(till.accepted() >= {7, 8}), timeout=30.0)
+        await wait_until(lambda: till.accepted() >= {7, 8}, timeout=30.0)
         _, health = await api(kktd.api_socket, "GET", "/v1/health")
         assert health["components"]["journal"] == "ok"
         assert kktd.alive
@@ -180,7 +180,3 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         assert re.search(r'"event": "journal.available"', kktd.log())
         kktd.signal(signal.SIGTERM)
         assert await asyncio.to_thread(kktd.wait_exit) == 0
-
-
-async def _true(value: bool) -> bool:
-    return value

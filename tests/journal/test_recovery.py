@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 
 from kktd.journal import Journal, JournalDamagedError, JournalError, JournalUnavailableError
 from kktd.journal.recovery import SHOWN_FOR
-from tests.api.helpers import wait_until
 from tests.support.clock import T0, FakeClock
 from tests.support.faults import damage_table, fill, tmpfs
+from tests.support.wait import wait_until
 
 FN = "9999078900005488"
 GARBAGE = b"this is not a database " * 4000  # ~90 KiB
@@ -139,7 +139,7 @@ async def test_damage_at_run_time_ends_in_a_fresh_journal_that_rereads_the_fn(
     with capture_logs() as logs:
         with pytest.raises(JournalDamagedError, match="malformed"):
             await first_use
-        await wait_until(lambda: _now(kept.recovered_from is not None))
+        await wait_until(lambda: kept.recovered_from is not None)
     # the start-up path, in-process: moved aside, fresh, the FN's archive asked for again
     assert kept.unavailable() is None
     assert await kept.cursor(FN) is None
@@ -180,13 +180,13 @@ async def test_a_journal_that_could_not_open_opens_when_the_cause_is_gone(tmp_pa
     journal = Journal(missing)
     keeper = asyncio.create_task(journal.keep_open(lambda: None, retry_every=0.05))
     try:
-        await wait_until(lambda: _now(journal.fault is not None and journal.fault.kind == "io"))
+        await wait_until(lambda: journal.fault is not None and journal.fault.kind == "io")
         with pytest.raises(JournalUnavailableError, match="I/O error"):
             await journal.counts()
         opened: list[bool] = []
         journal.on_open.append(lambda: opened.append(True))
         missing.parent.mkdir()
-        await wait_until(lambda: _now(journal.unavailable() is None))
+        await wait_until(lambda: journal.unavailable() is None)
         assert opened == [True]
         assert (await journal.counts()).pending == 0
     finally:
@@ -215,7 +215,3 @@ def test_an_io_error_at_run_time_reopens_the_same_file_through_the_start_up_chec
     assert (seen["reopened"], seen["recovered_from"], seen["cursor"]) == (True, None, 5)
     assert seen["stored"] is True
     assert not list(db_path.parent.glob("*.corrupt-*"))
-
-
-async def _now(value: bool) -> bool:
-    return value

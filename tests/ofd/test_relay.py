@@ -19,6 +19,7 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand, TableField, split_session
 from kktd.ofd import relay as relay_module
 from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
+from kktd.ofd.client import exchange as client_exchange
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
 from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
@@ -344,7 +345,7 @@ async def test_a_wedged_step_is_cancelled_at_its_deadline_and_the_relay_carries_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wedged = asyncio.Event()
-    real = relay_module.exchange
+    real = client_exchange  # what kktd.ofd.relay calls
 
     async def wedge_once(*args: Any, **kwargs: Any) -> bytes:
         if not wedged.is_set():

@@ -37,7 +37,11 @@ def has_line(line: str) -> Match:
 
 
 class KktdProcess:
-    """One `python -m kktd run --config CONFIG`, started at once unless `start=False`."""
+    """One `python -m kktd run --config CONFIG`, started at once unless `start=False`.
+
+    `argv` replaces `python -m kktd run` (a wrapper, a staged venv); `base_env` replaces the
+    environment kktd inherits (os.environ), and `env` is added on top.
+    """
 
     def __init__(
         self,
@@ -46,6 +50,7 @@ class KktdProcess:
         watchdog_usec: int | None = None,
         argv: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
         start: bool = True,
     ) -> None:
         self.config = config
@@ -56,7 +61,8 @@ class KktdProcess:
         self.sock.bind(str(self.sock_path))
         self.sock.setblocking(False)
         self.messages: list[tuple[float, str]] = []
-        self.env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+        inherited = os.environ if base_env is None else base_env
+        self.env = {k: v for k, v in inherited.items() if k not in NOT_INHERITED}
         self.env.update(NOTIFY_SOCKET=str(self.sock_path), PYTHONFAULTHANDLER="1")
         if watchdog_usec is not None:
             self.env["WATCHDOG_USEC"] = str(watchdog_usec)

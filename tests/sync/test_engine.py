@@ -22,8 +22,8 @@ from tests.support.upstream import (
     running,
     running_mock,
     store_fds,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -215,7 +215,11 @@ async def test_a_poison_fd_goes_dead_after_exactly_max_attempts_while_others_are
             last += 1
             await store_fds(journal, [last])
             rig.engine.wake()
-            await wait_until(lambda fd=last: (FN, fd) in mock.state.accepted, what=f"FD {last}")
+
+            def delivered(fd: int = last) -> bool:
+                return (FN, fd) in mock.state.accepted
+
+            await wait_until(delivered, what=f"FD {last}")
     poison = await row(journal, 3)
     assert (poison.attempts, poison.last_error) == (5, "HTTP 500: cannot store FD 3")
     assert sum(1 for r in mock.state.requests if r.fd == 3) >= 5  # a lone retry is not counted

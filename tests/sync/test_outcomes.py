@@ -15,7 +15,8 @@ from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from tests.support.clock import T0, FakeClock
-from tests.support.upstream import FN, Rig, engine_rig, running, store_fds, wait_until
+from tests.support.upstream import FN, Rig, engine_rig, running, store_fds
+from tests.support.wait import wait_until
 from tests.sync.test_engine import row
 
 DAY = 86_400.0
@@ -185,7 +186,11 @@ async def test_an_upstream_rejecting_every_fd_for_a_while_dead_letters_none(
         for fd in (7, 8, 9):  # new FDs are the probes while the held ones wait
             await store_fds(journal, [fd])
             rig.engine.wake()
-            await wait_until(lambda fd=fd: rig.opens() == fd - 5, what=f"FD {fd}'s probe")
+
+            def probed(fd: int = fd) -> bool:
+                return rig.opens() == fd - 5
+
+            await wait_until(probed, what=f"FD {fd}'s probe")
         mock.set_faults(reject_fds=[])
         wall.now += 300.0  # the held FDs come due
         rig.engine.wake()
@@ -220,7 +225,7 @@ async def test_bad_fds_held_with_no_company_go_dead_beside_an_accepted_one(
         await wait_until(judged, what="the six rejected FDs to go dead")
     assert await dead_fds(journal) == [1, 2, 3, 4, 5, 6]
     assert set(mock.state.accepted) == {(FN, 7), (FN, 8)}
-    assert sorted(r.fd for r in mock.state.requests if r.status == 422) == sorted(
+    assert sorted(r.fd or 0 for r in mock.state.requests if r.status == 422) == sorted(
         [1, 2, 3, 4, 5, 6] * 2
     )
 
@@ -301,13 +306,20 @@ async def test_a_till_whose_upstream_answered_pages_for_a_while_then_was_fixed_d
     """404/400 pages, then a redirect, then fixed: 0 dead; a 422 naming FD 5 kills FD 5 only."""
     await store_fds(journal, range(1, 41))
     async with engine_rig(journal, mock.url, sync=FAST) as rig, running(rig.engine):
-        for opens, fault in enumerate(
-            [{"not_found_page": True}, {"proxy_page": True}, {"redirect": 308}], start=1
-        ):
+        faults: list[dict[str, Any]] = [
+            {"not_found_page": True},
+            {"proxy_page": True},
+            {"redirect": 308},
+        ]
+        for opens, fault in enumerate(faults, start=1):
             mock.set_faults(
                 **{"not_found_page": False, "proxy_page": False, "redirect": 0, **fault}
             )
-            await wait_until(lambda n=opens: rig.opens() >= 3 * n, what=f"cycles of {fault}")
+
+            def cycled(n: int = opens) -> bool:
+                return rig.opens() >= 3 * n
+
+            await wait_until(cycled, what=f"cycles of {fault}")
             await store_fds(journal, range(40 + opens * 5 - 4, 41 + opens * 5))
             assert (await journal.counts()).dead == 0
         mock.set_faults(redirect=0, reject_fds=[5])
