@@ -24,6 +24,7 @@ from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.tlv import encode_tlv
 from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 NEW_FN = "9999078900009999"
 
@@ -393,15 +394,11 @@ async def test_run_beats_every_second_even_while_the_kkt_is_gone_and_stops_on_ca
     while h.clock.now < 1012:
         await asyncio.sleep(0.001)
     h.emulator.vanish()
-    while h.clock.now < 1040:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.clock.now >= 1040, interval=0.001, what="the clock at 1040")
     assert not poller.status().connected
     h.emulator.reappear()
     h.device.issue()
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await h.journal.get(h.device.fn, 11):
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.journal.get(h.device.fn, 11), timeout=10, interval=0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

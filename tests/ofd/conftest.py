@@ -24,6 +24,7 @@ from kktd.ofd.relay import OfdRelay
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 ARCHIVE = 3  # FDs the OFD confirmed before the test
 UNSENT = 4  # FDs the FN holds for the OFD at the start
@@ -116,11 +117,12 @@ async def run_until(
     beats: list[float] = []
     task = asyncio.create_task(relay.run(lambda: beats.append(loop.time())))
     try:
-        deadline = loop.time() + seconds
-        while not done():
+
+        def there() -> bool:
             assert not task.done(), task
-            assert loop.time() < deadline, "the relay did not get there in time"
-            await asyncio.sleep(0.02)
+            return done()
+
+        await wait_until(there, timeout=seconds, what="the relay got there")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

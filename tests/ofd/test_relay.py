@@ -24,6 +24,7 @@ from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
 from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
 from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 
 def offered_messages(device: KktDevice) -> list[bytes]:
@@ -212,11 +213,15 @@ async def test_the_kkt_vanishing_is_waited_out_and_nothing_is_lost(
         assert await relay.step() == (0.05, True)
     assert [e["event"] for e in logs if e["event"].startswith("ofd.")] == ["ofd.fn_unavailable"]
     kkt.reappear()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20  # the link reconnects after its own backoff (1 s)
-    while unsent(device) and loop.time() < deadline:
+
+    async def relayed() -> bool:
+        if not unsent(device):
+            return True
         await relay.step()
-        await asyncio.sleep(0.05)
+        return False
+
+    # the link reconnects after its own backoff (1 s)
+    await wait_until(relayed, timeout=20, interval=0.05, detail=lambda: f"{unsent(device)} left")
     assert unsent(device) == 0
     assert len(set(ofd.messages)) == UNSENT
 
