@@ -4,7 +4,8 @@ One class for the tests, the chaos harness and the benchmarks: `messages` holds 
 kktd sent to the socket, with the monotonic time it arrived; `wait_for` finds one (blocking, or
 `wait_for_async` on an event loop); `stop` is SIGTERM with a deadline, `close` kills whatever is
 left and releases the socket. The socket stays bound across `start`s, so a restarted kktd is
-heard the same way. stderr (kktd's log) goes to `log_path`, appended across starts.
+heard the same way. stderr (kktd's log) goes to `log_path`, emptied when the object is made and
+appended to across its starts.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class KktdProcess:
         self.env.update(env or {})
         self.argv = [*(argv or [sys.executable, "-m", "kktd", "run"]), "--config", str(config)]
         self.log_path = self.dir / "kktd.log"
+        self.log_path.write_bytes(b"")  # a new process object reads only its own runs' log
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0  # time.monotonic() of the last start
         self._closed = False
