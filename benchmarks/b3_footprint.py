@@ -19,12 +19,13 @@ from pathlib import Path
 
 from benchmarks.b2_drain import fill_journal
 from benchmarks.common import Results, Row, Sizes, cpu_seconds, rss_mb
-from benchmarks.daemon import Kktd, write_config
+from benchmarks.daemon import ready_seconds, until_accepted, write_config
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
+from tests.support.kktd_process import KktdProcess
 
 IMPORTS = "import asyncio, aiohttp, aiosqlite, structlog, redis, serial, prometheus_client"
 EMULATED_FN = "9999078900000001"  # not the journal's FN: the pre-stored FDs stay as they are
@@ -52,14 +53,6 @@ def bare_idle_process() -> subprocess.Popen[bytes]:
     return proc
 
 
-async def until_delivered(mock: MockUpstream, fds: int, kktd: Kktd) -> None:
-    deadline = time.monotonic() + DELIVER_WITHIN
-    while len(mock.state.accepted) < fds:
-        if kktd.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{len(mock.state.accepted)} of {fds} delivered: {kktd.tail()}")
-        await asyncio.sleep(0.2)
-
-
 async def run(sizes: Sizes, results: Results) -> None:
     n = sizes.b3_fds
     import_s = await asyncio.to_thread(bare_import_seconds)
@@ -74,11 +67,11 @@ async def run(sizes: Sizes, results: Results) -> None:
         try:
             async with PtyEmulator(device, link=directory / "kkt0") as emulator:
                 config = write_config(directory, port=emulator.path, upstream=mock.url)
-                kktd = Kktd(config)
+                kktd = KktdProcess(config)
                 try:
-                    ready_s = await asyncio.to_thread(kktd.wait_ready)
+                    ready_s = await asyncio.to_thread(ready_seconds, kktd)
                     rss_start, rss_bare = rss_mb(kktd.pid), rss_mb(bare.pid)
-                    await until_delivered(mock, n, kktd)
+                    await until_accepted(mock, n, kktd, DELIVER_WITHIN, 0.2)
                     await asyncio.sleep(2.0)  # the last round's bookkeeping settles
                     rss_after = rss_mb(kktd.pid)
                     cpu_before, idle_started = cpu_seconds(kktd.pid), time.perf_counter()
@@ -87,6 +80,7 @@ async def run(sizes: Sizes, results: Results) -> None:
                     idle_pct = 100 * (cpu_seconds(kktd.pid) - cpu_before) / idle_s
                 finally:
                     kktd.stop()
+                    kktd.close()
         finally:
             bare.kill()
             bare.wait()

@@ -14,21 +14,14 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Results, Row, Sizes, percentile
-from benchmarks.daemon import Kktd, write_config
+from benchmarks.daemon import ready_seconds, until_accepted, write_config
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.mock_upstream import MockUpstream
+from tests.support.kktd_process import KktdProcess
 
 RATE = 5.0
 SETTLE_WITHIN = 30.0
-
-
-async def until_accepted(mock: MockUpstream, fds: int, kktd: Kktd) -> None:
-    deadline = time.monotonic() + SETTLE_WITHIN
-    while len(mock.state.accepted) < fds:
-        if kktd.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{len(mock.state.accepted)} of {fds} accepted: {kktd.tail()}")
-        await asyncio.sleep(0.05)
 
 
 async def issue(device: KktDevice, count: int) -> dict[int, float]:
@@ -52,16 +45,17 @@ async def latencies(poll: str, count: int) -> list[float]:
         device = KktDevice()
         try:
             async with PtyEmulator(device, link=directory / "kkt0") as emulator:
-                kktd = Kktd(write_config(directory, port=emulator.path, upstream=mock.url,
+                kktd = KktdProcess(write_config(directory, port=emulator.path, upstream=mock.url,
                                          poll=poll))  # fmt: skip
                 try:
-                    await asyncio.to_thread(kktd.wait_ready)
+                    await asyncio.to_thread(ready_seconds, kktd)
                     device.issue()  # the warm-up FD: the whole chain is live once it arrives
-                    await until_accepted(mock, 1, kktd)
+                    await until_accepted(mock, 1, kktd, SETTLE_WITHIN, 0.05)
                     printed = await issue(device, count)
-                    await until_accepted(mock, 1 + count, kktd)
+                    await until_accepted(mock, 1 + count, kktd, SETTLE_WITHIN, 0.05)
                 finally:
                     kktd.stop()
+                    kktd.close()
         finally:
             await mock.stop()
     accepted = {r.fd: r.at for r in mock.state.requests if r.status == 201 and r.fd is not None}

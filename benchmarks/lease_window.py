@@ -20,7 +20,7 @@ import statistics
 import time
 from asyncio import selector_events
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmarks.common import quiet_logs
@@ -28,6 +28,7 @@ from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.client import UpstreamClient
+from tests.support.upstream import make_entry
 
 
 @dataclass
@@ -55,24 +56,15 @@ class Stamps:
 
 
 def entry(fd: int) -> JournalEntry:
-    return JournalEntry(
-        fn="9999078900005488",
-        fd=fd,
-        doc_type=3,
-        raw=b"\x01\x02" + fd.to_bytes(4, "little") * 40,
-        fields={"doc_type": 3, "doc_kind": "receipt", "total": 20000},
-        journaled_at=0.0,
-        state="pending",
-        attempts=0,
-        last_error=None,
-        next_attempt_at=0.0,
-        synced_at=None,
-    )
+    """A pending FD of a receipt's size (the tests' row, with 160 bytes of TLV)."""
+    fields = {"doc_type": 3, "doc_kind": "receipt", "total": 20000}
+    return replace(make_entry(fd, fields=fields), raw=b"\x01\x02" + fd.to_bytes(4, "little") * 40)
 
 
 async def measure(requests: int) -> Stamps:
     stamps = Stamps()
-    transport_class: Any = selector_events._SelectorSocketTransport
+    # private, so not in typeshed: the one class whose write() every socket write goes through
+    transport_class: Any = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
     original = transport_class.write
     transport_class.write = stamps.wrap(original)
     stop = asyncio.Event()

@@ -58,7 +58,7 @@ class Daemon:
         self.started_at = time.time()
         self.supervisor = Supervisor()
         # what the control surface sees, once the components exist (`attach`)
-        self.runtime: Runtime | None = None
+        self._runtime: Runtime | None = None
         self.api: ApiServer | None = None
         self.fn_health_log = FnHealthLog()
         self._stop = asyncio.Event()
@@ -70,34 +70,33 @@ class Daemon:
     @property
     def config(self) -> Config:
         """The config in force: the one started with, or the last one a reload applied."""
-        return self._config if self.runtime is None else self.runtime.config
+        return self._config if self._runtime is None else self.runtime.config
 
     @config.setter
     def config(self, config: Config) -> None:
         self._config = config
-        if self.runtime is not None:
+        if self._runtime is not None:
             self.runtime.config = config
 
     @property
     def components(self) -> Components | None:
-        return None if self.runtime is None else self.runtime.components
+        return None if self._runtime is None else self.runtime.components
 
     @property
     def last_reload(self) -> ReloadResult | None:
-        return None if self.runtime is None else self.runtime.last_reload
+        return None if self._runtime is None else self.runtime.last_reload
 
     @last_reload.setter
     def last_reload(self, result: ReloadResult | None) -> None:
-        assert self.runtime is not None  # reloads are heard only after the start
         self.runtime.last_reload = result
 
     @property
     def reloads(self) -> dict[str, int]:
-        return {"ok": 0, "failed": 0} if self.runtime is None else self.runtime.reloads
+        return {"ok": 0, "failed": 0} if self._runtime is None else self.runtime.reloads
 
     def attach(self, components: Components) -> Runtime:
         """Hand the built components over: from here on the API can be given the runtime."""
-        self.runtime = Runtime(
+        self._runtime = Runtime(
             instance=self.instance,
             config_path=self.config_path,
             config=self._config,
@@ -105,7 +104,14 @@ class Daemon:
             components=components,
             started_at=self.started_at,
         )
-        return self.runtime
+        return self._runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the control surface sees; exists once `attach` has run (startup, or a test)."""
+        if self._runtime is None:
+            raise RuntimeError("the daemon has no runtime before its components are attached")
+        return self._runtime
 
     async def run(self) -> int:
         try:
@@ -202,7 +208,6 @@ class Daemon:
         """Swap a loaded config in; if a component refuses it, put the old one back."""
         old = self.config
         merged, kept = merge_for_reload(old, new)
-        assert self.runtime is not None
         components = self.runtime.components
         try:
             components.reconfigure(merged)
@@ -220,12 +225,10 @@ class Daemon:
         return ReloadResult(ok=True, at=time.time())
 
     def _count_reload(self, result: str) -> None:
-        assert self.runtime is not None
         self.runtime.reloads[result] += 1
 
     async def _status(self) -> str:
         """The STATUS= line of this moment; the FN's health is logged as it changes."""
-        assert self.runtime is not None
         readings = await read(self.runtime.components)
         self.fn_health_log.observe(readings.fn)
         return await status_line(self.runtime, readings)

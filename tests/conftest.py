@@ -6,12 +6,16 @@ leftovers`): a fixture or test that does not stop what it starts breaks the next
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 
+from kktd.journal import Journal
 from tests.support import leftovers
+from tests.support.clock import T0, FakeClock
 from tests.support.redis_server import RedisServer
 
 _MARK = pytest.StashKey[str]()
@@ -52,6 +56,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()  # a start that timed out, too
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A monotonic clock that moves only when the test moves it."""
+    return FakeClock()
+
+
+@pytest.fixture
+def wall() -> FakeClock:
+    """A wall clock standing at T0 until the test moves it."""
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "kktd.db"
+
+
+@pytest.fixture
+def journal_clock() -> Callable[[], float]:
+    """What the `journal` fixture stamps rows with: real time, unless a folder or module
+    overrides this fixture with a fake clock (tests/journal, tests/sync/test_engine.py)."""
+    return time.time
+
+
+@pytest.fixture
+async def journal(db_path: Path, journal_clock: Callable[[], float]) -> AsyncIterator[Journal]:
+    """The suite's journal: a real SQLite file in tmp_path, closed at the end of the test."""
+    async with await Journal.open(db_path, clock=journal_clock) as opened:
+        yield opened
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ from kktd.components import Components, StartupError, hold_instance_lock
 from kktd.config import JournalConfig
 from kktd.journal import Journal
 from kktd.sync.client import UpstreamClient
-from tests.api.helpers import FN, build_daemon, journal_fds, make_config, wait_until
+from tests.api.helpers import FN, build_daemon, journal_fds, make_config
+from tests.support.wait import wait_until
 
 
 async def test_retention_prunes_old_synced_fds_and_keeps_pending_and_dead(

@@ -9,8 +9,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,19 +20,20 @@ from kktd.api.server import _remove_stale
 from kktd.config import UpstreamConfig, load_config
 from kktd.daemon import Daemon
 from kktd.systemd import Notifier
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
-    started: list[DaemonProcess] = []
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., KktdProcess]]:
+    """Starts KktdProcesses and closes every one of them at the end of the test."""
+    started: list[KktdProcess] = []
 
-    class Tracked(DaemonProcess):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            started.append(self)
+    def start(*args: Any, **kwargs: Any) -> KktdProcess:
+        started.append(KktdProcess(*args, **kwargs))
+        return started[-1]
 
-    yield Tracked
+    yield start
     for proc in started:
         proc.close()
 
@@ -45,7 +47,7 @@ async def get_json(sock: Path, path: str) -> tuple[int, dict[str, object]]:
 
 
 async def test_ready_arrives_with_no_kkt_and_health_says_degraded(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     daemon = daemon_factory(write_config(tmp_path))
     index = daemon.wait_ready()
@@ -58,7 +60,7 @@ async def test_ready_arrives_with_no_kkt_and_health_says_degraded(
 
 
 def test_watchdog_pings_at_about_half_the_interval(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     daemon = daemon_factory(write_config(tmp_path), watchdog_usec=1_000_000)
     daemon.wait_ready()
@@ -74,7 +76,7 @@ def test_watchdog_pings_at_about_half_the_interval(
 
 
 def test_a_blocked_event_loop_stops_the_pings(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     wrapper = Path(__file__).parent / "support" / "blocking_daemon.py"
     daemon = daemon_factory(
@@ -90,7 +92,7 @@ def test_a_blocked_event_loop_stops_the_pings(
 
 
 def test_sighup_with_a_good_config_reloads_and_says_ready_again(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     config = write_config(tmp_path)
     daemon = daemon_factory(config)
@@ -108,7 +110,7 @@ def test_sighup_with_a_good_config_reloads_and_says_ready_again(
 
 
 async def test_sighup_with_a_bad_config_keeps_the_old_one_and_reports_it(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     config = write_config(tmp_path)
     daemon = daemon_factory(config)
@@ -128,11 +130,11 @@ async def test_sighup_with_a_bad_config_keeps_the_old_one_and_reports_it(
     failed = [json.loads(line) for line in daemon.log().splitlines() if "reload_failed" in line]
     assert failed
     assert failed[0]["level"] == "error"
-    assert daemon.proc.poll() is None
+    assert daemon.alive
 
 
 def test_sigterm_says_stopping_and_exits_zero(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     daemon = daemon_factory(write_config(tmp_path))
     daemon.wait_ready()
@@ -143,7 +145,7 @@ def test_sigterm_says_stopping_and_exits_zero(
 
 
 def test_a_bad_config_at_start_exits_78_naming_file_line_and_key(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     config = write_config(tmp_path, extra="\n[upstream]\ntimeot = 5\n")
     daemon = daemon_factory(config)
@@ -153,7 +155,7 @@ def test_a_bad_config_at_start_exits_78_naming_file_line_and_key(
 
 
 def test_a_start_that_cannot_listen_exits_1_instead_of_hanging(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -171,7 +173,7 @@ def test_a_start_that_cannot_listen_exits_1_instead_of_hanging(
 
 
 def test_a_second_kktd_on_the_same_journal_refuses_to_start(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
+    tmp_path: Path, daemon_factory: Callable[..., KktdProcess]
 ) -> None:
     first = daemon_factory(write_config(tmp_path))
     first.wait_ready()
@@ -182,7 +184,7 @@ def test_a_second_kktd_on_the_same_journal_refuses_to_start(
     second = daemon_factory(config)
     assert second.wait_exit(timeout=30) == 1
     assert "another kktd" in second.log()
-    assert first.proc.poll() is None
+    assert first.alive
 
 
 async def test_a_live_api_socket_is_not_taken_over(tmp_path: Path) -> None:

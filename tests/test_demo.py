@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
+
+from tests.support.wait import wait_until_blocking
 
 SUMMARY = re.compile(
     r"^demo: printed (\d+), journaled (\d+), delivered (\d+), pending (\d+), dead (\d+) in \d+ s$",
@@ -107,10 +108,12 @@ def test_the_demo_runs_with_the_kkt_on_a_tcp_port() -> None:
 
 
 def wait_for_cbreak(tty: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while termios.tcgetattr(tty)[3] & termios.ICANON:
-        assert time.monotonic() < deadline, "the demo never put the terminal in cbreak mode"
-        time.sleep(0.01)
+    wait_until_blocking(
+        lambda: not termios.tcgetattr(tty)[3] & termios.ICANON,
+        timeout=within,
+        interval=0.01,
+        what="the demo put the terminal in cbreak mode",
+    )
 
 
 def test_kktd_stops_when_the_demo_is_killed_outright() -> None:
@@ -128,10 +131,9 @@ def test_kktd_stops_when_the_demo_is_killed_outright() -> None:
             (kktd,) = children(proc.pid)
             proc.kill()
             proc.wait(timeout=10)
-            deadline = time.monotonic() + 30
-            while alive(kktd):
-                assert time.monotonic() < deadline, f"kktd {kktd} outlived the demo"
-                time.sleep(0.05)
+            wait_until_blocking(
+                lambda: not alive(kktd), timeout=30, what=f"kktd {kktd} gone with the demo"
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ from structlog.testing import capture_logs
 
 from kktd.fleet import TTL_MS, Heartbeat, heartbeat_key, read_fleet
 from kktd.sync.lock import redis_from_url
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
 from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_until_blocking
 
 
 @pytest.fixture
@@ -135,14 +136,16 @@ def test_a_clean_stop_of_kktd_run_takes_its_heartbeat_away(
 ) -> None:
     """SIGTERM to a real `kktd run`: `kktd fleet` must not list it as live for 45 s more."""
     config = write_config(tmp_path, extra=f'\n[lock]\nredis_url = "{redis_server.url}"\n')
-    daemon = DaemonProcess(config, env={"KKTD_INSTANCE_ID": "till-7"})
+    daemon = KktdProcess(config, env={"KKTD_INSTANCE_ID": "till-7"})
     reader = Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5)
     try:
         daemon.wait_ready()
-        deadline = time.monotonic() + 15
-        while not reader.exists(heartbeat_key("till-7")):
-            assert time.monotonic() < deadline, daemon.log()
-            time.sleep(0.05)
+        wait_until_blocking(
+            lambda: reader.exists(heartbeat_key("till-7")),
+            timeout=15,
+            what="the heartbeat",
+            detail=daemon.log,
+        )
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit() == 0, daemon.log()
         assert not reader.exists(heartbeat_key("till-7")), daemon.log()

@@ -20,10 +20,11 @@ import pytest
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.mock_upstream import MockUpstream
-from tests.api.helpers import wait_until
 from tests.api.test_metrics import parse
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
 from tests.support.faults import damage_table, fill, tmpfs
+from tests.support.kktd_process import KktdProcess
+from tests.support.wait import wait_until
 
 ARCHIVE = 5  # FDs in the FN before kktd first starts (start_fd = "next" leaves them unread)
 
@@ -61,8 +62,8 @@ async def till(tmp_path: Path) -> AsyncIterator[Till]:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
+def processes() -> Iterator[list[KktdProcess]]:
+    started: list[KktdProcess] = []
     yield started
     for process in started:
         process.close()
@@ -78,9 +79,9 @@ async def api(sock: Path, method: str, path: str) -> tuple[int, Any]:
         return resp.status, (await resp.json()) if is_json else body
 
 
-async def start(processes: list[DaemonProcess], config: Path) -> DaemonProcess:
+async def start(processes: list[KktdProcess], config: Path) -> KktdProcess:
     """A `kktd run`, ready and with its cursor on the FN (start_fd = "next": new FDs only)."""
-    process = DaemonProcess(config)
+    process = KktdProcess(config)
     processes.append(process)
     await asyncio.to_thread(process.wait_ready)
 
@@ -93,14 +94,14 @@ async def start(processes: list[DaemonProcess], config: Path) -> DaemonProcess:
 
 
 async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_delivered(
-    till: Till, processes: list[DaemonProcess]
+    till: Till, processes: list[KktdProcess]
 ) -> None:
     # Issue 11, item 1: the poller and the sync engine crashed on every run, forever, behind a
     # healthy watchdog, with /v1/health saying "journal: ok".
     kktd = await start(processes, till.config())
     for _ in range(3):
         till.device.issue()
-    await wait_until(lambda: _true(till.accepted() >= {6, 7, 8}), timeout=30.0)
+    await wait_until(lambda: till.accepted() >= {6, 7, 8}, timeout=30.0)
 
     damage_table(till.dir / "kktd.db", "documents")
     for _ in range(2):
@@ -115,7 +116,7 @@ async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_d
 
     await wait_until(recovered_and_delivered, timeout=30.0)
     assert set(answers) == {200}  # status and metrics answered throughout
-    assert kktd.proc.poll() is None  # in-process: no restart
+    assert kktd.alive  # in-process: no restart
     status = (await api(kktd.api_socket, "GET", "/v1/status"))[1]
     assert status["journal"]["recovery"]["moved_to"].startswith(str(till.dir / "kktd.db.corrupt-"))
     line = await asyncio.to_thread(kktd.wait_for, lambda m: "journal was damaged and replaced" in m)
@@ -133,7 +134,7 @@ async def test_a_journal_damaged_under_a_running_kktd_is_replaced_and_every_fd_d
 
 
 async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_restart(
-    till: Till, processes: list[DaemonProcess]
+    till: Till, processes: list[KktdProcess]
 ) -> None:
     # Issue 11, item 3: opening failed with SQLITE_IOERR_SHMSIZE, kktd exited 1, and the unit's
     # start limit left it failed for good, also after the space was freed.
@@ -144,7 +145,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         config = till.config(journal)
         first = await start(processes, config)
         till.device.issue()
-        await wait_until(lambda: _true(6 in till.accepted()), timeout=30.0)
+        await wait_until(lambda: 6 in till.accepted(), timeout=30.0)
         first.signal(signal.SIGTERM)
         assert await asyncio.to_thread(first.wait_exit) == 0
         first.close()
@@ -154,7 +155,7 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         fill(filler)
         for _ in range(2):  # receipts printed while kktd is down: the FN keeps them
             till.device.issue()
-        kktd = DaemonProcess(config)
+        kktd = KktdProcess(config)
         processes.append(kktd)
         ready = await asyncio.to_thread(kktd.wait_ready)
         full = f"journal unavailable: disk full ({journal}, 0 bytes free)"
@@ -171,15 +172,11 @@ async def test_a_full_disk_at_start_is_a_degraded_start_that_heals_without_a_res
         assert parse(metrics)[("kktd_journal_state", (("state", "full"),))] == 1
 
         filler.unlink()  # space returns
-        await wait_until(lambda: _true(till.accepted() >= {7, 8}), timeout=30.0)
+        await wait_until(lambda: till.accepted() >= {7, 8}, timeout=30.0)
         _, health = await api(kktd.api_socket, "GET", "/v1/health")
         assert health["components"]["journal"] == "ok"
-        assert kktd.proc.poll() is None
+        assert kktd.alive
         assert sum("READY=1" in m.split("\n") for _, m in kktd.messages) == 1  # no restart
         assert re.search(r'"event": "journal.available"', kktd.log())
         kktd.signal(signal.SIGTERM)
         assert await asyncio.to_thread(kktd.wait_exit) == 0
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.support.leftovers import processes
+from tests.support.wait import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,10 +70,11 @@ def test_a_session_that_leaves_processes_running_fails_and_kills_them(tmp_path: 
     assert "2 process(es) started by this test session are still running:" in done.stdout
     assert f": sleep {child}\n" in done.stdout
     assert f": sleep {orphan}\n" in done.stdout  # found by the session's mark alone
-    deadline = time.monotonic() + 10
-    while running(f"sleep {child}", f"sleep {orphan}"):
-        assert time.monotonic() < deadline, "the leftovers were not killed"
-        time.sleep(0.05)
+    wait_until_blocking(
+        lambda: not running(f"sleep {child}", f"sleep {orphan}"),
+        timeout=10,
+        what="the leftovers killed",
+    )
 
 
 def test_a_session_that_stops_what_it_starts_passes(tmp_path: Path) -> None:

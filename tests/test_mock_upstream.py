@@ -14,7 +14,8 @@ import pytest
 
 from kktd.mock_upstream import STALE_FENCE_STATUS, FaultError, Faults, MockUpstream
 from tests.support.redis_server import free_port
-from tests.support.upstream import FN, running_mock, wait_until
+from tests.support.upstream import FN, running_mock
+from tests.support.wait import wait_until
 
 TLV = base64.b64encode(b"\x01\x02").decode()
 

@@ -30,9 +30,10 @@ from tests.api.helpers import (
     make_config,
     polled_kkt,
     upstream,
-    wait_until,
 )
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
+from tests.support.wait import wait_until
 
 __all__ = ["upstream"]  # a fixture
 
@@ -93,7 +94,7 @@ async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon:
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(read_through(poller, device)))
+        await wait_until(lambda: read_through(poller, device))
         line = await status_line(daemon.runtime)
     assert line.startswith(f"KKT online ({MODEL}), pending 2, dead 0, upstream ok")
     assert line.endswith("FN backlog error: 4 days left")
@@ -112,16 +113,12 @@ async def test_the_line_and_the_advice_say_when_an_fd_cannot_be_read(daemon: Dae
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, FailingFd(archive=3)):
-        await wait_until(lambda: _is(poller.status().last_error is not None))
+        await wait_until(lambda: poller.status().last_error is not None)
         line = await status_line(daemon.runtime)
         status = await snapshot(daemon.runtime)
     assert "KKT reads failing at FD 2" in line
     assert status["kkt"]["stuck_at_fd"] == 2
     assert any("FD 2 cannot be read" in todo for todo in advice(status))
-
-
-async def _is(value: bool) -> bool:
-    return value
 
 
 def read_through(poller: Poller, device: KktDevice) -> bool:
@@ -137,7 +134,7 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
     assert daemon.components is not None
     poller = daemon.components.poller
     async with polled_kkt(daemon, device):
-        await wait_until(lambda: _is(read_through(poller, device)))
+        await wait_until(lambda: read_through(poller, device))
         status = await snapshot(daemon.runtime)
         beat = await heartbeat(daemon.components)
     assert status["kkt"]["connected"] is True
@@ -158,7 +155,7 @@ async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon)
 async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> None:
     emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
     await emulator.start()
-    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    process = KktdProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
     try:
         index = await asyncio.to_thread(
             process.wait_for, lambda m: f"STATUS=KKT online ({MODEL})" in m, 30.0
@@ -172,7 +169,7 @@ async def test_cyrillic_model_reaches_notify_socket_intact(tmp_path: Path) -> No
 async def test_status_is_sent_when_the_kkt_comes_online_and_only_when_it_changes(
     tmp_path: Path,
 ) -> None:
-    process = DaemonProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
+    process = KktdProcess(write_config(tmp_path, kkt_port=str(tmp_path / "kkt0")))
     emulator = PtyEmulator(KktDevice(archive=2), link=tmp_path / "kkt0")
     try:
         ready = await asyncio.to_thread(process.wait_ready)

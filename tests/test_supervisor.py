@@ -9,14 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kktd.supervisor import HEALTHY_STRETCH, Beat, Supervisor, watchdog
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_a_component_that_stops_beating_becomes_stale_after_its_deadline() -> None:

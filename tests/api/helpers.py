@@ -4,7 +4,6 @@ the KKT emulator on a real pty when a test needs the KKT side too."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -101,15 +100,6 @@ async def harness(
     yield Harness(daemon, client, upstream)
     assert daemon.components is not None
     await daemon.components.close()
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def kkt_config(tmp_path: Path) -> KktConfig:

@@ -34,7 +34,8 @@ from kktd.mock_upstream import MockUpstream
 from kktd.status import heartbeat
 from kktd.sync.lock import redis_from_url
 from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
 from tests.support.redis_server import RedisServer, free_port
 
 CLIENT_CONFIG = """\
@@ -310,7 +311,7 @@ async def test_fleet_without_redis_says_so(served: Served) -> None:
 def test_status_and_fleet_against_kktd_run(tmp_path: Path, redis_server: RedisServer) -> None:
     """The real thing: `kktd run` as a process, `kktd status` and `kktd fleet` as processes."""
     config = write_config(tmp_path, extra=f'\n[lock]\nredis_url = "{redis_server.url}"\n')
-    daemon = DaemonProcess(config, env={"KKTD_INSTANCE_ID": "till-9"})
+    daemon = KktdProcess(config, env={"KKTD_INSTANCE_ID": "till-9"})
     try:
         daemon.wait_ready()
         status = _run("status", config)

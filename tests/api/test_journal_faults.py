@@ -25,9 +25,9 @@ from tests.api.helpers import (
     harness,
     make_config,
     upstream,
-    wait_until,
 )
 from tests.api.test_metrics import parse
+from tests.support.wait import wait_until
 
 __all__ = ["harness", "upstream"]  # fixtures
 
@@ -151,7 +151,7 @@ async def test_health_and_the_status_line_name_a_crash_looping_component(
 
     task = asyncio.create_task(supervisor.supervise("poller", broken, sleep=no_wait))
     try:
-        await wait_until(lambda: _true(crashes >= CRASH_LOOP))
+        await wait_until(lambda: crashes >= CRASH_LOOP)
         body = await (await harness.client.get("/v1/health")).json()
         assert body["components"]["supervisor"] == (
             f"crash loop: poller ({CRASH_LOOP} crashes in a row,"
@@ -163,7 +163,3 @@ async def test_health_and_the_status_line_name_a_crash_looping_component(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def _true(value: bool) -> bool:
-    return value

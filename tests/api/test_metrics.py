@@ -21,8 +21,8 @@ from tests.api.helpers import (
     kkt_config,
     make_config,
     polled_kkt,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

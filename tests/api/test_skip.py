@@ -30,11 +30,11 @@ from tests.api.helpers import (
     kkt_config,
     make_config,
     polled_kkt,
-    wait_until,
 )
 from tests.api.test_commands import Served, _main, client_config
 from tests.api.test_metrics import parse
 from tests.kkt.test_poller_reads import OTHER_FN, foreign
+from tests.support.wait import wait_until
 
 REASON = "service centre ticket 4711: FD 4 cannot be read out of the FN"
 

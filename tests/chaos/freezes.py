@@ -40,6 +40,7 @@ from kktd.mock_upstream import Arrival, MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import FN, Kktd, Report, read_journal
 from tests.support.redis_server import RedisServer
+from tests.support.wait import WaitTimeoutError, wait_until
 
 TTL = "2s"  # the harness's lock ttl (world.CONFIG)
 FREEZE = 3.0  # seconds: past the ttl, so the other till takes the lock meanwhile
@@ -139,11 +140,11 @@ async def _stop_one(
 async def _observed(node: Kktd, client: redis.asyncio.Redis, *, mid_round: bool) -> Freeze:
     """Once the till is really stopped: the fence counter (its fences are all at most this)."""
     assert node.proc is not None
-    deadline = time.monotonic() + 5.0
-    while _state(node.proc.pid) != "T":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{node.name} did not stop on SIGSTOP")
-        await asyncio.sleep(0.001)
+    pid = node.proc.pid
+    try:
+        await wait_until(lambda: _state(pid) == "T", timeout=5.0, interval=0.001)
+    except WaitTimeoutError as exc:
+        raise RuntimeError(f"{node.name} did not stop on SIGSTOP") from exc
     fence = int(await client.get(FENCE_KEY) or 0)
     holder = await client.get(LOCK_KEY) or ""
     return Freeze(node.name, mid_round, fence, held_lock=f'"{node.name}"' in holder)

@@ -23,6 +23,7 @@ from kktd.mock_upstream import MockUpstream
 from tests.chaos.world import FN, Kktd, Report, check, drain, watch
 from tests.support.faults import fill, tmpfs
 from tests.support.redis_server import RedisServer
+from tests.support.wait import WaitTimeoutError, wait_until
 
 RATE = 20.0  # receipts a second from each emulator
 
@@ -243,7 +244,7 @@ async def sighup(workdir: Path, passes: int) -> Report:
                 node.proc.send_signal(signal.SIGHUP)
                 sent += 2
             reloading = await node.wait_for_message("RELOADING=1", mark, within=10.0)
-            await node.wait_for_message("READY=1", reloading, within=10.0)
+            await node.wait_for_message("READY=1", reloading + 1, within=10.0)
         node.config.write_text(valid, encoding="utf-8")
         return sent
 
@@ -305,9 +306,8 @@ async def long_tlv(workdir: Path, passes: int) -> Report:
 
 async def _until(done: Callable[[], bool], within: float = 10.0) -> None:
     """Wait for a fault to be consumed; the drain and the checks report what did not happen."""
-    deadline = time.monotonic() + within
-    while not done() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(WaitTimeoutError):
+        await wait_until(done, timeout=within, interval=0.05)
 
 
 def _long_tlv_journal(node: Path, report: Report) -> list[str]:

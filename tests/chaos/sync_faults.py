@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 from kktd.mock_upstream import MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import Kktd, Report, read_journal
+from tests.support.wait import WaitTimeoutError, wait_until
 
 # low enough that counting a probe or a page against an FD would kill it within one outage
 MAX_ATTEMPTS = 5
@@ -99,12 +99,15 @@ async def clock(workdir: Path, passes: int) -> Report:
 async def failed_twice(mock: MockUpstream, within: float = 10.0) -> bool:
     """Wait until two more deliveries have been answered 503 (True), or `within` passes."""
     mark = len(mock.state.requests)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if sum(1 for r in mock.state.requests[mark:] if r.status == 503) >= 2:
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    try:
+        await wait_until(
+            lambda: sum(1 for r in mock.state.requests[mark:] if r.status == 503) >= 2,
+            timeout=within,
+            interval=0.05,
+        )
+    except WaitTimeoutError:
+        return False
+    return True
 
 
 def set_offset(path: Path, offset: str) -> None:
@@ -124,7 +127,7 @@ async def few_attempts(node: Kktd) -> None:
     assert node.proc is not None
     node.proc.send_signal(signal.SIGHUP)
     reloading = await node.wait_for_message("RELOADING=1", mark, within=10.0)
-    await node.wait_for_message("READY=1", reloading, within=10.0)
+    await node.wait_for_message("READY=1", reloading + 1, within=10.0)
 
 
 def none_dead(nodes: list[Kktd]) -> list[str]:

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,53 +23,15 @@ from kktd.emulator.pty import PtyEmulator
 from kktd.emulator.serving import Serving
 from kktd.emulator.tcp import TcpEmulator
 from kktd.mock_upstream import MockUpstream
+from tests.support.config import render_config
+from tests.support.kktd_process import KktdProcess, has_line
+from tests.support.wait import WaitTimeoutError, wait_until
 
 FN = "9999078900005488"
 READY_WITHIN = 30.0
 STOP_WITHIN = 20.0
 DRAIN_WITHIN = 30.0
 RSS_GROWTH_LIMIT_KB = 30 * 1024
-
-CONFIG = """\
-[kkt]
-port = "{kkt}"
-poll_interval = "100ms"
-start_fd = "first"
-
-[journal]
-path = "{journal}"
-
-[upstream]
-url = "{upstream}"
-timeout = "1s"
-max_in_flight = 4
-
-[sync]
-interval = "500ms"
-batch_size = 50
-max_attempts = 1000
-
-[backoff]
-base = "100ms"
-max = "1s"
-jitter = "full"
-
-[breaker]
-failure_threshold = 3
-reset_timeout = "1s"
-
-[lock]
-redis_url = "{redis}"
-ttl = "2s"
-on_unavailable = "{on_unavailable}"
-
-[api]
-listen = "unix:{api}"
-
-[log]
-level = "info"
-format = "json"
-"""
 
 
 @dataclass
@@ -92,8 +49,9 @@ class Report:
 class Kktd:
     """One kktd: its emulator, its config and journal, and the subprocess (restartable).
 
-    The NOTIFY_SOCKET stays bound across restarts, so READY=1 of each run can be awaited.
-    Exits are watched: any exit the harness did not cause is a violation.
+    The process is a `KktdProcess`, whose NOTIFY_SOCKET stays bound across restarts, so READY=1
+    of each run can be awaited. Exits are watched: any exit the harness did not cause is a
+    violation.
     """
 
     def __init__(
@@ -112,77 +70,64 @@ class Kktd:
         self.journal = self.dir / "kktd.db"
         self.config = self.dir / "kktd.toml"
         self.api = ApiConfig(listen=f"unix:{self.dir / 'api.sock'}")
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(self.dir / "notify.sock"))
-        self.notify.setblocking(False)
-        self.messages: list[str] = []
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process = KktdProcess(self.config, env={"KKTD_INSTANCE_ID": name}, start=False)
+        self.env = self.process.env  # more environment for kktd (e.g. libfaketime's)
         self.expected_exit = False
         self.starts = 0
         self.unexpected: list[str] = []
         self.rss: list[tuple[int, int]] = []  # (start number, VmRSS kB)
-        self.log_path = self.dir / "kktd.log"
-        self.env: dict[str, str] = {}  # more environment for kktd (e.g. libfaketime's)
+        self.log_path = self.process.log_path
 
     @property
     def issued(self) -> int:
         return self.emulator.device.last_fd
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc
+
+    @property
+    def messages(self) -> list[tuple[float, str]]:
+        return self.process.messages
 
     def write_config(
         self, *, journal: Path | None = None, redis: str = "", on_unavailable: str = "proceed"
     ) -> None:
         if journal is not None:
             self.journal = journal
-        text = CONFIG.format(
-            kkt=self.emulator.port,
-            journal=self.journal,
-            upstream=self.upstream,
-            redis=redis,
-            on_unavailable=on_unavailable,
-            api=self.api.listen.removeprefix("unix:"),
+        self.config.write_text(
+            render_config(
+                self.dir,
+                kkt={"port": self.emulator.port, "poll_interval": "100ms", "start_fd": "first"},
+                journal={"path": self.journal},
+                upstream={"url": self.upstream, "timeout": "1s", "max_in_flight": 4},
+                sync={"interval": "500ms", "batch_size": 50, "max_attempts": 1000},
+                backoff={"base": "100ms", "max": "1s", "jitter": "full"},
+                breaker={"failure_threshold": 3, "reset_timeout": "1s"},
+                lock={"redis_url": redis, "ttl": "2s", "on_unavailable": on_unavailable},
+                api={"listen": self.api.listen},
+                log={"level": "info"},
+            ),
+            encoding="utf-8",
         )
-        self.config.write_text(text, encoding="utf-8")
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in {"JOURNAL_STREAM", "WATCHDOG_USEC"}}
-        env.update(NOTIFY_SOCKET=str(self.dir / "notify.sock"), KKTD_INSTANCE_ID=self.name)
-        env.update(self.env)
-        self.drain_notify()
-        self.messages.clear()
         self.expected_exit = False
         self.starts += 1
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kktd", "run", "--config", str(self.config)],
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-                env=env,
-            )
-
-    def drain_notify(self) -> None:
-        while True:
-            try:
-                data = self.notify.recv(65536)
-            except BlockingIOError:
-                return
-            self.messages.extend(data.decode("utf-8", "replace").split("\n"))
+        self.process.start()
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.alive
 
     async def wait_for_message(
         self, line: str, start: int = 0, within: float = READY_WITHIN
     ) -> int:
-        """Index of the first notify line equal to `line` from `start` on."""
-        deadline = time.monotonic() + within
-        while True:
-            self.drain_notify()
-            with contextlib.suppress(ValueError):
-                return self.messages.index(line, start)
-            if not self.alive or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no {line!r} (alive={self.alive})\n{self.tail()}")
-            await asyncio.sleep(0.02)
+        """Index of the first notify datagram from `start` on that has the line `line`."""
+        try:
+            return await self.process.wait_for_async(has_line(line), within, start)
+        except AssertionError as exc:  # run_scenario reports a part that would not come up
+            raise RuntimeError(f"{self.name}: no {line!r}: {exc}") from exc
 
     async def wait_ready(self) -> None:
         await self.wait_for_message("READY=1")
@@ -198,16 +143,10 @@ class Kktd:
 
     async def stop(self) -> int:
         """SIGTERM and wait: a clean stop must exit 0."""
-        assert self.proc is not None
         self.watch()
         self.expected_exit = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(self.proc.wait, STOP_WITHIN)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.wait)
+        code = await asyncio.to_thread(self.process.stop, STOP_WITHIN)
+        if code is None:
             self.unexpected.append(f"{self.name}: did not stop within {STOP_WITHIN:.0f} s")
             return -9
         if code != 0:
@@ -223,9 +162,10 @@ class Kktd:
             self.expected_exit = True  # report it once
             self.unexpected.append(f"{self.name}: exited by itself with {code}\n{self.tail()}")
             return
-        self.drain_notify()
+        self.process.drain()
         # from READY on: the imports before it are growth of the start, not of the work
-        rss = vm_rss_kb(self.proc.pid) if "READY=1" in self.messages else None
+        ready = any(has_line("READY=1")(message) for _, message in self.messages)
+        rss = vm_rss_kb(self.proc.pid) if ready else None
         if rss is not None:
             self.rss.append((self.starts, rss))
 
@@ -242,11 +182,7 @@ class Kktd:
         return counts is not None and counts["pending"] == 0 and sum(counts.values()) >= self.issued
 
     def tail(self, lines: int = 12) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.tail(lines)
 
     def rss_growth_kb(self) -> int:
         """Largest growth of one run's RSS over its first sample."""
@@ -258,11 +194,7 @@ class Kktd:
         return worst
 
     def close(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.notify.close()
+        self.process.close()
 
 
 def vm_rss_kb(pid: int) -> int | None:
@@ -289,12 +221,15 @@ async def drain(nodes: list[Kktd], within: float = DRAIN_WITHIN) -> list[str]:
     """Stop issuing and wait until every node journaled and settled all its FDs."""
     for node in nodes:
         node.emulator.stop_issuing()
-    deadline = time.monotonic() + within
     waiting = list(nodes)
-    while waiting and time.monotonic() < deadline:
+
+    async def all_drained() -> bool:
+        nonlocal waiting
         waiting = [node for node in waiting if not await node.drained()]
-        if waiting:
-            await asyncio.sleep(0.2)
+        return not waiting
+
+    with contextlib.suppress(WaitTimeoutError):  # those still waiting are the violations
+        await wait_until(all_drained, timeout=within, interval=0.2)
     return [
         f"{node.name}: not drained within {within:.0f} s: issued {node.issued},"
         f" buffer {await node.buffer()}\n{node.tail()}"

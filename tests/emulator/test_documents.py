@@ -19,24 +19,16 @@ from kktd.emulator.documents import (
     load_fixtures,
 )
 from kktd.kkt.tlv import decode_document, iter_tlv
+from tests.support.clock import FakeClock
 
 START = datetime(2024, 3, 1, 9, 0, 0)
 
 
-class StepClock:
-    """A KKT wall clock that moves on by `step` each time it is read."""
-
-    def __init__(self, start: datetime = START, step: timedelta = timedelta(seconds=37)) -> None:
-        self.now = start
-        self.step = step
-
-    def __call__(self) -> datetime:
-        self.now += self.step
-        return self.now
-
-
 def generator(seed: int = 1, **identity: Any) -> DocumentGenerator:
-    return DocumentGenerator(rng=random.Random(seed), clock=StepClock(), **identity)
+    ticks = FakeClock(0.0, step=37.0)  # a KKT wall clock that moves on 37 s each read
+    return DocumentGenerator(
+        rng=random.Random(seed), clock=lambda: START + timedelta(seconds=ticks()), **identity
+    )
 
 
 @pytest.fixture(scope="module")

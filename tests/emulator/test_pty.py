@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from kktd.kkt.protocol import (
     encode_request,
     fd_request,
 )
+from tests.support.wait import WaitTimeoutError, wait_until
 
 PWD = 30
 
@@ -170,12 +172,11 @@ async def test_a_host_frame_cut_short_is_forgotten_after_the_byte_timeout(
     emulator: PtyEmulator, port: HostPort
 ) -> None:
     port.write(bytes.fromhex("02 06 FF 01"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 2.0
-    while not emulator.device.receiving and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    while emulator.device.receiving and loop.time() < deadline:
-        await asyncio.sleep(0.01)
+    with contextlib.suppress(WaitTimeoutError):  # it may have come and gone between two looks
+        await wait_until(lambda: emulator.device.receiving, timeout=1.0, interval=0.01)
+    await wait_until(
+        lambda: not emulator.device.receiving, timeout=2.0, interval=0.01, what="frame forgotten"
+    )
     assert not emulator.device.receiving
     assert (await port.command(Command.FN_STATUS)).error == ErrorCode.OK
 

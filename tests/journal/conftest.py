@@ -1,41 +1,17 @@
-"""Fixtures for the journal tests: a real SQLite file in tmp_path and a clock the test moves."""
+"""The journal tests stamp rows with a wall clock they move: `clock` is the suite's `wall`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from kktd.journal import Journal
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    """A wall clock that stands still until the test moves it."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock(wall: FakeClock) -> FakeClock:
+    return wall
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "kktd.db"
-
-
-@pytest.fixture
-async def journal(db_path: Path, clock: Clock) -> AsyncIterator[Journal]:
-    j = await Journal.open(db_path, clock=clock)
-    try:
-        yield j
-    finally:
-        await j.close()
+def journal_clock(wall: FakeClock) -> FakeClock:
+    return wall

@@ -11,13 +11,13 @@ from structlog.testing import capture_logs
 
 from kktd.journal import Journal, JournalIOError
 from kktd.journal.integrity import move_aside
-from tests.journal.conftest import Clock
+from tests.support.clock import FakeClock
 
 FN = "9999078900005488"
 STAMP = "20231114T221320"  # T0 in UTC
 
 
-async def _expect_recovery(db_path: Path, clock: Clock) -> Path:
+async def _expect_recovery(db_path: Path, clock: FakeClock) -> Path:
     with capture_logs() as logs:
         journal = await Journal.open(db_path, clock=clock)
     try:
@@ -40,7 +40,7 @@ async def _real_journal(db_path: Path, documents: int) -> None:
 
 
 async def test_a_file_of_garbage_is_moved_aside_with_its_sidecars(
-    db_path: Path, clock: Clock
+    db_path: Path, clock: FakeClock
 ) -> None:
     garbage = b"not a journal at all " * 500
     db_path.write_bytes(garbage)
@@ -53,7 +53,7 @@ async def test_a_file_of_garbage_is_moved_aside_with_its_sidecars(
 
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 async def test_a_damaged_real_journal_is_moved_aside(
-    db_path: Path, clock: Clock, damage: str
+    db_path: Path, clock: FakeClock, damage: str
 ) -> None:
     await _real_journal(db_path, documents=60)
     data = bytearray(db_path.read_bytes())
@@ -67,7 +67,7 @@ async def test_a_damaged_real_journal_is_moved_aside(
     assert moved.read_bytes() == bytes(data)
 
 
-async def test_a_healthy_journal_is_kept(db_path: Path, clock: Clock) -> None:
+async def test_a_healthy_journal_is_kept(db_path: Path, clock: FakeClock) -> None:
     await _real_journal(db_path, documents=3)
     async with await Journal.open(db_path, clock=clock) as journal:
         assert journal.recovered_from is None
@@ -86,7 +86,7 @@ async def test_a_path_sqlite_cannot_open_is_an_error_not_damage(tmp_path: Path, 
     assert not list(tmp_path.rglob("*.corrupt-*"))
 
 
-def test_move_aside_never_overwrites_an_earlier_copy(db_path: Path, clock: Clock) -> None:
+def test_move_aside_never_overwrites_an_earlier_copy(db_path: Path, clock: FakeClock) -> None:
     db_path.write_bytes(b"first")
     first = move_aside(db_path, clock())
     db_path.write_bytes(b"second")

@@ -8,7 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 from kktd.journal import Journal
-from tests.journal.conftest import T0, Clock
+from tests.support.clock import T0, FakeClock
 
 FN = "9999078900005488"
 OLD = 6_000  # synced FDs a first prune after lowering retention_days finds
@@ -33,7 +33,7 @@ def _old_rows(path: Path) -> int:
 
 
 async def test_an_fd_is_journaled_while_a_large_prune_is_still_under_way(
-    db_path: Path, clock: Clock
+    db_path: Path, clock: FakeClock
 ) -> None:
     async with await Journal.open(db_path, clock=clock) as journal:
         await journal.store(FN, OLD + 1, 3, b"raw", {})  # a pending FD: never pruned
@@ -50,7 +50,7 @@ async def test_an_fd_is_journaled_while_a_large_prune_is_still_under_way(
     assert _old_rows(db_path) == 0
 
 
-async def test_a_prune_reports_progress_batch_by_batch(db_path: Path, clock: Clock) -> None:
+async def test_a_prune_reports_progress_batch_by_batch(db_path: Path, clock: FakeClock) -> None:
     async with await Journal.open(db_path, clock=clock) as journal:
         _seed(db_path, 2500)
         beats: list[int] = []

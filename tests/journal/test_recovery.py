@@ -16,16 +16,16 @@ from structlog.testing import capture_logs
 
 from kktd.journal import Journal, JournalDamagedError, JournalError, JournalUnavailableError
 from kktd.journal.recovery import SHOWN_FOR
-from tests.api.helpers import wait_until
-from tests.journal.conftest import T0, Clock
+from tests.support.clock import T0, FakeClock
 from tests.support.faults import damage_table, fill, tmpfs
+from tests.support.wait import wait_until
 
 FN = "9999078900005488"
 GARBAGE = b"this is not a database " * 4000  # ~90 KiB
 
 
 @pytest.fixture
-async def kept(db_path: Path, clock: Clock) -> AsyncIterator[Journal]:
+async def kept(db_path: Path, clock: FakeClock) -> AsyncIterator[Journal]:
     """A journal with its `keep_open` loop running, as in the daemon."""
     journal = await Journal.open(db_path, clock=clock)
     keeper = asyncio.create_task(journal.keep_open(lambda: None, retry_every=0.05))
@@ -60,7 +60,7 @@ async def test_a_recovery_that_fails_for_want_of_space_still_rereads_the_fn_late
 
 
 async def test_a_recovery_cut_short_before_the_rename_is_done_again(
-    db_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db_path.write_bytes(GARBAGE)
 
@@ -78,7 +78,7 @@ async def test_a_recovery_cut_short_before_the_rename_is_done_again(
 
 
 async def test_the_fresh_journal_arrives_whole_with_its_marker_and_record(
-    db_path: Path, clock: Clock
+    db_path: Path, clock: FakeClock
 ) -> None:
     db_path.write_bytes(GARBAGE)
     async with await Journal.open(db_path, clock=clock) as journal:
@@ -98,7 +98,7 @@ async def test_the_fresh_journal_arrives_whole_with_its_marker_and_record(
 
 
 async def test_the_recovery_is_shown_across_restarts_until_acknowledged(
-    db_path: Path, clock: Clock
+    db_path: Path, clock: FakeClock
 ) -> None:
     db_path.write_bytes(GARBAGE)
     await (await Journal.open(db_path, clock=clock)).close()
@@ -117,7 +117,9 @@ async def test_the_recovery_is_shown_across_restarts_until_acknowledged(
         assert not journal.recovery.shown(clock.now)
 
 
-async def test_an_unacknowledged_recovery_is_shown_for_a_week(db_path: Path, clock: Clock) -> None:
+async def test_an_unacknowledged_recovery_is_shown_for_a_week(
+    db_path: Path, clock: FakeClock
+) -> None:
     db_path.write_bytes(GARBAGE)
     async with await Journal.open(db_path, clock=clock) as journal:
         record = journal.recovery
@@ -137,7 +139,7 @@ async def test_damage_at_run_time_ends_in_a_fresh_journal_that_rereads_the_fn(
     with capture_logs() as logs:
         with pytest.raises(JournalDamagedError, match="malformed"):
             await first_use
-        await wait_until(lambda: _now(kept.recovered_from is not None))
+        await wait_until(lambda: kept.recovered_from is not None)
     # the start-up path, in-process: moved aside, fresh, the FN's archive asked for again
     assert kept.unavailable() is None
     assert await kept.cursor(FN) is None
@@ -152,7 +154,7 @@ async def test_damage_at_run_time_ends_in_a_fresh_journal_that_rereads_the_fn(
 
 
 async def test_while_it_is_replaced_every_call_fails_at_once_naming_the_damage(
-    db_path: Path, clock: Clock
+    db_path: Path, clock: FakeClock
 ) -> None:
     journal = await Journal.open(db_path, clock=clock)  # no keep_open: it stays unavailable
     try:
@@ -178,13 +180,13 @@ async def test_a_journal_that_could_not_open_opens_when_the_cause_is_gone(tmp_pa
     journal = Journal(missing)
     keeper = asyncio.create_task(journal.keep_open(lambda: None, retry_every=0.05))
     try:
-        await wait_until(lambda: _now(journal.fault is not None and journal.fault.kind == "io"))
+        await wait_until(lambda: journal.fault is not None and journal.fault.kind == "io")
         with pytest.raises(JournalUnavailableError, match="I/O error"):
             await journal.counts()
         opened: list[bool] = []
         journal.on_open.append(lambda: opened.append(True))
         missing.parent.mkdir()
-        await wait_until(lambda: _now(journal.unavailable() is None))
+        await wait_until(lambda: journal.unavailable() is None)
         assert opened == [True]
         assert (await journal.counts()).pending == 0
     finally:
@@ -213,7 +215,3 @@ def test_an_io_error_at_run_time_reopens_the_same_file_through_the_start_up_chec
     assert (seen["reopened"], seen["recovered_from"], seen["cursor"]) == (True, None, 5)
     assert seen["stored"] is True
     assert not list(db_path.parent.glob("*.corrupt-*"))
-
-
-async def _now(value: bool) -> bool:
-    return value

@@ -9,7 +9,7 @@ import pytest
 
 from kktd.journal import Journal
 from kktd.journal.skips import Requester, SkipRefused, list_skips, record_skip, skipped_count
-from tests.journal.conftest import T0
+from tests.support.clock import T0
 
 FN = "9999078900005488"
 WHO = Requester("alice", "uid 1000 (alice), pid 4242", "api token")

@@ -11,7 +11,7 @@ import pytest
 
 from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
 from kktd.ofd.audit import ExchangeRecord
-from tests.journal.conftest import T0, Clock
+from tests.support.clock import T0, FakeClock
 
 FN = "9999078900005488"
 FN2 = "9999078900005489"
@@ -57,7 +57,7 @@ async def test_store_and_cursor_advance_commit_together(journal: Journal, db_pat
     assert await journal.cursor(FN) == 1
 
 
-async def test_store_is_idempotent(journal: Journal, clock: Clock) -> None:
+async def test_store_is_idempotent(journal: Journal, clock: FakeClock) -> None:
     await journal.store(FN, 5, 3, b"first", FIELDS)
     await journal.mark_synced(FN, 5, T0 + 1)
     clock.now += 10
@@ -193,7 +193,7 @@ async def test_failure_marks_never_touch_a_synced_fd(journal: Journal) -> None:
 
 
 async def test_retry_dead_returns_an_fd_to_pending_with_attempts_reset(
-    journal: Journal, clock: Clock
+    journal: Journal, clock: FakeClock
 ) -> None:
     await journal.store(FN, 1, 3, b"raw", FIELDS)
     await journal.store(FN, 2, 3, b"raw", FIELDS)
@@ -245,7 +245,7 @@ async def test_prune_deletes_only_synced_fds_synced_before_the_limit(journal: Jo
     assert await journal.prune(before=T0 + 10_000_000) == 1
 
 
-async def test_counts_and_oldest_pending(journal: Journal, clock: Clock) -> None:
+async def test_counts_and_oldest_pending(journal: Journal, clock: FakeClock) -> None:
     for fd in range(1, 5):
         clock.now = T0 + fd
         await journal.store(FN, fd, 3, b"raw", FIELDS)
@@ -285,7 +285,7 @@ async def test_pending_fns_and_last_fd(journal: Journal) -> None:
 
 
 async def test_iter_since_reads_in_journaling_order_across_batches(
-    journal: Journal, clock: Clock
+    journal: Journal, clock: FakeClock
 ) -> None:
     # ties on journaled_at straddle batch boundaries: (fn, fd) breaks them
     stamps = {(FN2, 1): 1.0, (FN, 5): 2.0, (FN, 4): 2.0, (FN2, 2): 2.0, (FN, 1): 3.0, (FN, 0): 0.0}
@@ -377,7 +377,7 @@ async def test_data_survives_reopening(db_path: Path) -> None:
 
 
 async def test_an_fd_journaled_before_the_wall_clock_steps_back_is_still_due(
-    journal: Journal, clock: Clock
+    journal: Journal, clock: FakeClock
 ) -> None:
     await journal.store(FN, 1, 3, b"raw", FIELDS)
     clock.now = T0 - 3600  # NTP corrects a clock that ran an hour ahead

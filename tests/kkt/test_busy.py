@@ -6,7 +6,6 @@ pause and advances a fake clock; the KKT is the emulator on a real pty answering
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,30 +19,15 @@ from kktd.journal import Journal
 from kktd.kkt.link import IDENTIFY_BUSY_WAIT, KktError, KktLink, busy_delays
 from kktd.kkt.poller import BUSY_WAIT, Poller
 from kktd.kkt.transport import LinkDown
+from tests.support.clock import FakeClock
 
 SCHEDULE = [0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.2, 0.2]
-
-
-class Sleeps:
-    """An injected sleep: records every pause and moves the fake monotonic clock by it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.taken: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.taken.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class Bench:
     def __init__(self, emulator: PtyEmulator, journal: Journal) -> None:
         self.device = emulator.device
-        self.sleeps = Sleeps()
+        self.sleeps = FakeClock()
         self.link = KktLink(
             str(emulator.path),
             115200,
@@ -86,13 +70,13 @@ async def test_a_busy_answer_is_asked_again_at_once_then_after_10_ms_doubling(
     await bench.link.connect()
     bench.device.busy(len(SCHEDULE))
     assert await bench.poller.poll() == 2  # the busy FF01 went through in the end
-    assert bench.sleeps.taken == pytest.approx(SCHEDULE)
+    assert bench.sleeps.slept == pytest.approx(SCHEDULE)
 
 
 async def test_identifying_a_printing_kkt_follows_the_same_schedule(bench: Bench) -> None:
     bench.device.busy(5)
     await bench.link.connect()
-    assert bench.sleeps.taken == pytest.approx(SCHEDULE[:5])
+    assert bench.sleeps.slept == pytest.approx(SCHEDULE[:5])
 
 
 async def test_a_kkt_busy_for_good_is_given_up_after_the_bounded_wait(bench: Bench) -> None:
@@ -101,9 +85,9 @@ async def test_a_kkt_busy_for_good_is_given_up_after_the_bounded_wait(bench: Ben
     with pytest.raises(KktError) as failure:
         await bench.poller._request(0xFF01)
     assert failure.value.busy
-    assert math.fsum(bench.sleeps.taken) == pytest.approx(BUSY_WAIT)
-    assert len(bench.sleeps.taken) == len(list(busy_delays(BUSY_WAIT)))
-    assert bench.device.faults.busy == 10_000 - len(bench.sleeps.taken) - 1
+    assert math.fsum(bench.sleeps.slept) == pytest.approx(BUSY_WAIT)
+    assert len(bench.sleeps.slept) == len(list(busy_delays(BUSY_WAIT)))
+    assert bench.device.faults.busy == 10_000 - len(bench.sleeps.slept) - 1
 
 
 async def test_identifying_a_kkt_busy_for_good_fails_after_its_own_bounded_wait(
@@ -112,4 +96,4 @@ async def test_identifying_a_kkt_busy_for_good_fails_after_its_own_bounded_wait(
     bench.device.busy(10_000)
     with pytest.raises(LinkDown, match="printing"):
         await bench.link.connect()
-    assert math.fsum(bench.sleeps.taken) == pytest.approx(IDENTIFY_BUSY_WAIT)
+    assert math.fsum(bench.sleeps.slept) == pytest.approx(IDENTIFY_BUSY_WAIT)

@@ -29,6 +29,7 @@ from kktd.emulator.tcp import TcpEmulator
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,18 +64,25 @@ class Stack:
         await self.link.close()
 
     async def until_connected(self, within: float = 5.0) -> None:
-        async with asyncio.timeout(within):
-            while not self.link.connected:
-                await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: self.link.connected, timeout=within, interval=0.01, what="link connected"
+        )
 
     async def until_complete(self, within: float) -> None:
         """Wait until the poller has read the FN's last FD (and is still running)."""
-        deadline = time.monotonic() + within
-        while self.poller.status().cursor != self.device.last_fd or not self.device.last_fd:
+
+        def complete() -> bool:
             assert self.task is not None
             assert not self.task.done(), "the poller stopped"
-            assert time.monotonic() < deadline, f"stuck at {self.poller.status()}"
-            await asyncio.sleep(0.01)
+            return bool(self.device.last_fd) and self.poller.status().cursor == self.device.last_fd
+
+        await wait_until(
+            complete,
+            timeout=within,
+            interval=0.01,
+            what="the poller read the last FD",
+            detail=lambda: f"stuck at {self.poller.status()}",
+        )
 
     async def verify(self) -> None:
         await verify_journal(self.journal, self.device)
@@ -228,10 +236,9 @@ async def test_a_vanished_port_is_back_in_service_within_the_reconnect_backoff(
     stack.start()
     await stack.until_complete(within=10)
     stack.emulator.vanish()
-    deadline = time.monotonic() + 5
-    while stack.poller.status().connected:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until(
+        lambda: not stack.poller.status().connected, timeout=5, interval=0.01, what="link lost"
+    )
     await asyncio.sleep(0.3)
     stack.emulator.reappear()
     back = time.monotonic()
@@ -268,10 +275,12 @@ async def test_a_kkt_that_hangs_without_closing_is_dropped_and_read_again_once_i
     await stack.until_complete(within=10)
     with capture_logs() as logs:
         stack.emulator.freeze()
-        deadline = time.monotonic() + 5
-        while stack.poller.status().connected:
-            assert time.monotonic() < deadline, "a hung KKT still counts as connected"
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: not stack.poller.status().connected,
+            timeout=5,
+            interval=0.01,
+            what="a hung KKT no longer counted as connected",
+        )
         for _ in range(3):
             stack.device.issue()
         stack.emulator.thaw()

@@ -13,14 +13,7 @@ from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.protocol import Request, encode_frame, encode_response
 from kktd.kkt.transport import LinkDown, SerialTransport
 from tests.kkt import DEVICE, Peer, answer_with
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
@@ -31,12 +24,7 @@ async def peer(tmp_path: Path) -> AsyncIterator[Peer]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def link(peer: Peer, clock: Clock) -> AsyncIterator[KktLink]:
+async def link(peer: Peer, clock: FakeClock) -> AsyncIterator[KktLink]:
     kkt = KktLink(
         str(peer.path),
         115200,
@@ -110,7 +98,7 @@ async def test_exclusive_keeps_a_sequence_together_and_does_not_deadlock(
 
 
 async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
-    peer: Peer, clock: Clock, tmp_path: Path
+    peer: Peer, clock: FakeClock, tmp_path: Path
 ) -> None:
     opened: list[str] = []
 
@@ -155,7 +143,7 @@ async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
 
 
 async def test_a_kkt_that_stops_answering_is_link_down_and_reconnected(
-    peer: Peer, link: KktLink, clock: Clock
+    peer: Peer, link: KktLink, clock: FakeClock
 ) -> None:
     await link.connect()
     peer.silent = True
@@ -168,7 +156,7 @@ async def test_a_kkt_that_stops_answering_is_link_down_and_reconnected(
 
 
 async def test_line_noise_is_counted_and_logged_at_its_start_once_a_minute_and_its_end(
-    peer: Peer, link: KktLink, clock: Clock
+    peer: Peer, link: KktLink, clock: FakeClock
 ) -> None:
     await link.connect()
     peer.before_answer = b"\x41\x42\x43"

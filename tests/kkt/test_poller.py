@@ -23,24 +23,14 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.tlv import encode_tlv
+from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 NEW_FN = "9999078900009999"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
 class Harness:
-    def __init__(self, emulator: PtyEmulator, journal: Journal, clock: Clock) -> None:
+    def __init__(self, emulator: PtyEmulator, journal: Journal, clock: FakeClock) -> None:
         self.emulator = emulator
         self.device = emulator.device
         self.journal = journal
@@ -82,7 +72,7 @@ async def harness(device: KktDevice, tmp_path: Path) -> AsyncIterator[Harness]:
     """`device` on a pty in `tmp_path`, a journal file next to it, and a link to them."""
     async with PtyEmulator(device, link=tmp_path / "kkt0") as emulator:
         journal = await Journal.open(tmp_path / "kktd.db")
-        made = Harness(emulator, journal, Clock())
+        made = Harness(emulator, journal, FakeClock())
         try:
             yield made
         finally:
@@ -211,7 +201,7 @@ async def test_an_error_mid_document_restarts_that_document_from_ff3a(tmp_path: 
     device = FailingOnce(archive=6)
     async with PtyEmulator(device, link=tmp_path / "kkt1") as emulator:
         journal = await Journal.open(tmp_path / "kktd.db")
-        h = Harness(emulator, journal, Clock())
+        h = Harness(emulator, journal, FakeClock())
         try:
             with capture_logs() as logs:
                 assert await h.poller("first").poll() == 6
@@ -239,7 +229,7 @@ async def test_a_stuck_fd_is_logged_once_not_at_every_poll(
     device = NeverOpens(archive=8)
     async with PtyEmulator(device, link=tmp_path / "kkt1") as emulator:
         journal = await Journal.open(tmp_path / "stuck.db")
-        harness = Harness(emulator, journal, Clock())
+        harness = Harness(emulator, journal, FakeClock())
         try:
             poller = harness.poller("first")
             with capture_logs() as logs:
@@ -320,7 +310,7 @@ async def test_a_stop_while_an_fd_is_being_committed_still_commits_it(tmp_path: 
     device = KktDevice(archive=3, strict_output=True)
     async with PtyEmulator(device, link=tmp_path / "kkt3") as emulator:
         journal = await Journal.open(tmp_path / "slow.db")
-        harness = Harness(emulator, journal, Clock())
+        harness = Harness(emulator, journal, FakeClock())
         try:
             slow = SlowJournal(journal, hold=3)  # the last FD: the poll then waits on its commit
             poll = asyncio.create_task(harness.poller("first", journal=slow).poll())
@@ -404,15 +394,11 @@ async def test_run_beats_every_second_even_while_the_kkt_is_gone_and_stops_on_ca
     while h.clock.now < 1012:
         await asyncio.sleep(0.001)
     h.emulator.vanish()
-    while h.clock.now < 1040:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.clock.now >= 1040, interval=0.001, what="the clock at 1040")
     assert not poller.status().connected
     h.emulator.reappear()
     h.device.issue()
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await h.journal.get(h.device.fn, 11):
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.journal.get(h.device.fn, 11), timeout=10, interval=0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

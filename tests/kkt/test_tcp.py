@@ -23,7 +23,9 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.protocol import Discarded, FnStatus, encode_request
 from kktd.kkt.tcp import TcpTransport
 from kktd.kkt.transport import ExchangeError, LinkDown
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
+from tests.support.wait import wait_until_blocking
 
 FN_STATUS = encode_request(0xFF01, 30)
 
@@ -162,7 +164,7 @@ def test_kktd_run_reads_a_kkt_over_tcp_and_warns_of_a_baud_rate_that_does_not_ap
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    daemon: DaemonProcess | None = None
+    daemon: KktdProcess | None = None
     try:
         assert emulator.stdout is not None
         port = emulator.stdout.readline().decode().strip()
@@ -172,13 +174,15 @@ def test_kktd_run_reads_a_kkt_over_tcp_and_warns_of_a_baud_rate_that_does_not_ap
             'poll_interval = "200ms"\nstart_fd = "first"\nbaudrate = 9600',
         )
         config.write_text(text, encoding="utf-8")
-        daemon = DaemonProcess(config)
+        daemon = KktdProcess(config)
         daemon.wait_ready()
-        deadline = time.monotonic() + 20
-        while daemon.log().count('"journal.stored"') < 5:
-            assert time.monotonic() < deadline, daemon.log()
-            assert daemon.proc.poll() is None, daemon.log()
-            time.sleep(0.05)
+
+        def stored_five() -> bool:
+            assert daemon is not None
+            assert daemon.alive, daemon.log()
+            return daemon.log().count('"journal.stored"') >= 5
+
+        wait_until_blocking(stored_five, timeout=20, what="5 FDs stored", detail=daemon.log)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit() == 0
         events = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]

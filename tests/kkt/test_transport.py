@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -19,6 +20,7 @@ import pytest
 from kktd.kkt.protocol import Discarded, Response, encode_frame, encode_request
 from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
 from tests.kkt import Peer, answer_with
+from tests.support.wait import wait_until
 
 FN_STATUS = encode_request(0xFF01, 30)
 FRAME = encode_frame(FN_STATUS)
@@ -248,19 +250,19 @@ async def test_closing_the_port_mid_exchange_fails_the_exchange_at_once(
 
 async def _read_from(fd: int, size: int, within: float = 2.0) -> bytes:
     """Exactly `size` bytes from a non-blocking fd, polling with a deadline."""
-    deadline = time.monotonic() + within
     data = b""
-    while len(data) < size:
-        assert time.monotonic() < deadline, f"only {data!r} in time"
-        try:
+
+    def read_all() -> bool:
+        nonlocal data
+        with contextlib.suppress(BlockingIOError):
             data += os.read(fd, size - len(data))
-        except BlockingIOError:
-            await asyncio.sleep(0.005)
+        return len(data) >= size
+
+    await wait_until(
+        read_all, timeout=within, interval=0.005, what=f"{size} bytes", detail=lambda: data
+    )
     return data
 
 
 async def _until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+    await wait_until(condition, timeout=within, interval=0.005)

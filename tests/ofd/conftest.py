@@ -23,19 +23,13 @@ from kktd.ofd.mock_ofd import MockOfd
 from kktd.ofd.relay import OfdRelay
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
+from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 ARCHIVE = 3  # FDs the OFD confirmed before the test
 UNSENT = 4  # FDs the FN holds for the OFD at the start
 
 Stop = Callable[[], object]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Tripwire(FnOfd):
@@ -90,16 +84,11 @@ def audit() -> MemoryAudit:
     return MemoryAudit()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 RelayFactory = Callable[..., OfdRelay]
 
 
 @pytest.fixture
-def make_relay(link: KktLink, ofd: MockOfd, audit: MemoryAudit, clock: Clock) -> RelayFactory:
+def make_relay(link: KktLink, ofd: MockOfd, audit: MemoryAudit, clock: FakeClock) -> RelayFactory:
     """A relay to the mock OFD: breaker 3 failures / 5 s and backoff 0.05..0.2 s on `clock`."""
 
     def make(*, timeout: float = 2.0, mode: OfdMode = "relay", **kwargs: Any) -> OfdRelay:
@@ -128,11 +117,12 @@ async def run_until(
     beats: list[float] = []
     task = asyncio.create_task(relay.run(lambda: beats.append(loop.time())))
     try:
-        deadline = loop.time() + seconds
-        while not done():
+
+        def there() -> bool:
             assert not task.done(), task
-            assert loop.time() < deadline, "the relay did not get there in time"
-            await asyncio.sleep(0.02)
+            return done()
+
+        await wait_until(there, timeout=seconds, what="the relay got there")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

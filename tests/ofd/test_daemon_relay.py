@@ -11,22 +11,28 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.ofd.mock_ofd import MockOfd
 from tests.ofd.conftest import UNSENT, Tripwire, unsent
-from tests.support.daemon import DaemonProcess, write_config
+from tests.support.config import write_config
+from tests.support.kktd_process import KktdProcess
+from tests.support.wait import wait_until
 
 
-def start_daemon(tmp_path: Path, kkt: PtyEmulator, ofd: MockOfd) -> DaemonProcess:
+def start_daemon(tmp_path: Path, kkt: PtyEmulator, ofd: MockOfd) -> KktdProcess:
     (tmp_path / "notify.sock").unlink(missing_ok=True)
     extra = f'\n[ofd]\nmode = "relay"\nhost = "127.0.0.1"\nport = {ofd.port}\ntimeout = "5s"\n'
-    return DaemonProcess(write_config(tmp_path, kkt_port=str(kkt.path), extra=extra))
+    return KktdProcess(write_config(tmp_path, kkt_port=str(kkt.path), extra=extra))
 
 
-async def wait_until_drained(device: KktDevice, daemon: DaemonProcess, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while unsent(device):
-        assert daemon.proc.poll() is None, daemon.log()
-        assert loop.time() < deadline, f"{unsent(device)} messages left\n{daemon.log()}"
-        await asyncio.sleep(0.05)
+async def wait_until_drained(device: KktDevice, daemon: KktdProcess, seconds: float) -> None:
+    def drained() -> bool:
+        assert daemon.alive, daemon.log()
+        return not unsent(device)
+
+    await wait_until(
+        drained,
+        timeout=seconds,
+        what="the FN's OFD buffer emptied",
+        detail=lambda: f"{unsent(device)} messages left\n{daemon.log()}",
+    )
 
 
 async def test_kktd_killed_while_writing_an_answer_relays_it_again_after_restart(
@@ -37,8 +43,8 @@ async def test_kktd_killed_while_writing_an_answer_relays_it_again_after_restart
     device.ofd = tripwire
     daemon = start_daemon(tmp_path, kkt, ofd)
     try:
-        tripwire.trip = lambda: os.kill(daemon.proc.pid, signal.SIGKILL)
-        code = await asyncio.to_thread(daemon.proc.wait, 60)
+        tripwire.trip = lambda: os.kill(daemon.pid, signal.SIGKILL)
+        code = await asyncio.to_thread(daemon.wait_exit, 60)
         assert code == -signal.SIGKILL, daemon.log()
     finally:
         daemon.close()

@@ -19,9 +19,12 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand, TableField, split_session
 from kktd.ofd import relay as relay_module
 from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
+from kktd.ofd.client import exchange as client_exchange
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
-from tests.ofd.conftest import UNSENT, Clock, RelayFactory, run_until, unsent
+from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
+from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 
 def offered_messages(device: KktDevice) -> list[bytes]:
@@ -125,7 +128,7 @@ async def test_an_ofd_fault_leaves_the_fn_queue_intact_and_the_relay_recovers(
 
 
 async def test_the_breaker_opens_after_three_failures_and_a_probe_closes_it(
-    device: KktDevice, ofd: MockOfd, make_relay: RelayFactory, clock: Clock
+    device: KktDevice, ofd: MockOfd, make_relay: RelayFactory, clock: FakeClock
 ) -> None:
     relay = make_relay()
     await ofd.set_fault("garbage")
@@ -210,11 +213,15 @@ async def test_the_kkt_vanishing_is_waited_out_and_nothing_is_lost(
         assert await relay.step() == (0.05, True)
     assert [e["event"] for e in logs if e["event"].startswith("ofd.")] == ["ofd.fn_unavailable"]
     kkt.reappear()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20  # the link reconnects after its own backoff (1 s)
-    while unsent(device) and loop.time() < deadline:
+
+    async def relayed() -> bool:
+        if not unsent(device):
+            return True
         await relay.step()
-        await asyncio.sleep(0.05)
+        return False
+
+    # the link reconnects after its own backoff (1 s)
+    await wait_until(relayed, timeout=20, interval=0.05, detail=lambda: f"{unsent(device)} left")
     assert unsent(device) == 0
     assert len(set(ofd.messages)) == UNSENT
 
@@ -274,7 +281,7 @@ async def test_firmware_without_the_tables_still_relays(
     assert [r.outcome for r in audit.records] == ["relayed"]
 
 
-async def _open_breaker(relay: OfdRelay, ofd: MockOfd, clock: Clock) -> None:
+async def _open_breaker(relay: OfdRelay, ofd: MockOfd, clock: FakeClock) -> None:
     """Three failed exchanges open the breaker; 5 s later it is half open."""
     await ofd.set_fault("garbage")
     for _ in range(3):
@@ -290,7 +297,7 @@ async def test_a_probe_that_raises_oserror_reopens_the_breaker_and_the_next_prob
     ofd: MockOfd,
     audit: MemoryAudit,
     make_relay: RelayFactory,
-    clock: Clock,
+    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     relay = make_relay()
@@ -316,7 +323,7 @@ async def test_a_probe_that_raises_anything_frees_the_probe_slot(
     device: KktDevice,
     ofd: MockOfd,
     make_relay: RelayFactory,
-    clock: Clock,
+    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     relay = make_relay()
@@ -343,7 +350,7 @@ async def test_a_wedged_step_is_cancelled_at_its_deadline_and_the_relay_carries_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wedged = asyncio.Event()
-    real = relay_module.exchange
+    real = client_exchange  # what kktd.ofd.relay calls
 
     async def wedge_once(*args: Any, **kwargs: Any) -> bytes:
         if not wedged.is_set():

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from kktd.config import KktConfig
 from kktd.emulator.device import KktDevice
@@ -25,6 +21,7 @@ from kktd.kkt.protocol import Command, Response
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.mock_ofd import MockOfd, receipt_for
 from tests.ofd.conftest import UNSENT, RelayFactory, unsent
+from tests.support.wait import wait_until
 
 RECEIPTS = 30
 RATE = 25.0  # FDs per second, issued while the relay works
@@ -37,13 +34,6 @@ SEQUENCES: dict[int, set[int]] = {
 }
 POLLER: set[int] = {Command.FN_STATUS, Command.OPEN_FD_TLV, Command.READ_TLV}
 RELAY: set[int] = {OfdCommand.BUFFER_STATUS, OfdCommand.READ_BLOCK, OfdCommand.START_ANSWER}
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    store = await Journal.open(tmp_path / "kktd.db")
-    yield store
-    await store.close()
 
 
 def spy_on(link: KktLink) -> list[int]:
@@ -78,15 +68,15 @@ async def test_receipts_issued_while_messages_are_relayed_all_arrive_intact(
         asyncio.create_task(poller.run(lambda: None)),
         asyncio.create_task(relay.run(lambda: None)),
     ]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
+
+    def settled() -> bool:
+        assert not any(task.done() for task in tasks)
+        return issuing.done() and unsent(device) == 0 and poller.status().cursor == device.last_fd
+
     try:
-        while not (
-            issuing.done() and unsent(device) == 0 and poller.status().cursor == device.last_fd
-        ):
-            assert loop.time() < deadline, (unsent(device), poller.status())
-            assert not any(task.done() for task in tasks)
-            await asyncio.sleep(0.05)
+        await wait_until(
+            settled, timeout=60, interval=0.05, detail=lambda: (unsent(device), poller.status())
+        )
     finally:
         for task in tasks:
             task.cancel()

@@ -1,7 +1,7 @@
-"""Packaging tests: the scripts in scripts/ run for real, against trees staged with --root.
+"""Packaging tests: packaging/ and scripts/check-unit run for real, on trees staged with --root.
 
 Staging builds a venv (about 15 s on this machine), so one staged tree serves every test of the
-session: :func:`stage_once` runs ``scripts/install-systemd --root`` twice in a row, as an operator
+session: :func:`stage_once` runs ``packaging/install-systemd --root`` twice in a row, as an operator
 rerunning the installer would (with an edited config in between), and keeps what each run left
 behind for the idempotence tests. Both runs install from one frozen copy of the checkout, so work
 in progress elsewhere in the tree cannot make the two differ. Tests that change a tree work on a
@@ -22,6 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
+PACKAGING = REPO / "packaging"
 PREFIX = "/opt/kktd"
 UNIT = "usr/lib/systemd/system/kktd.service"
 CONFIG = "etc/kktd/kktd.toml"
@@ -96,9 +97,9 @@ def freeze_checkout(to: Path) -> Path:
 
 
 def install(checkout: Path, root: Path) -> str:
-    """``scripts/install-systemd --root root`` of a checkout; returns its output, fails the test
+    """``packaging/install-systemd --root root`` of a checkout; returns its output, fails the test
     on error."""
-    done = run([checkout / "scripts/install-systemd", "--root", root])
+    done = run([checkout / "packaging/install-systemd", "--root", root])
     if done.returncode != 0:
         pytest.fail(f"install-systemd failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return done.stdout + done.stderr

@@ -1,4 +1,4 @@
-"""scripts/build-deb: a .deb whose control data and contents are what a cashier PC needs, and
+"""packaging/build-deb: a .deb whose control data and contents are what a cashier PC needs, and
 which dpkg installs into a scratch root (maintainer scripts included) without losing an edited
 config."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging import SCRIPTS, Staging, run, stage_once
+from tests.packaging import PACKAGING, Staging, run, stage_once
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,7 +36,7 @@ CONTENTS = (
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     staging: Staging = stage_once(tmp_path_factory)
     out = tmp_path_factory.mktemp("dist")
-    done = run([SCRIPTS / "build-deb", "--root", staging.root, "--out", out])
+    done = run([PACKAGING / "build-deb", "--root", staging.root, "--out", out])
     assert done.returncode == 0, done.stdout + done.stderr
     (package,) = out.glob("kktd_*.deb")
     return package

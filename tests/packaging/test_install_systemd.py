@@ -1,4 +1,4 @@
-"""scripts/install-systemd --root: everything staged, relocated to /opt/kktd, idempotent, and the
+"""packaging/install-systemd --root: everything staged, relocated to /opt/kktd, idempotent, and the
 staged unit's own commands run from the tree."""
 
 from __future__ import annotations
@@ -6,9 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +13,9 @@ import pytest
 from tests.packaging import (
     CONFIG,
     OPERATOR_EDIT,
+    PACKAGING,
     PREFIX,
     REPO,
-    SCRIPTS,
     UNIT,
     Staging,
     run,
@@ -27,6 +24,7 @@ from tests.packaging import (
     staged_argv,
     unit_lines,
 )
+from tests.support.kktd_process import KktdProcess, has_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -99,12 +97,12 @@ def test_uninstall_removes_what_install_put_and_keeps_the_config_until_purge(
 ) -> None:
     root = tmp_path / "root"
     shutil.copytree(staging.root, root, symlinks=True)
-    done = run([SCRIPTS / "uninstall-systemd", "--root", root])
+    done = run([PACKAGING / "uninstall-systemd", "--root", root])
     assert done.returncode == 0, done.stderr
     assert "would run: systemctl disable --now kktd.service" in done.stdout
     files = [k for k, v in snapshot(root).items() if v != "dir"]
     assert files == [CONFIG]
-    purged = run([SCRIPTS / "uninstall-systemd", "--root", root, "--purge"])
+    purged = run([PACKAGING / "uninstall-systemd", "--root", root, "--purge"])
     assert purged.returncode == 0, purged.stderr
     assert not (root / "etc/kktd").exists()
 
@@ -144,7 +142,7 @@ def test_live_install_and_uninstall_inside_a_private_mount_namespace(tmp_path: P
             LIVE_RUN,
             "-",
             tmp_path,
-            SCRIPTS,
+            PACKAGING,
         ]
     )
     if "overlays-mounted" not in done.stdout:
@@ -163,21 +161,6 @@ def _daemon_code_present() -> bool:
     return probe.returncode == 0
 
 
-def _notifications(sock: socket.socket, wanted: str, deadline: float) -> list[str]:
-    """Datagrams from the daemon until one holds ``wanted``; fails at the deadline."""
-    seen: list[str] = []
-    while not any(wanted in m.split("\n") for m in seen):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"no {wanted} from the daemon; got {seen}")
-        sock.settimeout(left)
-        try:
-            seen.append(sock.recv(65536).decode())
-        except TimeoutError:
-            continue
-    return seen
-
-
 def test_staged_exec_start_and_reload_run_the_daemon_from_the_tree(
     staging: Staging, tmp_path: Path
 ) -> None:
@@ -193,34 +176,25 @@ def test_staged_exec_start_and_reload_run_the_daemon_from_the_tree(
     unit = staging.root / UNIT
     (start,) = unit_lines(unit, "ExecStart")
     check, hup = unit_lines(unit, "ExecReload")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(tmp_path / "notify"))
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "NOTIFY_SOCKET": str(tmp_path / "notify"),
-            "STATE_DIRECTORY": str(tmp_path / "state"),
-            "PYTHONFAULTHANDLER": "1",
-        }
-        daemon = subprocess.Popen(
-            staged_argv(staging.root, start, config),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            _notifications(notify, "READY=1", deadline)
-            assert run(staged_argv(staging.root, check, config)).returncode == 0
-            kill = run(hup.replace("$MAINPID", str(daemon.pid)).split())
-            assert kill.returncode == 0
-            reload = _notifications(notify, "RELOADING=1", deadline)
-            reload += _notifications(notify, "READY=1", deadline)
-            daemon.send_signal(signal.SIGTERM)
-            _notifications(notify, "STOPPING=1", deadline)
-            _, stderr = daemon.communicate(timeout=60)
-        finally:
-            daemon.kill()
-            daemon.wait()
-    assert daemon.returncode == 0, stderr
+    argv = staged_argv(staging.root, start, config)
+    assert argv[-2:] == ["--config", str(config)]
+    daemon = KktdProcess(
+        config,
+        argv=argv[:-2],
+        base_env={"PATH": "/usr/bin:/bin", "STATE_DIRECTORY": str(tmp_path / "state")},
+    )
+    try:
+        ready = daemon.wait_ready(timeout=60)
+        assert run(staged_argv(staging.root, check, config)).returncode == 0
+        kill = run(hup.replace("$MAINPID", str(daemon.pid)).split())
+        assert kill.returncode == 0
+        again = daemon.wait_for(has_line("READY=1"), timeout=60, start=ready + 1)
+        reload = [message for _, message in daemon.messages[ready + 1 : again + 1]]
+        assert any("RELOADING=1" in m.split("\n") for m in reload), reload
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_for(has_line("STOPPING=1"), timeout=60, start=again + 1)
+        code = daemon.wait_exit(timeout=60)
+    finally:
+        daemon.close()
+    assert code == 0, daemon.log()
     assert any(line.startswith("MONOTONIC_USEC=") for m in reload for line in m.split("\n"))

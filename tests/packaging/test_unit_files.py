@@ -187,5 +187,6 @@ def test_man_page_documents_every_key_of_the_example_config() -> None:
 
 
 def test_scripts_are_executable() -> None:
-    for name in ("install-systemd", "uninstall-systemd", "build-deb", "check-unit"):
-        assert os.access(REPO / "scripts" / name, os.X_OK), name
+    for name in ("packaging/install-systemd", "packaging/uninstall-systemd", "packaging/build-deb"):
+        assert os.access(REPO / name, os.X_OK), name
+    assert os.access(REPO / "scripts/check-unit", os.X_OK)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.wait import WaitTimeoutError, wait_until_blocking
 
 MARK = "KKTD_TEST_SESSION"
 PROC = Path("/proc")
@@ -107,10 +108,11 @@ def wait_for_leftovers(
     mark: str, before: set[tuple[int, int]], tmp_dirs: list[Path], grace: float = GRACE
 ) -> list[Process]:
     """`left_running`, after giving processes that are on their way out `grace` seconds."""
-    deadline = time.monotonic() + grace
-    while (found := left_running(mark, before, tmp_dirs)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until_blocking(
+            lambda: not left_running(mark, before, tmp_dirs), timeout=grace, interval=0.1
+        )
+    return left_running(mark, before, tmp_dirs)
 
 
 def report(found: list[Process]) -> list[str]:

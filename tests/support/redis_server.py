@@ -7,9 +7,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.support.wait import WaitTimeoutError, wait_until_blocking
 
 
 def free_port() -> int:
@@ -62,15 +63,18 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if self._ping():
-                return
-            time.sleep(0.02)
-        self.kill()  # a server that does not answer must not outlive the test either
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return self._ping()
+
+        try:
+            wait_until_blocking(answering, timeout=timeout, what=f"redis-server on {self.port}")
+        except WaitTimeoutError:
+            self.kill()  # a server that does not answer must not outlive the test either
+            raise
 
     def _ping(self) -> bool:
         try:

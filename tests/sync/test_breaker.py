@@ -8,19 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kktd.sync.breaker import BreakerState, CircuitBreaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
@@ -29,7 +17,7 @@ def changes() -> list[tuple[BreakerState, BreakerState]]:
 
 
 @pytest.fixture
-def breaker(clock: Clock, changes: list[tuple[BreakerState, BreakerState]]) -> CircuitBreaker:
+def breaker(clock: FakeClock, changes: list[tuple[BreakerState, BreakerState]]) -> CircuitBreaker:
     return CircuitBreaker(
         5, 60.0, clock=clock, on_change=lambda old, new: changes.append((old, new))
     )
@@ -61,7 +49,9 @@ def test_success_resets_the_failure_count(breaker: CircuitBreaker) -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
-def test_open_refuses_every_call_and_counts_nothing(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_open_refuses_every_call_and_counts_nothing(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
     open_it(breaker)
     clock.now += 59.9
     assert not any(breaker.try_acquire() for _ in range(10))
@@ -72,7 +62,7 @@ def test_open_refuses_every_call_and_counts_nothing(breaker: CircuitBreaker, clo
     assert breaker.retry_in() == pytest.approx(0.1)
 
 
-def test_turns_half_open_after_reset_timeout(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_turns_half_open_after_reset_timeout(breaker: CircuitBreaker, clock: FakeClock) -> None:
     open_it(breaker)
     clock.now += 60.0
     assert breaker.state is BreakerState.HALF_OPEN
@@ -80,7 +70,7 @@ def test_turns_half_open_after_reset_timeout(breaker: CircuitBreaker, clock: Clo
 
 
 async def test_hundred_racing_callers_in_half_open_get_exactly_one_probe(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     open_it(breaker)
     clock.now += 61.0
@@ -99,7 +89,7 @@ async def test_hundred_racing_callers_in_half_open_get_exactly_one_probe(
 
 
 def test_probe_success_closes(
-    breaker: CircuitBreaker, clock: Clock, changes: list[tuple[BreakerState, BreakerState]]
+    breaker: CircuitBreaker, clock: FakeClock, changes: list[tuple[BreakerState, BreakerState]]
 ) -> None:
     open_it(breaker)
     clock.now += 60.0
@@ -116,7 +106,7 @@ def test_probe_success_closes(
 
 
 def test_probe_failure_reopens_for_another_reset_timeout(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     open_it(breaker)
     clock.now += 60.0
@@ -130,7 +120,7 @@ def test_probe_failure_reopens_for_another_reset_timeout(
     assert breaker.try_acquire()
 
 
-def test_release_frees_the_probe_slot(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_release_frees_the_probe_slot(breaker: CircuitBreaker, clock: FakeClock) -> None:
     open_it(breaker)
     clock.now += 60.0
     assert breaker.try_acquire()
@@ -142,7 +132,7 @@ def test_release_frees_the_probe_slot(breaker: CircuitBreaker, clock: Clock) -> 
 
 
 def test_verdicts_from_non_probes_in_half_open_change_nothing(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     open_it(breaker)
     clock.now += 60.0
@@ -153,7 +143,7 @@ def test_verdicts_from_non_probes_in_half_open_change_nothing(
 
 
 def test_reconfigure_changes_threshold_and_probe_time(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     breaker.reconfigure(2, 10.0)
     breaker.record_failure()
@@ -165,7 +155,7 @@ def test_reconfigure_changes_threshold_and_probe_time(
 
 
 def test_each_transition_is_logged_with_failures_and_retry_in(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     with capture_logs() as logs:
         open_it(breaker)

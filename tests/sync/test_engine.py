@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
 from kktd.sync.lock import Lease, LocalSyncLock, RedisSyncLock, redis_from_url
+from tests.support.clock import T0, FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import (
     FN,
@@ -22,34 +22,14 @@ from tests.support.upstream import (
     running,
     running_mock,
     store_fds,
-    wait_until,
 )
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    """A wall clock that stands still unless the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def journal(tmp_path: Path, clock: Clock) -> AsyncIterator[Journal]:
-    j = await Journal.open(tmp_path / "kktd.db", clock=clock)
-    try:
-        yield j
-    finally:
-        await j.close()
+def journal_clock(wall: FakeClock) -> FakeClock:
+    """The journal and the engine share one injected wall clock."""
+    return wall
 
 
 @pytest.fixture
@@ -67,9 +47,9 @@ async def row(journal: Journal, fd: int) -> JournalEntry:
 # -- one test per row of the outcome table: the journal row after one manual round --
 
 
-async def test_accepted_fd_is_synced(journal: Journal, mock: MockUpstream, clock: Clock) -> None:
+async def test_accepted_fd_is_synced(journal: Journal, mock: MockUpstream, wall: FakeClock) -> None:
     await store_fds(journal, [1])
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
     entry = await row(journal, 1)
     assert (entry.state, entry.attempts, entry.last_error, entry.synced_at) == (
@@ -83,10 +63,12 @@ async def test_accepted_fd_is_synced(journal: Journal, mock: MockUpstream, clock
     assert rig.engine.deliveries["accepted"] == 1
 
 
-async def test_duplicate_fd_is_synced(journal: Journal, mock: MockUpstream, clock: Clock) -> None:
+async def test_duplicate_fd_is_synced(
+    journal: Journal, mock: MockUpstream, wall: FakeClock
+) -> None:
     await store_fds(journal, [1])
     mock.state.accepted[(FN, 1)] = {"fn": FN, "fd": 1}  # delivered before, answer lost
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
     assert (await row(journal, 1)).state == "synced"
     assert report.synced == 1
@@ -95,11 +77,11 @@ async def test_duplicate_fd_is_synced(journal: Journal, mock: MockUpstream, cloc
 
 
 async def test_rejected_fd_is_dead_at_once_with_the_upstreams_reason(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(reject_fds=[1])
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 0  # a rejection is the upstream working
     entry = await row(journal, 1)
@@ -109,12 +91,12 @@ async def test_rejected_fd_is_dead_at_once_with_the_upstreams_reason(
 
 
 async def test_forbidden_is_a_breaker_failure_never_counted_against_the_fd(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1])
     before = await row(journal, 1)
     mock.set_faults(unauthorized=True)
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 1
     assert await row(journal, 1) == before  # untouched: pending, no attempt, no error
@@ -123,11 +105,11 @@ async def test_forbidden_is_a_breaker_failure_never_counted_against_the_fd(
 
 
 async def test_retry_after_is_a_floor_on_the_next_attempt(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1])
     mock.set_faults(rate_limit_rate=1.0, retry_after=7)
-    async with engine_rig(journal, mock.url, clock=clock, backoff=(1.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, clock=wall, backoff=(1.0, 60.0)) as rig:
         await rig.engine.sync_now()
         assert rig.backoff.current_delay == 7.0
     entry = await row(journal, 1)
@@ -136,12 +118,12 @@ async def test_retry_after_is_a_floor_on_the_next_attempt(
 
 
 async def test_unreachable_upstream_is_a_breaker_failure_never_counted_against_the_fd(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1])
     before = await row(journal, 1)
     await mock.go_down()
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 1
         assert rig.engine.deliveries["unreachable"] == 1
@@ -151,12 +133,12 @@ async def test_unreachable_upstream_is_a_breaker_failure_never_counted_against_t
 
 
 async def test_a_wrong_upstream_path_dead_letters_nothing(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2])
     before = await row(journal, 1)
     wrong = mock.url.rsplit("/", 1)[0] + "/no-such-path"
-    async with engine_rig(journal, wrong, clock=clock) as rig:
+    async with engine_rig(journal, wrong, clock=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures >= 1
         assert rig.engine.deliveries["misrouted"] >= 1
@@ -187,12 +169,12 @@ async def test_a_retry_after_pause_is_not_cut_short_by_new_fds(
 
 
 async def test_a_round_claims_lowest_first_and_keeps_max_in_flight(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(20, 0, -1))
     mock.set_faults(delay=0.05)
     sync = SyncConfig(interval=60.0, batch_size=8, max_attempts=5)
-    async with engine_rig(journal, mock.url, clock=clock, sync=sync, max_in_flight=3) as rig:
+    async with engine_rig(journal, mock.url, clock=wall, sync=sync, max_in_flight=3) as rig:
         report = await rig.engine.sync_now()
     assert report.synced == 8
     assert sorted(fd for _, fd in mock.state.accepted) == list(range(1, 9))
@@ -200,12 +182,12 @@ async def test_a_round_claims_lowest_first_and_keeps_max_in_flight(
 
 
 async def test_an_open_breaker_stops_the_round_and_nothing_more_reaches_the_upstream(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 21))
     mock.set_faults(unauthorized=True)
     async with engine_rig(
-        journal, mock.url, clock=clock, max_in_flight=1, reset_timeout=60.0
+        journal, mock.url, clock=wall, max_in_flight=1, reset_timeout=60.0
     ) as rig:
         first = await rig.engine.sync_now()
         assert rig.breaker.state is BreakerState.OPEN
@@ -233,7 +215,11 @@ async def test_a_poison_fd_goes_dead_after_exactly_max_attempts_while_others_are
             last += 1
             await store_fds(journal, [last])
             rig.engine.wake()
-            await wait_until(lambda fd=last: (FN, fd) in mock.state.accepted, what=f"FD {last}")
+
+            def delivered(fd: int = last) -> bool:
+                return (FN, fd) in mock.state.accepted
+
+            await wait_until(delivered, what=f"FD {last}")
     poison = await row(journal, 3)
     assert (poison.attempts, poison.last_error) == (5, "HTTP 500: cannot store FD 3")
     assert sum(1 for r in mock.state.requests if r.fd == 3) >= 5  # a lone retry is not counted
@@ -277,11 +263,11 @@ async def test_a_backlog_of_5000_drains_without_waiting_the_interval(
 
 
 async def test_manual_sync_reports_completed_with_counts(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2, 3])
     mock.set_faults(reject_fds=[2], fail_fds=[3])
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         report = await rig.engine.sync_now()
         status = rig.engine.status()
     assert report == SyncReport("completed", 1, 1, 1, report.duration_seconds)
@@ -301,11 +287,11 @@ async def test_manual_sync_with_nothing_pending_completes_empty(
 
 
 async def test_the_last_failure_is_kept_for_the_operator(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1])
     mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=clock) as rig:
+    async with engine_rig(journal, mock.url, clock=wall) as rig:
         before = rig.engine.last_failure
         await rig.engine.sync_now()
         failure = rig.engine.last_failure
@@ -354,11 +340,11 @@ async def test_manual_sync_reports_busy_with_the_holder_when_another_instance_sy
 
 
 async def test_reconfigure_takes_effect_from_the_next_round(
-    journal: Journal, mock: MockUpstream, clock: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 11))
     sync = SyncConfig(interval=60.0, batch_size=3, max_attempts=5)
-    async with engine_rig(journal, mock.url, clock=clock, sync=sync) as rig:
+    async with engine_rig(journal, mock.url, clock=wall, sync=sync) as rig:
         first = await rig.engine.sync_now()
         rig.engine.reconfigure(SyncConfig(interval=60.0, batch_size=5, max_attempts=5))
         second = await rig.engine.sync_now()

@@ -24,22 +24,13 @@ from kktd.mock_upstream import Arrival, MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
 from kktd.sync.lock import RedisSyncLock, redis_from_url
+from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, engine_rig, make_entry, store_fds
 
 KEY = "kktd:sync:{fn}"
 TTL, MARGIN = 30.0, 5.0  # the lease's deadline is 25 s after its grant, by the injected clock
 OTHER_FN = "9999078900009999"
-
-
-class Clock:
-    """A monotonic clock that moves only when the test says (a paused process's view)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
         await client.aclose()
 
 
-def fenced_lock(client: redis.asyncio.Redis, clock: Clock) -> RedisSyncLock:
+def fenced_lock(client: redis.asyncio.Redis, clock: FakeClock) -> RedisSyncLock:
     # renewals far apart, so only the clock decides when the lease ends
     return RedisSyncLock(
         client, KEY, TTL, "proceed", "till-1", clock=clock, margin=MARGIN, renew_interval=600.0
@@ -110,7 +101,7 @@ async def test_a_delivery_held_past_the_lease_deadline_is_never_written(
     journal: Journal, mock: MockUpstream, redis_client: redis.asyncio.Redis
 ) -> None:
     await store_fds(journal, range(1, 4))
-    clock = Clock()
+    clock = FakeClock()
     arrivals = arrivals_of(mock)
     lock = fenced_lock(redis_client, clock)
     async with engine_rig(
@@ -133,7 +124,7 @@ async def test_the_lease_is_checked_after_the_last_wait_before_the_bytes_go_out(
     journal: Journal, mock: MockUpstream, redis_client: redis.asyncio.Redis
 ) -> None:
     await store_fds(journal, range(1, 4))
-    clock = Clock()
+    clock = FakeClock()
     arrivals = arrivals_of(mock)
     hold = HoldAtTheWrite()
     lock = fenced_lock(redis_client, clock)

@@ -68,13 +68,6 @@ def raw(redis_server: RedisServer, clients: list[redis.asyncio.Redis]) -> redis.
     return client
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def hold_until_cancelled(
     lock: RedisSyncLock,
     first: Callable[[], Awaitable[object]],

@@ -20,7 +20,8 @@ from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
-from tests.support.upstream import FN, Rig, engine_rig, running, store_fds, wait_until
+from tests.support.upstream import FN, Rig, engine_rig, running, store_fds
+from tests.support.wait import wait_until
 
 TTL = 0.9  # the lock's ttl in these tests: renewals every 0.3 s, Redis calls time out at 0.15 s
 FAST = SyncConfig(interval=0.05, batch_size=10, max_attempts=20)

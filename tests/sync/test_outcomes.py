@@ -5,8 +5,6 @@ The real mock upstream on loopback, a real journal file, the engine's wall clock
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,22 +14,18 @@ from kktd.config import SyncConfig
 from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
-from tests.support.upstream import FN, Rig, engine_rig, running, store_fds, wait_until
-from tests.sync.test_engine import T0, Clock, row
+from tests.support.clock import T0, FakeClock
+from tests.support.upstream import FN, Rig, engine_rig, running, store_fds
+from tests.support.wait import wait_until
+from tests.sync.test_engine import row
 
 DAY = 86_400.0
 
 
 @pytest.fixture
-def wall() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def journal(tmp_path: Path, wall: Clock) -> AsyncIterator[Journal]:
-    """The shared journal fixture's, on the injected wall clock."""
-    async with await Journal.open(tmp_path / "kktd.db", clock=wall) as opened:
-        yield opened
+def journal_clock(wall: FakeClock) -> FakeClock:
+    """The suite's journal, on the injected wall clock the engine reads too."""
+    return wall
 
 
 async def dead_fds(journal: Journal) -> list[int]:
@@ -46,7 +40,7 @@ async def half_open(rig: Rig) -> None:
 
 
 async def test_a_transient_failure_beside_an_accepted_fd_counts_an_attempt(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(fail_fds=[1])
@@ -67,7 +61,7 @@ async def test_a_transient_failure_beside_an_accepted_fd_counts_an_attempt(
     [{"fail_fds": [1, 2]}, {"gateway_down": True}, {"rate_limit_rate": 1.0, "retry_after": 7}],
 )
 async def test_a_transient_failure_in_a_round_that_accepted_nothing_is_not_counted(
-    journal: Journal, mock: MockUpstream, wall: Clock, fault: dict[str, Any]
+    journal: Journal, mock: MockUpstream, wall: FakeClock, fault: dict[str, Any]
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(**fault)
@@ -84,7 +78,7 @@ async def test_a_transient_failure_in_a_round_that_accepted_nothing_is_not_count
 
 
 async def test_a_half_open_probe_that_fails_never_counts(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 11))
     mock.set_faults(gateway_down=True)
@@ -116,7 +110,7 @@ async def test_a_half_open_probe_that_fails_never_counts(
     ],
 )
 async def test_a_page_that_names_no_fd_is_a_breaker_failure_never_counted(
-    journal: Journal, mock: MockUpstream, wall: Clock, fault: dict[str, Any], status: int
+    journal: Journal, mock: MockUpstream, wall: FakeClock, fault: dict[str, Any], status: int
 ) -> None:
     await store_fds(journal, [1, 2, 3])
     before = await row(journal, 1)
@@ -138,7 +132,7 @@ async def test_a_page_that_names_no_fd_is_a_breaker_failure_never_counted(
 
 
 async def test_a_422_naming_fd_5_dead_letters_fd_5_and_nothing_else(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 11))
     mock.set_faults(reject_fds=[5])
@@ -151,7 +145,7 @@ async def test_a_422_naming_fd_5_dead_letters_fd_5_and_nothing_else(
 
 
 async def test_fewer_than_five_rejections_in_a_round_are_dead_as_usual(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 5))
     mock.set_faults(reject_fds=[1, 2, 3, 4])
@@ -162,7 +156,7 @@ async def test_fewer_than_five_rejections_in_a_round_are_dead_as_usual(
 
 
 async def test_a_round_that_rejects_every_fd_holds_them_pending_and_opens_the_breaker(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 7))
     mock.set_faults(reject_fds=list(range(1, 8)))
@@ -183,7 +177,7 @@ async def test_a_round_that_rejects_every_fd_holds_them_pending_and_opens_the_br
 
 
 async def test_an_upstream_rejecting_every_fd_for_a_while_dead_letters_none(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, range(1, 7))
     mock.set_faults(reject_fds=list(range(1, 20)))
@@ -192,7 +186,11 @@ async def test_an_upstream_rejecting_every_fd_for_a_while_dead_letters_none(
         for fd in (7, 8, 9):  # new FDs are the probes while the held ones wait
             await store_fds(journal, [fd])
             rig.engine.wake()
-            await wait_until(lambda fd=fd: rig.opens() == fd - 5, what=f"FD {fd}'s probe")
+
+            def probed(fd: int = fd) -> bool:
+                return rig.opens() == fd - 5
+
+            await wait_until(probed, what=f"FD {fd}'s probe")
         mock.set_faults(reject_fds=[])
         wall.now += 300.0  # the held FDs come due
         rig.engine.wake()
@@ -206,7 +204,7 @@ async def test_an_upstream_rejecting_every_fd_for_a_while_dead_letters_none(
 
 
 async def test_bad_fds_held_with_no_company_go_dead_beside_an_accepted_one(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     """Held FDs wait as long as any schedule, so a probe finds a good FD if there is one."""
     await store_fds(journal, range(1, 7))
@@ -227,7 +225,7 @@ async def test_bad_fds_held_with_no_company_go_dead_beside_an_accepted_one(
         await wait_until(judged, what="the six rejected FDs to go dead")
     assert await dead_fds(journal) == [1, 2, 3, 4, 5, 6]
     assert set(mock.state.accepted) == {(FN, 7), (FN, 8)}
-    assert sorted(r.fd for r in mock.state.requests if r.status == 422) == sorted(
+    assert sorted(r.fd or 0 for r in mock.state.requests if r.status == 422) == sorted(
         [1, 2, 3, 4, 5, 6] * 2
     )
 
@@ -236,7 +234,7 @@ async def test_bad_fds_held_with_no_company_go_dead_beside_an_accepted_one(
 
 
 async def test_an_fd_scheduled_while_the_wall_clock_was_a_day_fast_is_due_once_it_is_set_right(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2])
     wall.now = T0 + DAY
@@ -264,7 +262,7 @@ async def test_a_due_time_within_the_longest_schedule_is_kept(journal: Journal) 
 
 
 async def test_a_manual_sync_sends_fds_that_are_not_due_yet(
-    journal: Journal, mock: MockUpstream, wall: Clock
+    journal: Journal, mock: MockUpstream, wall: FakeClock
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(fail_fds=[1])
@@ -308,13 +306,20 @@ async def test_a_till_whose_upstream_answered_pages_for_a_while_then_was_fixed_d
     """404/400 pages, then a redirect, then fixed: 0 dead; a 422 naming FD 5 kills FD 5 only."""
     await store_fds(journal, range(1, 41))
     async with engine_rig(journal, mock.url, sync=FAST) as rig, running(rig.engine):
-        for opens, fault in enumerate(
-            [{"not_found_page": True}, {"proxy_page": True}, {"redirect": 308}], start=1
-        ):
+        faults: list[dict[str, Any]] = [
+            {"not_found_page": True},
+            {"proxy_page": True},
+            {"redirect": 308},
+        ]
+        for opens, fault in enumerate(faults, start=1):
             mock.set_faults(
                 **{"not_found_page": False, "proxy_page": False, "redirect": 0, **fault}
             )
-            await wait_until(lambda n=opens: rig.opens() >= 3 * n, what=f"cycles of {fault}")
+
+            def cycled(n: int = opens) -> bool:
+                return rig.opens() >= 3 * n
+
+            await wait_until(cycled, what=f"cycles of {fault}")
             await store_fds(journal, range(40 + opens * 5 - 4, 41 + opens * 5))
             assert (await journal.counts()).dead == 0
         mock.set_faults(redirect=0, reject_fds=[5])
