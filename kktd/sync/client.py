@@ -10,8 +10,6 @@ before the request's first byte; then nothing was written.
 
 from __future__ import annotations
 
-import base64
-import json
 import ssl
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -22,8 +20,8 @@ import structlog
 
 from kktd.config import UpstreamConfig, redact_url
 from kktd.journal import JournalEntry
-from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.alerts import Alert
+from kktd.sync.body import body_fields, encode_body
 from kktd.sync.answers import (
     FENCE_SUPERSEDED,
     REASON_LIMIT,
@@ -42,6 +40,7 @@ __all__ = [
     "UpstreamClient",
     "WriteRefused",
     "build_body",
+    "request_body",
     "superseded",
 ]
 
@@ -88,15 +87,15 @@ def _gate_tracing() -> aiohttp.TraceConfig:
 
 
 def build_body(entry: JournalEntry) -> dict[str, Any]:
-    """The JSON body of SPEC section 4: the decoded fields, the FD's identity and its raw TLV.
+    """The JSON body of SPEC section 4 for a journal row (`kktd.sync.body`)."""
+    return body_fields(entry.fn, entry.fd, entry.raw, entry.fields)
 
-    Only SPEC's fields are sent: what else the journal keeps (a decode error) is for the
-    operator, and the identity and the raw bytes come from the journal row itself.
-    """
-    body: dict[str, Any] = {"fn": entry.fn, "fd": entry.fd}
-    body.update((k, entry.fields[k]) for k in BODY_FIELDS if k in entry.fields)
-    body["tlv"] = base64.b64encode(entry.raw).decode("ascii")
-    return body
+
+def request_body(entry: JournalEntry) -> bytes:
+    """The bytes to POST: those stored with the row, or built now for a row stored without."""
+    if entry.body is not None:
+        return entry.body
+    return encode_body(entry.fn, entry.fd, entry.raw, entry.fields)
 
 
 class UpstreamClient:
@@ -177,7 +176,7 @@ class UpstreamClient:
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
-        data = json.dumps(build_body(entry), ensure_ascii=False).encode("utf-8")
+        data = request_body(entry)
         gate = _WriteGate(may_write)
         delivery = await self._post(entry, fence, data, gate)
         if gate.refused:  # refused in aiohttp's body writer, which wraps it as a connection error
