@@ -21,7 +21,6 @@ import structlog
 from kktd.config import UpstreamConfig, redact_url
 from kktd.journal import JournalEntry
 from kktd.sync.alerts import Alert
-from kktd.sync.body import body_fields, encode_body
 from kktd.sync.answers import (
     FENCE_SUPERSEDED,
     REASON_LIMIT,
@@ -31,6 +30,7 @@ from kktd.sync.answers import (
     unexpected,
     verdict,
 )
+from kktd.sync.body import body_fields, encode_body
 
 __all__ = [
     "FENCE_SUPERSEDED",

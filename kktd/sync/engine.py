@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -35,7 +36,15 @@ from kktd.sync.alerts import Alert
 from kktd.sync.backoff import RETRY_AFTER_CAP, Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Delivery, Outcome, UpstreamClient, WriteRefused
-from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
+from kktd.sync.lock import (
+    Lease,
+    LeaseLost,
+    LocalSyncLock,
+    LockBusy,
+    LockUnavailable,
+    SyncLock,
+)
+from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
 
 log = structlog.get_logger(__name__)
@@ -44,6 +53,7 @@ ReportStatus = Literal["completed", "busy", "circuit_open", "skipped"]
 _RAN = ("completed", "lease_lost", "fence_superseded")  # FN rounds that sent (or could have)
 _BEAT_SLICE = 1.0  # seconds: idle waits are sliced so the loop beats at least this often
 ALL_REJECTED_MIN = 5  # a round rejecting this many FDs and accepting none indicts the upstream
+RUN_BATCHES = 20  # batches per FN per pass at most: then the next FN, and a quiet point
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,6 @@ class _Tally:
     rejected: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
     accepted: list[tuple[str, int]] = field(default_factory=list)
     superseded: Delivery | None = None  # a 412: another instance holds the FN now
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
 
     def add(self, other: _Tally) -> None:
         """Fold one FN round into the pass."""
@@ -114,6 +123,20 @@ class _Tally:
         self.delivered = self.delivered or other.delivered
         if other.retry_after is not None:
             self.retry_after = max(self.retry_after or 0.0, other.retry_after)
+
+
+@dataclass
+class _Run:
+    """One FN's batches under one lease."""
+
+    lease: Lease
+    cfg: SyncConfig  # a reload (a new object) ends the run after the batch in flight
+    several: bool  # may claim more than one batch
+    stopped: bool = False  # lease gone, breaker refused, or superseded: start nothing more
+    failed_at: int | None = None  # the first batch with a failure: no later batch is sent
+    backed_off: bool = False  # the backoff has grown for this run
+    superseded: Delivery | None = None
+    pool: SenderPool[_Tally] | None = None
 
 
 class SyncEngine:
@@ -142,6 +165,7 @@ class SyncEngine:
         self._woken = False
         self._sleepers: set[asyncio.Future[None]] = set()
         self._round_lock = asyncio.Lock()
+        self._waiting = 0  # callers waiting for the round lock: a run ends at its next batch
         self._beat: Callable[[], None] = _no_beat
         self._last_report: SyncReport | None = None
         self._last_round_at: float | None = None
@@ -168,7 +192,21 @@ class SyncEngine:
         Entering waits for a round in progress and its in-flight deliveries to finish; no round
         starts while it is held, so the loop can be cancelled inside it.
         """
-        return self._round_lock
+        return self._turn()
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The round lock, asked for so that a run in progress ends after its current batches
+        (a backlog drain does not hold up a shutdown or a manual sync)."""
+        self._waiting += 1
+        try:
+            await self._round_lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._round_lock.release()
 
     def reconfigure(self, cfg: SyncConfig) -> None:
         """New settings (SIGHUP), used from the next round on."""
@@ -193,7 +231,7 @@ class SyncEngine:
             return SyncReport(
                 "circuit_open", 0, 0, 0, 0.0, retry_in_seconds=self._breaker.retry_in()
             )
-        async with self._round_lock:
+        async with self._turn():
             tally, report = await self._pass_in_own_task(manual=True)
         if self._next_pause(tally)[0] == 0:
             self.wake()  # more is due: let the loop carry on draining
@@ -281,7 +319,7 @@ class SyncEngine:
         return result
 
     async def _pass(self, *, manual: bool) -> tuple[_Tally, SyncReport]:
-        """One round for every FN with pending FDs; the report sums them."""
+        """One run for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
         self._woken = False  # from here on, a wake means "journaled after this pass looked"
         total = _Tally()
@@ -294,10 +332,10 @@ class SyncEngine:
             log.debug("sync.journal_unavailable", error=str(exc))
             fns, status = [], "skipped"
         for fn in fns:
-            tally = _Tally()
-            outcome, fence, round_started = "completed", None, self._monotonic()
+            last = _Tally()  # the rounds that an error ended, reported with the error
+            outcome, fence, run_started = "", None, self._monotonic()
             try:
-                fence = await self._round(fn, tally, manual=manual)
+                fence = await self._drain(fn, total, last, manual=manual)
             except LockBusy as exc:
                 outcome, status, holder = "busy", "busy", exc.holder
                 self._holder = exc.holder
@@ -309,17 +347,15 @@ class SyncEngine:
                 # e.g. the disk is full: the outcomes are not written, so those FDs go again
                 # later (the Idempotency-Key makes that a 409); wait an interval, do not spin
                 outcome, status = "journal_failed", "skipped"
-                tally.full = tally.refused = False
+                total.full = total.refused = False
                 # not a bug of ours, so no traceback: the error says what the disk said
                 log.error("sync.journal_failed", fn=fn, error=str(exc))  # noqa: TRY400
-            if tally.superseded is not None and outcome == "completed":
-                outcome, status = "fence_superseded", "busy"  # logged as sync.fence_superseded
-            total.add(tally)
-            duration = self._monotonic() - round_started
-            self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
-            if self.on_round is not None and outcome in _RAN:
-                ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
-                self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
+            if total.superseded is not None:
+                status = "busy"  # logged as sync.fence_superseded
+            if outcome:
+                total.add(last)
+                duration = self._monotonic() - run_started
+                self._report_round(fn, outcome, last, duration, fence=fence, holder=holder)
             stop = outcome in ("lease_lost", "journal_failed")
             if stop or self._breaker.state is BreakerState.OPEN:
                 break
@@ -329,47 +365,105 @@ class SyncEngine:
         self._last_report, self._last_round_at = report, self._clock()
         return total, report
 
-    async def _round(self, fn: str, tally: _Tally, *, manual: bool) -> int | None:
-        """One FN's round under its lock; returns the fence it ran under."""
+    async def _drain(self, fn: str, total: _Tally, last: _Tally, *, manual: bool) -> int | None:
+        """One FN under its lock: batch after batch through the sender pool while a full batch
+        went cleanly (one batch for a manual sync); returns the fence it ran under.
+
+        Each batch is a round of its own (SPEC section 3): its outcomes are recorded when its
+        last delivery ends, while the next batch, claimed meanwhile, is in flight. Rounds that an
+        error ends are recorded on the way out and added to `last`.
+        """
         async with self._lock.hold(fn) as lease:
             self._holder = lease.instance
+            # Batch after batch only under a lease that shuts others out: a fenced one, or the
+            # in-process lock. Without Redis ("proceed") each round asks for the lock again.
+            several = manual is False and (
+                lease.fence is not None or isinstance(self._lock, LocalSyncLock)
+            )
+            run = _Run(lease, self._cfg, several=several)
+            pool: SenderPool[_Tally] = SenderPool(
+                self._client.max_in_flight,
+                may_start=lambda batch: self._may_start(batch, run),
+                send=lambda batch, entry: self._deliver(entry, batch, run),
+            )
+            outstanding: deque[Batch[_Tally]] = deque()
+            run.pool = pool
             try:
-                now = None if manual else self._clock()
-                entries = await self._journal.claim_due(
-                    self._cfg.batch_size, now, fn=fn, horizon=self._horizon()
-                )
-                tally.full = len(entries) == self._cfg.batch_size
-                try:
-                    await self._send(entries, lease, tally)
-                finally:
-                    await self._settle(tally)
+                async with pool:
+                    batch: Batch[_Tally] | None = await self._claim(fn, None, manual=manual)
+                    if batch is not None:
+                        outstanding.append(batch)
+                        pool.add(batch)
+                    while batch is not None:
+                        nxt = None
+                        if self._goes_on(batch, run):
+                            nxt = await self._claim(fn, batch, manual=False)
+                        if nxt is not None:
+                            batch.tally.full = False  # the run goes on: this was no end
+                            outstanding.append(nxt)
+                            pool.add(nxt)
+                        await batch.done.wait()
+                        outstanding.remove(batch)
+                        await self._finish(fn, batch, run, total)
+                        batch = nxt
             finally:
                 self._holder = None
+                while outstanding:
+                    batch = outstanding.popleft()
+                    await self._settle(batch.tally, run)
+                    last.add(batch.tally)
         return lease.fence
 
-    async def _send(self, entries: list[JournalEntry], lease: Lease, tally: _Tally) -> None:
-        """Deliver `entries` in order, `max_in_flight` at once, while breaker and lease allow."""
-        slots = asyncio.Semaphore(max(1, self._client.max_in_flight))
-        async with asyncio.TaskGroup() as group:
-            for entry in entries:
-                await slots.acquire()
-                if tally.superseded is not None or not self._lock.lease_alive(lease):
-                    slots.release()
-                    break  # the round is over; the client checks the lease again at the write
-                if not self._breaker.try_acquire():
-                    slots.release()
-                    tally.refused = True
-                    break
-                task = group.create_task(self._deliver(entry, lease, slots, tally))
-                tally.in_flight.add(task)
-                task.add_done_callback(tally.in_flight.discard)
+    async def _claim(
+        self, fn: str, before: Batch[_Tally] | None, *, manual: bool
+    ) -> Batch[_Tally] | None:
+        """The batch after `before` (the first when None; an empty first batch is a round that
+        found nothing due); None when nothing more is due."""
+        now = None if manual else self._clock()
+        after = None if before is None or not before.entries else before.entries[-1].fd
+        entries = await self._journal.claim_due(
+            self._cfg.batch_size, now, fn=fn, horizon=self._horizon(), after=after
+        )
+        if before is not None and not entries:
+            return None
+        tally = _Tally(full=len(entries) == self._cfg.batch_size)
+        index = 0 if before is None else before.index + 1
+        return Batch(index, entries, tally, self._monotonic())
 
-    async def _deliver(
-        self, entry: JournalEntry, lease: Lease, slots: asyncio.Semaphore, tally: _Tally
-    ) -> None:
+    def _goes_on(self, batch: Batch[_Tally], run: _Run) -> bool:
+        """Claim the batch after this one now? While full ones go cleanly, up to `RUN_BATCHES`
+        (then the next pass: other FNs get their turn), and nobody waits for a quiet point, and
+        no reload came since the run began."""
+        return (
+            run.several
+            and batch.tally.full
+            and not run.stopped
+            and run.failed_at is None
+            and batch.index + 1 < RUN_BATCHES
+            and self._waiting == 0
+            and self._cfg is run.cfg
+        )
+
+    def _may_start(self, batch: Batch[_Tally], run: _Run) -> bool:
+        """Right before each FD: the run still on, the lease alive, the breaker's leave.
+
+        (The client checks the lease again right before the request's first byte.) FDs of a
+        batch after one with a failure are not sent: that round would not have started.
+        """
+        if run.stopped or (run.failed_at is not None and batch.index > run.failed_at):
+            return False
+        if not self._lock.lease_alive(run.lease):
+            run.stopped = True
+            return False
+        if not self._breaker.try_acquire():
+            batch.tally.refused = run.stopped = True
+            return False
+        return True
+
+    async def _deliver(self, entry: JournalEntry, batch: Batch[_Tally], run: _Run) -> None:
         try:
             delivery = await self._client.deliver(
-                entry, lease.fence, may_write=lambda: self._lock.lease_alive(lease)
+                entry, run.lease.fence, may_write=lambda: self._lock.lease_alive(run.lease)
             )
         except WriteRefused:
             self._breaker.release()  # nothing was sent; the lock has cancelled the round
@@ -377,40 +471,68 @@ class SyncEngine:
         except BaseException:
             self._breaker.release()  # no verdict (cancelled, or a bug): free a half-open probe
             raise
-        finally:
-            slots.release()
         self._beat()
         self.deliveries[delivery.outcome.value] += 1
         if delivery.outcome is Outcome.FENCE_SUPERSEDED:
-            self._supersede(entry, delivery, lease, tally)
-        else:
-            await self._record(entry, delivery, tally)
+            self._supersede(entry, delivery, run, batch.tally)
+            return
+        self._record(entry, delivery, batch.tally)
+        if batch.tally.failure and (run.failed_at is None or batch.index < run.failed_at):
+            run.failed_at = batch.index
 
-    def _supersede(
-        self, entry: JournalEntry, delivery: Delivery, lease: Lease, tally: _Tally
+    async def _finish(self, fn: str, batch: Batch[_Tally], run: _Run, total: _Tally) -> None:
+        """A round's end: record its outcomes (one commit for the accepted FDs), report it."""
+        if batch.index > 0 and batch.sent == 0:
+            batch.tally.full = False  # dropped whole: no round ran
+            await self._settle(batch.tally, run)
+            total.add(batch.tally)
+            return
+        await self._settle(batch.tally, run)
+        total.add(batch.tally)
+        outcome = "completed" if run.superseded is None else "fence_superseded"
+        if run.superseded is not None:
+            total.superseded = run.superseded
+        duration = self._monotonic() - batch.started_at
+        self._report_round(fn, outcome, batch.tally, duration, fence=run.lease.fence, holder=None)
+
+    def _report_round(
+        self,
+        fn: str,
+        outcome: str,
+        tally: _Tally,
+        duration: float,
+        *,
+        fence: int | None,
+        holder: str | None,
     ) -> None:
-        """A 412: another instance holds this FN now. End the round at once: cancel the
-        deliveries in flight and start no more. Not the FD's fault and not the upstream's, so
+        self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
+        if self.on_round is not None and outcome in _RAN:
+            ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
+            self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
+
+    def _supersede(self, entry: JournalEntry, delivery: Delivery, run: _Run, tally: _Tally) -> None:
+        """A 412: another instance holds this FN now. End the run at once: the pool cancels the
+        deliveries in flight and starts no more. Not the FD's fault and not the upstream's, so
         nothing is counted and the breaker is left alone (a half-open probe is freed)."""
         self._breaker.release()
         tally.full = False  # the FN is someone else's now: no draining at once
-        if tally.superseded is not None:
-            return  # the round is already ending; one line per round
-        tally.superseded = delivery
-        for task in tally.in_flight:
-            if task is not asyncio.current_task():
-                task.cancel()
+        run.stopped = True
+        if run.superseded is not None:
+            return  # the run is already ending; one line per run
+        run.superseded = delivery
+        if run.pool is not None:
+            run.pool.cancel_others()
         log.warning(
             "sync.fence_superseded",
             fn=entry.fn,
             fd=entry.fd,
-            fence=lease.fence,
+            fence=run.lease.fence,
             current_fence=delivery.current_fence,
             action="round ended; another instance syncs this FN now",
         )
 
-    async def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
-        """The breaker first (no await before it); the journal row at the end of the round."""
+    def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
+        """The breaker at once; the journal row at the end of the round (`_settle`)."""
         outcome = delivery.outcome
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             self._breaker.record_success()
@@ -440,9 +562,13 @@ class SyncEngine:
             # forbidden, misrouted or unreachable: the FD is not at fault; its row stays as is
             tally.failed += 1
 
-    async def _settle(self, tally: _Tally) -> None:
+    async def _settle(self, tally: _Tally, run: _Run) -> None:
         """End of a round: record the accepted FDs, judge the rejections, grow or reset the
-        backoff, then record the transient failures (counted only beside an accepted FD)."""
+        backoff, then record the transient failures (counted only beside an accepted FD).
+
+        The backoff moves once per run: a round that ends after a failed one of the same run
+        (its FDs were in flight already) neither grows it again nor resets it.
+        """
         accepted, tally.accepted = tally.accepted, []
         await self._journal.mark_synced_many(accepted, self._clock())
         rejected, tally.rejected = tally.rejected, []
@@ -453,10 +579,13 @@ class SyncEngine:
                 await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
                 tally.dead += 1
                 log.warning("sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason)
-        if tally.failure:
+        if tally.failure and run.backed_off:
+            delay = self._backoff.current_delay
+        elif tally.failure:
             delay = self._backoff.record_failure(tally.retry_after)
+            run.backed_off = True
         else:
-            if tally.delivered:
+            if tally.delivered and not run.backed_off:
                 self._backoff.record_success()
             delay = 0.0
         transient, tally.transient = tally.transient, []
