@@ -59,10 +59,11 @@ _SELECT = (
     "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
     " next_attempt_at, synced_at FROM documents "
 )
-# what a delivery needs: the row and its stored request body
+# what a delivery needs: the row and its stored request body; the fields only for a row stored
+# without a body (they would be decoded for nothing: the body already holds them)
 _CLAIM = (
-    "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
-    " next_attempt_at, synced_at, body FROM documents "
+    "SELECT fn, fd, doc_type, raw, CASE WHEN body IS NULL THEN fields END, journaled_at, state,"
+    " attempts, last_error, next_attempt_at, synced_at, body FROM documents "
 )
 _INSERT = (
     "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at,"
@@ -117,7 +118,8 @@ class JournalEntry:
     last_error: str | None
     next_attempt_at: float
     synced_at: float | None
-    #: the request body stored when the FD was journaled (None: a row from before, or not read)
+    #: the request body stored when the FD was journaled (None: a row from before, or not read);
+    #: only `claim_due` reads it, and leaves `fields` empty when it does
     body: bytes | None = None
 
     @classmethod
@@ -130,7 +132,7 @@ class JournalEntry:
             fd=fd,
             doc_type=doc_type,
             raw=bytes(raw),
-            fields=json.loads(fields),
+            fields={} if fields is None else json.loads(fields),
             journaled_at=journaled_at,
             state=cast(DocState, state),
             attempts=attempts,
@@ -145,7 +147,7 @@ DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
 
 
 def _document_row(
-    fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any], now: float
+    fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any], *, now: float
 ) -> DocumentRow:
     """The values of `_INSERT` for one FD, built before any write: a value JSON cannot carry
     fails here. The request body is built now, once (`kktd.sync.body`)."""
@@ -231,7 +233,7 @@ class Journal(JournalFile):
         True when inserted; False when (fn, fd) was already there, which changes nothing but a
         lagging cursor. Raises `JournalFullError` when the disk is full (nothing is written).
         """
-        row = _document_row(fn, fd, doc_type, raw, fields, self._clock())
+        row = _document_row(fn, fd, doc_type, raw, fields, now=self._clock())
 
         async def body(conn: aiosqlite.Connection) -> bool:
             return await _insert_document(conn, row)
@@ -272,7 +274,8 @@ class Journal(JournalFile):
         after: int | None = None,
     ) -> list[JournalEntry]:
         """Up to `limit` pending FDs due at `now` (due or not when `now` is None), lowest first,
-        each with its stored request body.
+        each with its stored request body (and then with empty `fields`: what a delivery needs
+        of them is in the body; a row stored without one comes with its fields instead).
 
         An FD due later than `now + horizon`, further ahead than any schedule the caller makes,
         is due now: the wall clock has been stepped back since its attempt was scheduled.

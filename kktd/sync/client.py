@@ -215,8 +215,10 @@ class UpstreamClient:
         return delivery
 
     def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
-        fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
         outcome = delivery.outcome
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and self._alert.active is None:
+            return  # the common case: nothing to say
+        fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
         if outcome in (Outcome.FORBIDDEN, Outcome.MISROUTED):
             # nothing gets delivered until an operator fixes the token or the URL
             self._alert.start(
@@ -233,7 +235,9 @@ class UpstreamClient:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif outcome is Outcome.TRANSIENT and unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
-        else:
+        elif outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            # Not for each accepted FD: the round's line counts those, and a call on a module
+            # logger assembles a logger each time, even when debug is off (tens of us per FD)
             log.debug("sync.delivered", outcome=str(outcome), **fields)
 
 
