@@ -129,8 +129,9 @@ class SyncEngine:
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
 
-        Entering waits for a round in progress and its in-flight deliveries to finish; no round
-        starts while it is held, so the loop can be cancelled inside it.
+        Entering waits for the batches in flight to finish and be recorded (a drain in progress
+        claims no more once someone waits); no round starts while it is held, so the loop can
+        be cancelled inside it.
         """
         return self._turn()
 
@@ -335,7 +336,9 @@ class SyncEngine:
                         pool.add(batch)
                     while batch is not None:
                         nxt = None
-                        if run.goes_on(batch, quiet_wanted=self._waiting > 0, cfg=self._cfg):
+                        if not pool.broken and run.goes_on(
+                            batch, quiet_wanted=self._waiting > 0, cfg=self._cfg
+                        ):
                             nxt = await self._claim(fn, batch, manual=False)
                         if nxt is not None:
                             batch.tally.full = False  # the run goes on: this was no end

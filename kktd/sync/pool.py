@@ -73,6 +73,11 @@ class SenderPool(Generic[T]):
         for entry in batch.entries:
             self._queue.put_nowait((batch, entry))
 
+    @property
+    def broken(self) -> bool:
+        """A sender failed (a bug): queue nothing more; leaving the pool raises it."""
+        return self._error is not None
+
     def cancel_others(self) -> None:
         """Cancel every sender but the calling one (and so the delivery it has in flight)."""
         me = asyncio.current_task()
