@@ -3,14 +3,14 @@
 The journal (a real file) is filled with N realistic FDs from the emulator's generator, stored as
 the poller stores them. The engine runs with the daemon's default settings (batch 50,
 max_in_flight 4, a local lock). The bare client posts the same JSON bodies, built beforehand,
-with the same headers and the same concurrency, and touches no journal. Both talk to one
+with the same headers and the same concurrency, and touches no journal; it runs before and after
+the engine, and the mean of its two rates is the baseline. Both talk to one
 in-process mock upstream, reset between them; the accepted count is sampled for the plot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import tempfile
 import time
@@ -27,7 +27,7 @@ from kktd.kkt.tlv import decode_document
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
-from kktd.sync.client import UpstreamClient, build_body
+from kktd.sync.client import UpstreamClient, request_body
 from kktd.sync.engine import SyncEngine
 from kktd.sync.lock import LocalSyncLock
 
@@ -57,7 +57,7 @@ async def bodies(journal: Journal, fn: str, fds: int) -> list[tuple[dict[str, st
             "Idempotency-Key": f"{fn}-{fd}",
             "X-Kktd-Instance": INSTANCE,
         }
-        out.append((headers, json.dumps(build_body(entry), ensure_ascii=False).encode()))
+        out.append((headers, request_body(entry)))
     return out
 
 
@@ -152,17 +152,21 @@ async def run(sizes: Sizes, results: Results) -> None:
             counts = await journal.counts()
             if counts.synced != n or mock.state.duplicates:
                 raise RuntimeError(f"drain left {counts}, {mock.state.duplicates} duplicates")
+            # the baseline again after the engine: the machine's load drifts during a run, and
+            # a baseline on both sides of the engine's drain brackets it (their mean is used)
+            after_s, _ = await timed_drain(mock, n, lambda: bare_client(mock.url, requests, width))
         finally:
             await mock.stop()
             await journal.close()
-    ours, bare = n / ours_s, n / bare_s
+    ours, bare = n / ours_s, (n / bare_s + n / after_s) / 2
     results.add(Row("B2", f"FDs/s drained ({n} pending)", ours, "FD/s",
-                    "bare aiohttp client", bare, ">= 0.7"))  # fmt: skip
+                    "bare aiohttp client", bare, ">= 0.8"))  # fmt: skip
     results.add(Row("B2", f"FDs/s drained ({n} pending)", ours, "FD/s",
                     "seed rule 50/10 s", SEED_RATE, ">= 100"))  # fmt: skip
     results.drain["kktd SyncEngine"] = ours_samples
     results.drain["bare aiohttp client"] = bare_samples
     results.facts["b2"] = (
         f"{n} FDs, max_in_flight {width}, batch_size {SyncConfig().batch_size};"
-        f" drained in {ours_s:.1f} s by the engine, {bare_s:.1f} s by the bare client"
+        f" drained in {ours_s:.1f} s by the engine, {bare_s:.1f} s and {after_s:.1f} s by the"
+        " bare client before and after it"
     )

@@ -21,6 +21,7 @@ import structlog
 
 from kktd.journal.file import JournalFile
 from kktd.journal.recovery import RECOVERY_KEY, REREAD_KEY, RecoveryRecord
+from kktd.sync.body import encode_body
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +59,15 @@ _SELECT = (
     "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
     " next_attempt_at, synced_at FROM documents "
 )
+# what a delivery needs: the row and its stored request body; the fields only for a row stored
+# without a body (they would be decoded for nothing: the body already holds them)
+_CLAIM = (
+    "SELECT fn, fd, doc_type, raw, CASE WHEN body IS NULL THEN fields END, journaled_at, state,"
+    " attempts, last_error, next_attempt_at, synced_at, body FROM documents "
+)
 _INSERT = (
-    "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (fn, fd) DO NOTHING"
+    "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at,"
+    " body) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (fn, fd) DO NOTHING"
 )
 _ADVANCE_CURSOR = (
     "INSERT INTO cursors (fn, last_fd, updated_at) VALUES (?, ?, ?)"
@@ -111,24 +118,55 @@ class JournalEntry:
     last_error: str | None
     next_attempt_at: float
     synced_at: float | None
+    #: the request body stored when the FD was journaled (None: a row from before, or not read);
+    #: only `claim_due` reads it, and leaves `fields` empty when it does
+    body: bytes | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> JournalEntry:
-        """Build from a row of ``_SELECT``'s column order."""
-        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row
+        """Build from a row of ``_SELECT``'s column order (``_CLAIM``'s adds the body)."""
+        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row[:11]
+        body = row[11] if len(row) > 11 else None
         return cls(
             fn=fn,
             fd=fd,
             doc_type=doc_type,
             raw=bytes(raw),
-            fields=json.loads(fields),
+            fields={} if fields is None else json.loads(fields),
             journaled_at=journaled_at,
             state=cast(DocState, state),
             attempts=attempts,
             last_error=error,
             next_attempt_at=due,
             synced_at=synced,
+            body=None if body is None else bytes(body),
         )
+
+
+DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
+
+
+def _document_row(
+    fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any], *, now: float
+) -> DocumentRow:
+    """The values of `_INSERT` for one FD, built before any write: a value JSON cannot carry
+    fails here. The request body is built now, once (`kktd.sync.body`)."""
+    fields_json = json.dumps(dict(fields), ensure_ascii=False)
+    # from the fields as the journal gives them back, so a body built later would be the same
+    body = encode_body(fn, fd, bytes(raw), json.loads(fields_json))
+    return (fn, fd, doc_type, bytes(raw), fields_json, now, DUE_NOW, body)
+
+
+async def _insert_document(conn: aiosqlite.Connection, row: DocumentRow) -> bool:
+    """Insert one FD as pending and advance its FN's cursor (inside the caller's transaction).
+
+    True when inserted; False when (fn, fd) was already there.
+    """
+    async with conn.execute(_INSERT, row) as cur:
+        inserted = cur.rowcount == 1
+    fn, fd, now = row[0], row[1], row[5]
+    await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
+    return inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,17 +233,10 @@ class Journal(JournalFile):
         True when inserted; False when (fn, fd) was already there, which changes nothing but a
         lagging cursor. Raises `JournalFullError` when the disk is full (nothing is written).
         """
-        # serialised first, so a value JSON cannot carry fails before any write
-        fields_json = json.dumps(dict(fields), ensure_ascii=False)
-        now = self._clock()
+        row = _document_row(fn, fd, doc_type, raw, fields, now=self._clock())
 
         async def body(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
-                _INSERT, (fn, fd, doc_type, bytes(raw), fields_json, now, DUE_NOW)
-            ) as cur:
-                inserted = cur.rowcount == 1
-            await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
-            return inserted
+            return await _insert_document(conn, row)
 
         inserted = await self._write(body)
         if inserted:
@@ -234,13 +265,23 @@ class Journal(JournalFile):
     # -- delivery (the sync engine) --
 
     async def claim_due(
-        self, limit: int, now: float | None, fn: str | None = None, *, horizon: float = math.inf
+        self,
+        limit: int,
+        now: float | None,
+        fn: str | None = None,
+        *,
+        horizon: float = math.inf,
+        after: int | None = None,
     ) -> list[JournalEntry]:
-        """Up to `limit` pending FDs due at `now` (due or not when `now` is None), lowest first.
+        """Up to `limit` pending FDs due at `now` (due or not when `now` is None), lowest first,
+        each with its stored request body (and then with empty `fields`: what a delivery needs
+        of them is in the body; a row stored without one comes with its fields instead).
 
         An FD due later than `now + horizon`, further ahead than any schedule the caller makes,
         is due now: the wall clock has been stepped back since its attempt was scheduled.
-        No row marks: one process owns the journal and the engine runs one round at a time.
+        `after` (with `fn`) claims only FDs above it: the next batch, claimed while the one
+        before is still being sent. No row marks: one process owns the journal and the engine
+        claims for one FN at a time, each batch above the last.
         """
         where = "WHERE state = 'pending'"
         params: tuple[Any, ...] = ()
@@ -250,7 +291,10 @@ class Journal(JournalFile):
         if fn is not None:
             where += " AND fn = ?"
             params += (fn,)
-        rows = await self._rows(_SELECT + where + " ORDER BY fn, fd LIMIT ?", (*params, limit))
+            if after is not None:
+                where += " AND fd > ?"
+                params += (after,)
+        rows = await self._rows(_CLAIM + where + " ORDER BY fn, fd LIMIT ?", (*params, limit))
         return [JournalEntry.from_row(row) for row in rows]
 
     async def pending_fns(self) -> list[str]:
@@ -262,13 +306,17 @@ class Journal(JournalFile):
         await self.mark_synced_many([(fn, fd)], now)
 
     async def mark_synced_many(self, keys: Sequence[tuple[str, int]], now: float) -> None:
-        """Several FDs the upstream has, in one transaction (a round's worth: one commit)."""
+        """Several FDs the upstream has, in one transaction (a batch's worth: one commit).
+
+        The stored request body goes: a synced FD is never sent again.
+        """
         if not keys:
             return
 
         async def body(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
-                "UPDATE documents SET state = 'synced', synced_at = ? WHERE fn = ? AND fd = ?",
+                "UPDATE documents SET state = 'synced', synced_at = ?, body = NULL"
+                " WHERE fn = ? AND fd = ?",
                 [(now, fn, fd) for fn, fd in keys],
             )
 

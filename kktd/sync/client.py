@@ -10,8 +10,6 @@ before the request's first byte; then nothing was written.
 
 from __future__ import annotations
 
-import base64
-import json
 import ssl
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -22,7 +20,6 @@ import structlog
 
 from kktd.config import UpstreamConfig, redact_url
 from kktd.journal import JournalEntry
-from kktd.kkt.tlv import BODY_FIELDS
 from kktd.sync.alerts import Alert
 from kktd.sync.answers import (
     FENCE_SUPERSEDED,
@@ -33,6 +30,7 @@ from kktd.sync.answers import (
     unexpected,
     verdict,
 )
+from kktd.sync.body import body_fields, encode_body
 
 __all__ = [
     "FENCE_SUPERSEDED",
@@ -42,6 +40,7 @@ __all__ = [
     "UpstreamClient",
     "WriteRefused",
     "build_body",
+    "request_body",
     "superseded",
 ]
 
@@ -88,15 +87,15 @@ def _gate_tracing() -> aiohttp.TraceConfig:
 
 
 def build_body(entry: JournalEntry) -> dict[str, Any]:
-    """The JSON body of SPEC section 4: the decoded fields, the FD's identity and its raw TLV.
+    """The JSON body of SPEC section 4 for a journal row (`kktd.sync.body`)."""
+    return body_fields(entry.fn, entry.fd, entry.raw, entry.fields)
 
-    Only SPEC's fields are sent: what else the journal keeps (a decode error) is for the
-    operator, and the identity and the raw bytes come from the journal row itself.
-    """
-    body: dict[str, Any] = {"fn": entry.fn, "fd": entry.fd}
-    body.update((k, entry.fields[k]) for k in BODY_FIELDS if k in entry.fields)
-    body["tlv"] = base64.b64encode(entry.raw).decode("ascii")
-    return body
+
+def request_body(entry: JournalEntry) -> bytes:
+    """The bytes to POST: those stored with the row, or built now for a row stored without."""
+    if entry.body is not None:
+        return entry.body
+    return encode_body(entry.fn, entry.fd, entry.raw, entry.fields)
 
 
 class UpstreamClient:
@@ -177,7 +176,7 @@ class UpstreamClient:
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
-        data = json.dumps(build_body(entry), ensure_ascii=False).encode("utf-8")
+        data = request_body(entry)
         gate = _WriteGate(may_write)
         delivery = await self._post(entry, fence, data, gate)
         if gate.refused:  # refused in aiohttp's body writer, which wraps it as a connection error
@@ -216,8 +215,10 @@ class UpstreamClient:
         return delivery
 
     def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
-        fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
         outcome = delivery.outcome
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and self._alert.active is None:
+            return  # the common case: nothing to say
+        fields = {"fn": entry.fn, "fd": entry.fd, "status": delivery.status}
         if outcome in (Outcome.FORBIDDEN, Outcome.MISROUTED):
             # nothing gets delivered until an operator fixes the token or the URL
             self._alert.start(
@@ -234,7 +235,9 @@ class UpstreamClient:
             log.warning("sync.rejected", reason=delivery.reason, **fields)
         elif outcome is Outcome.TRANSIENT and unexpected(delivery.status):
             log.warning("sync.unexpected_status", reason=delivery.reason, **fields)
-        else:
+        elif outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            # Not for each accepted FD: the round's line counts those, and a call on a module
+            # logger assembles a logger each time, even when debug is off (tens of us per FD)
             log.debug("sync.delivered", outcome=str(outcome), **fields)
 
 

@@ -1,49 +1,51 @@
-"""Sync rounds and the sync loop (SPEC section 3 "A round"), and the manual sync of section 6.
+"""The sync loop (SPEC section 3 "A round"), and the manual sync of section 6.
 
-A round, per FN: take the lock -> claim up to `sync.batch_size` due FDs, lowest first -> send
-them, at most `upstream.max_in_flight` at once, each only with the breaker's leave and a live
-lease -> record every outcome in the journal and the breaker. Rejections and transient failures
-are written at the end of the round, when it is known what the round says about the upstream.
+Per FN with pending FDs: take the lock -> claim up to `sync.batch_size` due FDs, lowest first ->
+send them through the sender pool (`upstream.max_in_flight` at once, each FD only with the
+breaker's leave and a live lease) -> record the round's outcomes (`rounds`). While a full batch
+goes cleanly, the next one is claimed and queued before this one ends, so the senders never
+wait for a round's tail. An FD due further ahead than any schedule kktd makes is due now (the
+wall clock was stepped back); a manual sync (one batch) ignores due times.
 
-Only evidence about an FD counts against it (SPEC section 3): a transient failure is counted in
-a round where the upstream accepted another FD, never otherwise (so never in a half-open probe);
-a round that rejected five or more FDs and accepted none holds them pending and opens the
-breaker, and until an FD is accepted again a rejected probe is held too. A due time further ahead
-than any schedule kktd makes means the wall clock was stepped back since: the FD is due now. A
-manual sync ignores due times.
-
-After a round: a full, clean batch goes again at once (a backlog drains at the upstream's pace);
-an open breaker sleeps until its probe time; a failed round waits the backoff delay; otherwise
-the loop idles `sync.interval`. A `wake()` (a new FD, a retried one) ends the wait early,
-except a wait the upstream asked for with Retry-After.
+After a run: one that ended on a full, clean batch goes again at once; an open breaker sleeps
+until its probe time; a failed round waits the backoff delay; otherwise the loop idles
+`sync.interval`. A `wake()` (a new FD, a retried one) ends the wait early, except a wait the
+upstream asked for with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
-from kktd.sync.alerts import Alert
-from kktd.sync.backoff import RETRY_AFTER_CAP, Backoff
+from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
-from kktd.sync.client import Delivery, Outcome, UpstreamClient, WriteRefused
-from kktd.sync.lock import Lease, LeaseLost, LockBusy, LockUnavailable, SyncLock
+from kktd.sync.client import Outcome, UpstreamClient, WriteRefused
+from kktd.sync.lock import (
+    LeaseLost,
+    LocalSyncLock,
+    LockBusy,
+    LockUnavailable,
+    SyncLock,
+)
+from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
+from kktd.sync.rounds import DeliveryFailure, Rounds, Run, Tally
 
 log = structlog.get_logger(__name__)
 
 ReportStatus = Literal["completed", "busy", "circuit_open", "skipped"]
 _RAN = ("completed", "lease_lost", "fence_superseded")  # FN rounds that sent (or could have)
 _BEAT_SLICE = 1.0  # seconds: idle waits are sliced so the loop beats at least this often
-ALL_REJECTED_MIN = 5  # a round rejecting this many FDs and accepting none indicts the upstream
 
 
 @dataclass(frozen=True)
@@ -75,47 +77,6 @@ class SyncStatus:
     lock_problem: LockProblem | None = None  # Redis refuses the lock: no round runs
 
 
-@dataclass(frozen=True)
-class DeliveryFailure:
-    """The last delivery that did not end synced, for the operator's status."""
-
-    at: float
-    fn: str
-    fd: int
-    delivery: Delivery
-
-
-@dataclass
-class _Tally:
-    """One pass's counts, and what decides the pause after it."""
-
-    synced: int = 0
-    failed: int = 0
-    dead: int = 0
-    full: bool = False  # a batch came back full: more is due
-    refused: bool = False  # the breaker stopped the sending
-    failure: bool = False  # a delivery failed: the backoff grows
-    delivered: bool = False  # the upstream answered something
-    retry_after: float | None = None
-    transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
-    rejected: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
-    accepted: list[tuple[str, int]] = field(default_factory=list)
-    superseded: Delivery | None = None  # a 412: another instance holds the FN now
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def add(self, other: _Tally) -> None:
-        """Fold one FN round into the pass."""
-        self.synced += other.synced
-        self.failed += other.failed
-        self.dead += other.dead
-        self.full = self.full or other.full
-        self.refused = self.refused or other.refused
-        self.failure = self.failure or other.failure
-        self.delivered = self.delivered or other.delivered
-        if other.retry_after is not None:
-            self.retry_after = max(self.retry_after or 0.0, other.retry_after)
-
-
 class SyncEngine:
     """Delivers the journal to the upstream, round after round, until cancelled."""
 
@@ -142,6 +103,7 @@ class SyncEngine:
         self._woken = False
         self._sleepers: set[asyncio.Future[None]] = set()
         self._round_lock = asyncio.Lock()
+        self._waiting = 0  # callers waiting for the round lock: a run ends at its next batch
         self._beat: Callable[[], None] = _no_beat
         self._last_report: SyncReport | None = None
         self._last_round_at: float | None = None
@@ -151,10 +113,12 @@ class SyncEngine:
         self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         #: called with each FN round's report, for `kktd_sync_round_seconds`
         self.on_round: Callable[[SyncReport], None] | None = None
-        #: the last delivery that failed or was rejected (wall-clock time)
-        self.last_failure: DeliveryFailure | None = None
-        # "the upstream rejects every FD": rejections are held until it accepts one again
-        self._rejecting = Alert(monotonic=monotonic)
+        self._rounds = Rounds(journal, breaker, backoff, clock=clock, monotonic=monotonic)
+
+    @property
+    def last_failure(self) -> DeliveryFailure | None:
+        """The last delivery that failed or was rejected (wall-clock time)."""
+        return self._rounds.last_failure
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
@@ -165,10 +129,25 @@ class SyncEngine:
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
 
-        Entering waits for a round in progress and its in-flight deliveries to finish; no round
-        starts while it is held, so the loop can be cancelled inside it.
+        Entering waits for the batches in flight to finish and be recorded (a drain in progress
+        claims no more once someone waits); no round starts while it is held, so the loop can
+        be cancelled inside it.
         """
-        return self._round_lock
+        return self._turn()
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The round lock, asked for so that a run in progress ends after its current batches
+        (a backlog drain does not hold up a shutdown or a manual sync)."""
+        self._waiting += 1
+        try:
+            await self._round_lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._round_lock.release()
 
     def reconfigure(self, cfg: SyncConfig) -> None:
         """New settings (SIGHUP), used from the next round on."""
@@ -193,7 +172,7 @@ class SyncEngine:
             return SyncReport(
                 "circuit_open", 0, 0, 0, 0.0, retry_in_seconds=self._breaker.retry_in()
             )
-        async with self._round_lock:
+        async with self._turn():
             tally, report = await self._pass_in_own_task(manual=True)
         if self._next_pause(tally)[0] == 0:
             self.wake()  # more is due: let the loop carry on draining
@@ -219,7 +198,7 @@ class SyncEngine:
 
     # -- the loop's waits --
 
-    def _next_pause(self, tally: _Tally) -> tuple[float, bool]:
+    def _next_pause(self, tally: Tally) -> tuple[float, bool]:
         """(seconds, ended early by a wake?) before the next round."""
         if self._breaker.state is BreakerState.OPEN:
             return self._breaker.retry_in(), False
@@ -266,7 +245,7 @@ class SyncEngine:
 
     # -- rounds --
 
-    async def _pass_in_own_task(self, *, manual: bool) -> tuple[_Tally, SyncReport]:
+    async def _pass_in_own_task(self, *, manual: bool) -> tuple[Tally, SyncReport]:
         """Run a pass in a task of its own.
 
         The lock cancels the task holding a lost lease, and Redis and HTTP timeouts cancel and
@@ -280,11 +259,11 @@ class SyncEngine:
             raise asyncio.CancelledError
         return result
 
-    async def _pass(self, *, manual: bool) -> tuple[_Tally, SyncReport]:
-        """One round for every FN with pending FDs; the report sums them."""
+    async def _pass(self, *, manual: bool) -> tuple[Tally, SyncReport]:
+        """One run for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
         self._woken = False  # from here on, a wake means "journaled after this pass looked"
-        total = _Tally()
+        total = Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
         try:
@@ -294,10 +273,10 @@ class SyncEngine:
             log.debug("sync.journal_unavailable", error=str(exc))
             fns, status = [], "skipped"
         for fn in fns:
-            tally = _Tally()
-            outcome, fence, round_started = "completed", None, self._monotonic()
+            last = Tally()  # the rounds that an error ended, reported with the error
+            outcome, fence, run_started = "", None, self._monotonic()
             try:
-                fence = await self._round(fn, tally, manual=manual)
+                fence = await self._drain(fn, total, last, manual=manual)
             except LockBusy as exc:
                 outcome, status, holder = "busy", "busy", exc.holder
                 self._holder = exc.holder
@@ -309,17 +288,15 @@ class SyncEngine:
                 # e.g. the disk is full: the outcomes are not written, so those FDs go again
                 # later (the Idempotency-Key makes that a 409); wait an interval, do not spin
                 outcome, status = "journal_failed", "skipped"
-                tally.full = tally.refused = False
+                total.full = total.refused = False
                 # not a bug of ours, so no traceback: the error says what the disk said
                 log.error("sync.journal_failed", fn=fn, error=str(exc))  # noqa: TRY400
-            if tally.superseded is not None and outcome == "completed":
-                outcome, status = "fence_superseded", "busy"  # logged as sync.fence_superseded
-            total.add(tally)
-            duration = self._monotonic() - round_started
-            self._log_round(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
-            if self.on_round is not None and outcome in _RAN:
-                ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
-                self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
+            if total.superseded is not None:
+                status = "busy"  # logged as sync.fence_superseded
+            if outcome:
+                total.add(last)
+                duration = self._monotonic() - run_started
+                self._report_round(fn, outcome, last, duration, fence, holder)
             stop = outcome in ("lease_lost", "journal_failed")
             if stop or self._breaker.state is BreakerState.OPEN:
                 break
@@ -329,47 +306,91 @@ class SyncEngine:
         self._last_report, self._last_round_at = report, self._clock()
         return total, report
 
-    async def _round(self, fn: str, tally: _Tally, *, manual: bool) -> int | None:
-        """One FN's round under its lock; returns the fence it ran under."""
+    async def _drain(self, fn: str, total: Tally, last: Tally, *, manual: bool) -> int | None:
+        """One FN under its lock: batch after batch through the sender pool while a full batch
+        went cleanly (one batch for a manual sync); returns the fence it ran under.
+
+        Each batch is a round of its own (SPEC section 3): its outcomes are recorded when its
+        last delivery ends, while the next batch, claimed meanwhile, is in flight. Rounds that an
+        error ends are recorded on the way out and added to `last`.
+        """
         async with self._lock.hold(fn) as lease:
             self._holder = lease.instance
+            # Batch after batch only under a lease that shuts others out: a fenced one, or the
+            # in-process lock. Without Redis ("proceed") each round asks for the lock again.
+            several = manual is False and (
+                lease.fence is not None or isinstance(self._lock, LocalSyncLock)
+            )
+            run = Run(lease, self._cfg, several=several)
+            run.pool = pool = SenderPool[Tally](
+                self._client.max_in_flight,
+                may_start=lambda batch: self._may_start(batch, run),
+                send=lambda batch, entry: self._deliver(entry, batch, run),
+            )
+            outstanding: deque[Batch[Tally]] = deque()
             try:
-                now = None if manual else self._clock()
-                entries = await self._journal.claim_due(
-                    self._cfg.batch_size, now, fn=fn, horizon=self._horizon()
-                )
-                tally.full = len(entries) == self._cfg.batch_size
-                try:
-                    await self._send(entries, lease, tally)
-                finally:
-                    await self._settle(tally)
+                async with pool:
+                    batch: Batch[Tally] | None = await self._claim(fn, None, manual=manual)
+                    if batch is not None:
+                        outstanding.append(batch)
+                        pool.add(batch)
+                    while batch is not None:
+                        nxt = None
+                        if not pool.broken and run.goes_on(
+                            batch, quiet_wanted=self._waiting > 0, cfg=self._cfg
+                        ):
+                            nxt = await self._claim(fn, batch, manual=False)
+                        if nxt is not None:
+                            batch.tally.full = False  # the run goes on: this was no end
+                            outstanding.append(nxt)
+                            pool.add(nxt)
+                        await batch.done.wait()
+                        outstanding.remove(batch)
+                        await self._finish(fn, batch, run, total)
+                        batch = nxt
             finally:
                 self._holder = None
+                while outstanding:
+                    batch = outstanding.popleft()
+                    await self._rounds.settle(batch.tally, run, self._cfg.max_attempts)
+                    last.add(batch.tally)
         return lease.fence
 
-    async def _send(self, entries: list[JournalEntry], lease: Lease, tally: _Tally) -> None:
-        """Deliver `entries` in order, `max_in_flight` at once, while breaker and lease allow."""
-        slots = asyncio.Semaphore(max(1, self._client.max_in_flight))
-        async with asyncio.TaskGroup() as group:
-            for entry in entries:
-                await slots.acquire()
-                if tally.superseded is not None or not self._lock.lease_alive(lease):
-                    slots.release()
-                    break  # the round is over; the client checks the lease again at the write
-                if not self._breaker.try_acquire():
-                    slots.release()
-                    tally.refused = True
-                    break
-                task = group.create_task(self._deliver(entry, lease, slots, tally))
-                tally.in_flight.add(task)
-                task.add_done_callback(tally.in_flight.discard)
+    async def _claim(
+        self, fn: str, before: Batch[Tally] | None, *, manual: bool
+    ) -> Batch[Tally] | None:
+        """The batch after `before`, None if nothing more is due (the first, even empty)."""
+        now = None if manual else self._clock()
+        after = None if before is None or not before.entries else before.entries[-1].fd
+        entries = await self._journal.claim_due(
+            self._cfg.batch_size, now, fn=fn, horizon=self._rounds.horizon(), after=after
+        )
+        if before is not None and not entries:
+            return None
+        tally = Tally(full=len(entries) == self._cfg.batch_size)
+        index = 0 if before is None else before.index + 1
+        return Batch(index, entries, tally, self._monotonic())
 
-    async def _deliver(
-        self, entry: JournalEntry, lease: Lease, slots: asyncio.Semaphore, tally: _Tally
-    ) -> None:
+    def _may_start(self, batch: Batch[Tally], run: Run) -> bool:
+        """Right before each FD: the run still on, the lease alive, the breaker's leave.
+
+        (The client checks the lease again right before the request's first byte.) FDs of a
+        batch after one with a failure are not sent: that round would not have started.
+        """
+        if run.stopped or (run.failed_at is not None and batch.index > run.failed_at):
+            return False
+        if not self._lock.lease_alive(run.lease):
+            run.stopped = True
+            return False
+        if not self._breaker.try_acquire():
+            batch.tally.refused = run.stopped = True
+            return False
+        return True
+
+    async def _deliver(self, entry: JournalEntry, batch: Batch[Tally], run: Run) -> None:
         try:
             delivery = await self._client.deliver(
-                entry, lease.fence, may_write=lambda: self._lock.lease_alive(lease)
+                entry, run.lease.fence, may_write=lambda: self._lock.lease_alive(run.lease)
             )
         except WriteRefused:
             self._breaker.release()  # nothing was sent; the lock has cancelled the round
@@ -377,167 +398,41 @@ class SyncEngine:
         except BaseException:
             self._breaker.release()  # no verdict (cancelled, or a bug): free a half-open probe
             raise
-        finally:
-            slots.release()
         self._beat()
         self.deliveries[delivery.outcome.value] += 1
         if delivery.outcome is Outcome.FENCE_SUPERSEDED:
-            self._supersede(entry, delivery, lease, tally)
-        else:
-            await self._record(entry, delivery, tally)
+            self._rounds.supersede(entry, delivery, run, batch.tally)
+            return
+        self._rounds.record(entry, delivery, batch.tally)
+        if batch.tally.failure and (run.failed_at is None or batch.index < run.failed_at):
+            run.failed_at = batch.index
 
-    def _supersede(
-        self, entry: JournalEntry, delivery: Delivery, lease: Lease, tally: _Tally
-    ) -> None:
-        """A 412: another instance holds this FN now. End the round at once: cancel the
-        deliveries in flight and start no more. Not the FD's fault and not the upstream's, so
-        nothing is counted and the breaker is left alone (a half-open probe is freed)."""
-        self._breaker.release()
-        tally.full = False  # the FN is someone else's now: no draining at once
-        if tally.superseded is not None:
-            return  # the round is already ending; one line per round
-        tally.superseded = delivery
-        for task in tally.in_flight:
-            if task is not asyncio.current_task():
-                task.cancel()
-        log.warning(
-            "sync.fence_superseded",
-            fn=entry.fn,
-            fd=entry.fd,
-            fence=lease.fence,
-            current_fence=delivery.current_fence,
-            action="round ended; another instance syncs this FN now",
-        )
+    async def _finish(self, fn: str, batch: Batch[Tally], run: Run, total: Tally) -> None:
+        """A round's end: record its outcomes (one commit for the accepted FDs), report it."""
+        dropped = batch.index > 0 and batch.sent == 0  # a round before it failed: none ran
+        batch.tally.full = batch.tally.full and not dropped
+        await self._rounds.settle(batch.tally, run, self._cfg.max_attempts)
+        total.add(batch.tally)
+        if dropped:
+            return
+        total.superseded = total.superseded or run.superseded
+        outcome = "completed" if run.superseded is None else "fence_superseded"
+        duration = self._monotonic() - batch.started_at
+        self._report_round(fn, outcome, batch.tally, duration, run.lease.fence, None)
 
-    async def _record(self, entry: JournalEntry, delivery: Delivery, tally: _Tally) -> None:
-        """The breaker first (no await before it); the journal row at the end of the round."""
-        outcome = delivery.outcome
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            self._breaker.record_success()
-            tally.delivered = True
-            self._rejecting.end(fn=entry.fn, fd=entry.fd)
-        elif outcome is Outcome.REJECTED and self._rejecting.active is None:
-            self._breaker.record_success()  # the upstream at work, judging this FD
-            tally.delivered = True
-        else:
-            # a rejected probe while the upstream rejects every FD proves it still does
-            self._breaker.record_failure()
-            tally.failure = True
-        if outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            self.last_failure = DeliveryFailure(self._clock(), entry.fn, entry.fd, delivery)
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            # written with the round's other outcomes in one commit (_settle): a crash before it
-            # only re-sends, and the Idempotency-Key turns that into a 409
-            tally.accepted.append((entry.fn, entry.fd))
-            tally.synced += 1
-        elif outcome is Outcome.REJECTED:
-            tally.rejected.append((entry, delivery))
-        elif outcome is Outcome.TRANSIENT:
-            tally.transient.append((entry, delivery))
-            if delivery.retry_after is not None:
-                tally.retry_after = max(tally.retry_after or 0.0, delivery.retry_after)
-        else:
-            # forbidden, misrouted or unreachable: the FD is not at fault; its row stays as is
-            tally.failed += 1
-
-    async def _settle(self, tally: _Tally) -> None:
-        """End of a round: record the accepted FDs, judge the rejections, grow or reset the
-        backoff, then record the transient failures (counted only beside an accepted FD)."""
-        accepted, tally.accepted = tally.accepted, []
-        await self._journal.mark_synced_many(accepted, self._clock())
-        rejected, tally.rejected = tally.rejected, []
-        if rejected and not accepted and self._upstream_rejects_all(rejected):
-            await self._hold(rejected, tally)
-        else:
-            for entry, delivery in rejected:
-                await self._journal.mark_dead(entry.fn, entry.fd, delivery.reason)
-                tally.dead += 1
-                log.warning("sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason)
-        if tally.failure:
-            delay = self._backoff.record_failure(tally.retry_after)
-        else:
-            if tally.delivered:
-                self._backoff.record_success()
-            delay = 0.0
-        transient, tally.transient = tally.transient, []
-        next_attempt_at = self._clock() + delay
-        for entry, delivery in transient:
-            if not accepted:
-                # nothing in this round shows the upstream at work: the failure says nothing
-                # about this FD (an outage, a gateway's 503, a lone probe)
-                await self._journal.defer(entry.fn, entry.fd, next_attempt_at, delivery.reason)
-                tally.failed += 1
-                continue
-            went_dead = await self._journal.mark_failed(
-                entry.fn, entry.fd, delivery.reason, next_attempt_at, self._cfg.max_attempts
-            )
-            if went_dead:
-                tally.dead += 1
-                log.warning(
-                    "sync.dead", fn=entry.fn, fd=entry.fd, reason=delivery.reason, attempts="max"
-                )
-            else:
-                tally.failed += 1
-
-    def _upstream_rejects_all(self, rejected: list[tuple[JournalEntry, Delivery]]) -> bool:
-        """In a round that accepted nothing: does it show the upstream rejecting every FD?
-
-        Yes while it is known to (a rejected probe proves nothing new), or when the round saw
-        `ALL_REJECTED_MIN` rejections (SPEC says "every claimed FD": FDs that failed otherwise
-        beside them make the upstream no more trustworthy, so they do not save the rejections).
-        """
-        return self._rejecting.active is not None or len(rejected) >= ALL_REJECTED_MIN
-
-    async def _hold(self, rejected: list[tuple[JournalEntry, Delivery]], tally: _Tally) -> None:
-        """Keep FDs the upstream rejects wholesale pending, and open the breaker.
-
-        Held as far ahead as any schedule goes, so that the probes meanwhile try other FDs:
-        the next probe then tells a collector that rejects everything from FDs that are bad.
-        """
-        entry, delivery = rejected[0]
-        reason = f"the upstream rejects every FD: {delivery.reason}"
-        self._rejecting.start(
-            "sync.all_rejected", ("rejected",), fn=entry.fn, fds=len(rejected), reason=reason
-        )
-        self.last_failure = DeliveryFailure(
-            self._clock(), entry.fn, entry.fd, replace(delivery, reason=reason)
-        )
-        until = self._clock() + self._horizon()
-        for held, answer in rejected:
-            await self._journal.defer(held.fn, held.fd, until, answer.reason)
-        tally.failed += len(rejected)
-        tally.failure = True
-        self._breaker.trip()
-
-    def _horizon(self) -> float:
-        """How far ahead kktd ever schedules an attempt: the backoff's cap, or Retry-After's."""
-        return max(self._backoff.max_delay, RETRY_AFTER_CAP)
-
-    def _log_round(
+    def _report_round(  # noqa: PLR0917 - the round's facts, in the order they are logged
         self,
         fn: str,
         outcome: str,
-        tally: _Tally,
-        *,
+        tally: Tally,
         duration: float,
         fence: int | None,
         holder: str | None,
     ) -> None:
-        """One `sync.round` line per FN round; an idle one (nothing to do) only at debug."""
-        idle = outcome == "completed" and tally.synced + tally.failed + tally.dead == 0
-        (log.debug if idle else log.info)(
-            "sync.round",
-            fn=fn,
-            status=outcome,
-            synced=tally.synced,
-            failed=tally.failed,
-            dead=tally.dead,
-            duration=round(duration, 3),
-            fence=fence,
-            holder=holder,
-            breaker=str(self._breaker.state),
-            backoff=round(self._backoff.current_delay, 3),
-        )
+        self._rounds.log(fn, outcome, tally, duration=duration, fence=fence, holder=holder)
+        if self.on_round is not None and outcome in _RAN:
+            ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
+            self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
 
 
 def _resolve(sleeper: asyncio.Future[None]) -> None:

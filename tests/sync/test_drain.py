@@ -1,0 +1,89 @@
+"""The drain through the sender pool: the next batch in flight before this one ends (issue 14),
+each batch still a round of its own, and quiet points between batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kktd.config import SyncConfig
+from kktd.journal import Journal
+from kktd.mock_upstream import MockUpstream
+from tests.support.upstream import FN, engine_rig, running, store_fds, wait_until
+
+LOOP = SyncConfig(interval=60.0, batch_size=2, max_attempts=5)
+
+
+async def test_the_next_batch_is_sent_while_the_one_before_is_in_flight(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 9))
+    mock.set_faults(delay=1.0)  # every request stays open a second
+    async with (
+        engine_rig(journal, mock.url, sync=LOOP, max_in_flight=4) as rig,
+        running(rig.engine),
+    ):
+
+        async def drained() -> bool:
+            return (await journal.counts()).synced == 8
+
+        await wait_until(drained, timeout=20.0, what="the drain")
+    # batches of 2: only a batch claimed before the one in flight ended fills 4 slots
+    assert mock.state.peak_in_flight == 4
+    assert [r.synced for r in rig.reports] == [2, 2, 2, 2]  # each batch a round of its own
+    assert mock.state.duplicates == 0
+
+
+async def test_a_batch_after_a_failed_one_is_not_sent(journal: Journal, mock: MockUpstream) -> None:
+    await store_fds(journal, range(1, 21))
+    mock.set_faults(fail_fds=[2])
+    sync = SyncConfig(interval=60.0, batch_size=5, max_attempts=5)
+    async with (
+        engine_rig(journal, mock.url, sync=sync, max_in_flight=1, backoff=(30.0, 30.0)) as rig,
+        running(rig.engine),
+    ):
+        await wait_until(lambda: rig.reports, what="the first round")
+        await wait_until(lambda: rig.engine.status().next_round_in_seconds is not None)
+    # one sender: FDs 1-5 in order, FD 2 failed, and the batch claimed meanwhile went unsent
+    assert [r.fd for r in mock.state.requests] == [1, 2, 3, 4, 5]
+    counts = await journal.counts()
+    assert (counts.synced, counts.pending) == (4, 16)
+    assert rig.backoff.failures == 1  # one failed round: the backoff grew once
+
+
+async def test_a_shutdown_waits_only_for_the_batches_in_flight(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 201))
+    mock.set_faults(delay=0.05)
+    async with engine_rig(journal, mock.url, sync=LOOP, max_in_flight=2) as rig:
+        task = asyncio.create_task(rig.engine.run(lambda: None))
+        try:
+            await wait_until(lambda: len(mock.state.accepted) >= 6, what="a drain under way")
+            async with rig.engine.idle():  # a quiet point: no run, no delivery in flight
+                accepted = len(mock.state.accepted)
+                assert mock.state.in_flight == 0
+                # every FD the upstream took is recorded, and the drain did not run to its end
+                assert (await journal.counts()).synced == accepted
+                assert accepted < 40  # 20 batches of 2 make one run
+                task.cancel()
+                await asyncio.wait([task])
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+    assert task.cancelled()
+
+
+async def test_a_manual_sync_during_a_drain_gets_its_turn_after_the_batches_in_flight(
+    journal: Journal, mock: MockUpstream
+) -> None:
+    await store_fds(journal, range(1, 201))
+    mock.set_faults(delay=0.05)
+    async with (
+        engine_rig(journal, mock.url, sync=LOOP, max_in_flight=2) as rig,
+        running(rig.engine),
+    ):
+        await wait_until(lambda: len(mock.state.accepted) >= 6, what="a drain under way")
+        report = await rig.engine.sync_now()
+        assert (report.status, report.synced) == ("completed", 2)  # one batch
+        assert len(mock.state.accepted) < 60
+    assert all(fn == FN for fn, _ in mock.state.accepted)
