@@ -8,7 +8,8 @@ import asyncio
 from kktd.config import SyncConfig
 from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
-from tests.support.upstream import FN, engine_rig, running, store_fds, wait_until
+from tests.support.upstream import FN, engine_rig, running, store_fds
+from tests.support.wait import wait_until
 
 LOOP = SyncConfig(interval=60.0, batch_size=2, max_attempts=5)
 
