@@ -70,6 +70,10 @@ class Transport(Protocol):
 
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response: ...
 
+    async def exchanges(
+        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+    ) -> list[Response]: ...
+
 
 class FdTransport:
     """One open byte pipe. Runs one `Exchange` at a time; the link serializes callers.
@@ -129,26 +133,43 @@ class FdTransport:
         moment it arrives and its actions (the frame after a NAK, the ACK after the answer) are
         written at once, so the task wakes only for the result. One timer serves the deadline.
         """
+        return (await self.exchanges(body, answer_timeout=answer_timeout, again=_once))[0]
+
+    async def exchanges(
+        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+    ) -> list[Response]:
+        """The same request, exchanged again while `again(answer)` says so: every answer.
+
+        Each exchange is whole and on its own (ENQ first, as `exchange`), but the next one
+        starts in the callback that took the answer before it, so a run of FF3B costs the task
+        one wake-up, not one per answer. `again` runs in that callback: quick and pure.
+        """
         self._check()
         if self._run is not None:
             raise RuntimeError("one exchange at a time (the link serializes callers)")
-        machine = Exchange(
-            body,
-            answer_timeout=answer_timeout,
-            control_timeout=self.control_timeout,
-            byte_timeout=self.byte_timeout,
-        )
         self._drop_stale_input()
-        run = _Run(machine, self._loop.create_future())
+        run = _Run(self._machine(body, answer_timeout), self._loop.create_future())
+        if again is not _once:
+            run.again = again
+            run.next = lambda: self._machine(body, answer_timeout)
         self._run = run
         try:
-            self._apply(run, machine.start())
-            return await run.result
+            self._apply(run, run.machine.start())
+            await run.result
+            return run.answers
         finally:
             self._run = None
             if run.stalled is not None:
                 run.stalled.cancel()
                 self._loop.remove_writer(self._fd)
+
+    def _machine(self, body: bytes, answer_timeout: float) -> Exchange:
+        return Exchange(
+            body,
+            answer_timeout=answer_timeout,
+            control_timeout=self.control_timeout,
+            byte_timeout=self.byte_timeout,
+        )
 
     # --- driving the machine ---
 
@@ -167,7 +188,12 @@ class FdTransport:
                     case ArmTimeout(seconds):
                         self._arm(run, self._loop.time() + seconds + on_the_wire)
                     case Done(response):
-                        _settle(run.result, response)
+                        run.answers.append(response)
+                        if run.again(response):  # the next exchange, at once
+                            run.machine = run.next()
+                            self._apply(run, run.machine.start())
+                        else:
+                            _settle(run.result, response)
                         return
                     case Failed(reason, detail):
                         _settle(run.result, ExchangeError(reason, detail))
@@ -350,13 +376,25 @@ class SerialTransport(FdTransport):
 class _Run:
     """The exchange in progress: its machine, the caller's future, its deadline."""
 
-    __slots__ = ("deadline", "machine", "result", "stalled")
+    __slots__ = ("again", "answers", "deadline", "machine", "next", "result", "stalled")
 
     def __init__(self, machine: Exchange, result: asyncio.Future[Response]) -> None:
         self.machine = machine
         self.result = result
+        self.again: Callable[[Response], bool] = _once
+        self.answers: list[Response] = []
+        self.next: Callable[[], Exchange] = _no_next
         self.deadline = float("inf")
         self.stalled: asyncio.TimerHandle | None = None  # waiting for room to write
+
+
+def _once(_: Response) -> bool:
+    """One exchange: no answer asks for another."""
+    return False
+
+
+def _no_next() -> Exchange:
+    raise AssertionError("a single exchange has no next")
 
 
 def _settle(result: asyncio.Future[Response], outcome: Response | BaseException) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import EmulatedDocument
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
+from kktd.journal.store import NewFd
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
@@ -297,6 +298,12 @@ class FullJournal:
             raise JournalFullError("database or disk is full")
         return await self.journal.store(fn, fd, doc_type, raw, fields)
 
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        if self.full > 0:  # one transaction: one full disk
+            self.full -= 1
+            raise JournalFullError("database or disk is full")
+        return await self.journal.store_many(fds)
+
 
 class SlowJournal(FullJournal):
     """The real journal, whose commit of FD `hold` waits until the test lets it go."""
@@ -314,6 +321,12 @@ class SlowJournal(FullJournal):
             self.holding.set()
             await self.release.wait()
         return await self.journal.store(fn, fd, doc_type, raw, fields)
+
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        if self.hold in [doc.fd for doc in fds]:
+            self.holding.set()
+            await self.release.wait()
+        return await self.journal.store_many(fds)
 
 
 async def test_a_stop_while_an_fd_is_being_committed_still_commits_it(tmp_path: Path) -> None:
