@@ -61,7 +61,11 @@ SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
 # issued yet), which the next poll corrects; a skipped FD is never read again.
 SKIP_AFTER_POLLS = 2
 BEAT_EVERY = 1.0
-GROUP_MAX = 64  # FDs read ahead of the journal before reading waits for the commit
+# Group commit: up to GROUP_SIZE FDs read back to back, or what GROUP_WAIT seconds of reading
+# brought, go in one transaction; reading waits for the journal past GROUP_MAX uncommitted FDs.
+GROUP_SIZE = 16
+GROUP_WAIT = 0.1
+GROUP_MAX = 64
 
 
 class Poller:
@@ -248,6 +252,8 @@ class Poller:
                     if self._skipped == (fn, fd):
                         continue  # skipped by the operator while this poll waited for the link
                     doc_type, raw = await self._read_document(fn, fd)
+                if not group.read:
+                    group.since = self._clock()
                 group.read.append((fd, doc_type, raw))
                 await self._commit(group, wait=len(group.read) >= GROUP_MAX)
             await self._commit_all(group)
@@ -267,7 +273,10 @@ class Poller:
         """Start a commit of what is read when none is running; with `wait`, see it end.
 
         A commit still running is left to run (the FDs read meanwhile wait for the next one)
-        unless `wait` says reading must not get further ahead of the journal.
+        unless `wait` says reading must not get further ahead of the journal. FDs read back to
+        back are gathered into one commit of up to `GROUP_SIZE` FDs, or of what `GROUP_WAIT`
+        seconds brought: a commit costs the same for one FD as for several, and until it is
+        done none of them counts as journaled (a crash re-reads them from the FN).
         """
         committing = group.committing
         if committing is not None:
@@ -278,7 +287,9 @@ class Poller:
             finally:
                 if committing.done():  # a stop while waiting: the caller's `finally` waits again
                     group.committing = None
-        if group.read:
+        if group.read and (
+            wait or len(group.read) >= GROUP_SIZE or self._clock() - group.since >= GROUP_WAIT
+        ):
             batch, group.read = group.read, []
             group.committing = asyncio.create_task(self._store_group(group.fn, batch))
 
@@ -484,12 +495,13 @@ def _fields(fn: str, fd: int, doc_type: int, raw: bytes) -> dict[str, Any]:
 class _Group:
     """The FDs of one catch-up read but not journaled yet, and the commit in flight."""
 
-    __slots__ = ("committing", "fn", "read", "stored")
+    __slots__ = ("committing", "fn", "read", "since", "stored")
 
     def __init__(self, fn: str) -> None:
         self.fn = fn
         self.read: list[tuple[int, int, bytes]] = []  # (fd, doc_type, raw), in FD order
         self.committing: asyncio.Task[int] | None = None
+        self.since = 0.0  # when the first FD of `read` was read
         self.stored = 0
 
 
