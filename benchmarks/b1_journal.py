@@ -201,13 +201,18 @@ async def run(sizes: Sizes, results: Results) -> None:
     with tempfile.TemporaryDirectory(prefix="kktd-b1-") as tmp:
         directory = Path(tmp)
         n = sizes.b1_fds
-        # the minimal reader and kktd each on a fresh emulator of the same archive, alternated
-        with emulator(directory, n) as port:
-            minimal, wire = minimal_rate(port, n)
-        with emulator(directory, n) as port:
-            daemon = daemon_rate(port, n, directory)
-        with emulator(directory, n) as port:
-            ours = await kktd_rate(port, n, directory)
+        # Rounds alternate the three readers, each on a fresh emulator of the same archive, and
+        # each reader's best round counts: a noisy neighbour on a shared machine slows whatever
+        # runs at that moment, and the best of a few rounds is the least disturbed.
+        minimal, daemon, ours, wire = 0.0, 0.0, 0.0, 0.0
+        for _ in range(sizes.b1_rounds):
+            with emulator(directory, n) as port:
+                rate, wire = minimal_rate(port, n)
+                minimal = max(minimal, rate)
+            with emulator(directory, n) as port:
+                daemon = max(daemon, daemon_rate(port, n, directory))
+            with emulator(directory, n) as port:
+                ours = max(ours, await kktd_rate(port, n, directory))
         results.add(Row("B1", "FDs/s journaled by kktd run, READY to last", daemon, "FD/s",
                         "minimal reader", minimal, ">= 0.8"))  # fmt: skip
         results.add(Row("B1", "FDs/s journaled in process (link+poller)", ours, "FD/s",
@@ -223,7 +228,8 @@ async def run(sizes: Sizes, results: Results) -> None:
         results.add(Row("B1", "FDs/s minimal reader, line at 115200 baud", minimal_line, "FD/s",
                         "line limit", limit, ""))  # fmt: skip
         results.facts["b1"] = (
-            f"{n} FDs at full pty speed, {m} at 115200 baud; {wire:.0f} wire bytes per FD"
+            f"{n} FDs at full pty speed (best of {sizes.b1_rounds} alternating rounds),"
+            f" {m} at 115200 baud; {wire:.0f} wire bytes per FD"
             " (both directions, ENQ/NAK/ACK included); minimal reader: blocking os.read after"
             " select(2), handshake inline, no asyncio, no journal; `kktd run` timed READY=1 to"
             " the journal's cursor at the last FD, with the upstream refusing connections"

@@ -147,7 +147,7 @@ class FrameParser:
             self._length = -1
             return at + 1
         if byte in CONTROL_BYTES:
-            events.append(ControlByte(byte))
+            events.append(_CONTROL_EVENTS[byte])
             return at + 1
         end = at + 1
         size = len(data)
@@ -172,6 +172,9 @@ class FrameParser:
         self.reset()
         events.append(Frame(whole) if good else BadFrame(whole, "bad_lrc"))
         return at + 1
+
+
+_CONTROL_EVENTS = {value: ControlByte(value) for value in CONTROL_BYTES}  # frozen: shared
 
 
 # --- commands, errors, request and response bodies -----------------------------------------
@@ -489,6 +492,7 @@ def leftover(data: bytes) -> Discarded:
 
 
 Action = Send | ArmTimeout | Done | Failed | Discarded
+_SEND_ENQ, _SEND_ACK = Send(bytes([ENQ])), Send(bytes([ACK]))  # frozen: shared
 State = Literal["idle", "enq", "sent", "answer", "drain", "done", "failed"]
 
 
@@ -520,8 +524,25 @@ class Exchange:
         self._byte_timeout = byte_timeout
         self._max_tries = max_tries
         self._enq_tries = enq_tries
-        self._parser = FrameParser()
         self.state: State = "idle"
+        self._reset()
+
+    def fresh(self) -> Exchange:
+        """The same request as a new exchange (the next FF3B of a run): frame built once."""
+        twin = Exchange.__new__(Exchange)
+        twin.cmd = self.cmd
+        twin._frame = self._frame
+        twin._answer_timeout = self._answer_timeout
+        twin._control_timeout = self._control_timeout
+        twin._byte_timeout = self._byte_timeout
+        twin._max_tries = self._max_tries
+        twin._enq_tries = self._enq_tries
+        twin._reset()
+        return twin
+
+    def _reset(self) -> None:
+        self._parser = FrameParser()
+        self.state = "idle"
         self._sends = 0  # frames sent (the NAK budget)
         self._bad = 0  # bad or cut answers, stale answers drained
         self._silent = 0  # ENQs in a row left unanswered
@@ -566,16 +587,16 @@ class Exchange:
     # --- transitions ---
 
     def _on_event(self, event: Event) -> list[Action]:
-        match event:
+        match event:  # the usual events first
+            case ControlByte(value):
+                self._silent = 0
+                return self._on_control(value)
+            case Frame(body):
+                return self._on_frame(body)
             case Noise(data):
                 return [leftover(data)]
             case BadFrame(body, reason):
                 return [Discarded("bad_frame", body), *self._bad_answer(reason)]
-            case Frame(body):
-                return self._on_frame(body)
-            case ControlByte(value):
-                self._silent = 0
-                return self._on_control(value)
 
     def _on_control(self, value: int) -> list[Action]:
         if self.state == "enq" and value == NAK:
@@ -597,17 +618,17 @@ class Exchange:
         if self.state == "drain" or not self._sent_once:
             self._bad += 1
             if self._bad > self._max_tries:
-                return [Send(bytes([ACK])), *self._fail("wedged", "stale answers keep coming")]
-            return [Send(bytes([ACK])), Discarded("stale_answer", body), *self._enq()]
+                return [_SEND_ACK, *self._fail("wedged", "stale answers keep coming")]
+            return [_SEND_ACK, Discarded("stale_answer", body), *self._enq()]
         try:
             response = decode_response(body)
         except FrameError as exc:
-            return [Send(bytes([ACK])), *self._fail("bad_answer", str(exc))]
+            return [_SEND_ACK, *self._fail("bad_answer", str(exc))]
         if response.cmd != self.cmd:
             detail = f"answer to {response.cmd:#x} while waiting for {self.cmd:#x}"
-            return [Send(bytes([ACK])), *self._fail("wrong_answer", detail)]
+            return [_SEND_ACK, *self._fail("wrong_answer", detail)]
         self.state = "done"
-        return [Send(bytes([ACK])), Done(response)]
+        return [_SEND_ACK, Done(response)]
 
     def _bad_answer(self, reason: str) -> list[Action]:
         self._bad += 1
@@ -618,7 +639,7 @@ class Exchange:
 
     def _enq(self) -> list[Action]:
         self.state = "enq"
-        return [Send(bytes([ENQ])), ArmTimeout(self._control_timeout)]
+        return [_SEND_ENQ, ArmTimeout(self._control_timeout)]
 
     def _send_frame(self) -> list[Action]:
         if self._sends >= self._max_tries:

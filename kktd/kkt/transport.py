@@ -149,9 +149,7 @@ class FdTransport:
             raise RuntimeError("one exchange at a time (the link serializes callers)")
         self._drop_stale_input()
         run = _Run(self._machine(body, answer_timeout), self._loop.create_future())
-        if again is not _once:
-            run.again = again
-            run.next = lambda: self._machine(body, answer_timeout)
+        run.again = again
         self._run = run
         try:
             self._apply(run, run.machine.start())
@@ -217,7 +215,7 @@ class FdTransport:
             return
         run.answers.append(response)
         if run.again(response):
-            run.machine = run.next()
+            run.machine = run.machine.fresh()
             start = run.machine.start()
             first = start[0]
             if ack and isinstance(first, Send):
@@ -408,7 +406,6 @@ class _Run:
         "answers",
         "deadline",
         "machine",
-        "next",
         "result",
         "settling",
         "stalled",
@@ -419,7 +416,6 @@ class _Run:
         self.result = result
         self.again: Callable[[Response], bool] = _once
         self.answers: list[Response] = []
-        self.next: Callable[[], Exchange] = _no_next
         self.settling: Response | None = None  # the last answer, its ACK being written
         self.deadline = float("inf")
         self.stalled: asyncio.TimerHandle | None = None  # waiting for room to write
@@ -428,10 +424,6 @@ class _Run:
 def _once(_: Response) -> bool:
     """One exchange: no answer asks for another."""
     return False
-
-
-def _no_next() -> Exchange:
-    raise AssertionError("a single exchange has no next")
 
 
 def _settle(result: asyncio.Future[Response], outcome: Response | BaseException) -> None:
