@@ -773,7 +773,8 @@ def test_whole_frames_split_frames_and_garbage_between_them() -> None:
     # one answer split inside its body, and again between body and LRC
     assert parser.feed(first[:100]) == []
     assert parser.feed(first[100:-1]) == []
-    assert parser.busy and parser.buffered == len(first) - 1
+    assert parser.busy
+    assert parser.buffered == len(first) - 1
     assert parser.feed(first[-1:] + b"\x15") == [Frame(first[2:-1]), ControlByte(NAK)]
 
 
