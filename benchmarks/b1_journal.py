@@ -1,46 +1,47 @@
-"""B1 journal throughput: kktd's poller against a bare reader, and against the line's limit.
+"""B1 journal throughput: kktd reading an FD archive, against the minimal reader of it.
 
-The emulator runs as its own process (`python -m kktd.emulator`) with an archive of N FDs, so
-the reader under test has this process to itself. kktd's side is the daemon's own stack: a
-`KktLink`, a `Poller` and a `Journal` on a real file, timed over one `poll()` that reads the
-whole archive. The bare reader speaks the same bytes (ENQ, frame, ACK, answer, ACK, for FF3A and
-each FF3B) with plain blocking os.read/os.write and stores nothing; it also counts the wire
-bytes per FD, which give the line's limit at 115200 baud: (baud / 10) / bytes per FD.
+The emulator runs as its own process (`python -m kktd.emulator`) with an archive of N FDs. The
+baseline is the fastest simple thing that reads it: blocking select + os.read on the pty, the
+handshake inline (ENQ, frame, ACK + answer, ACK, for FF3A and each FF3B), frames and LRC built
+here, TLVs joined in a bytearray and kept nowhere; no asyncio, nothing of kktd's imported. It
+also counts the wire bytes per FD, which give the line's limit at 115200 baud: (baud / 10) /
+bytes per FD.
+
+kktd is measured twice. End to end, as the issue measured it from outside: `kktd run` as a
+child process, timed from its READY=1 to the journal's cursor at the last FD (every FD
+committed), polled from here with a read-only SQLite connection. In process: the daemon's
+`KktLink`, `Poller` and `Journal` on a real file, timed over one `poll()` that reads the whole
+archive (cheaper to run; B5 reuses it). A third reader, the minimal reader's handshake driven
+by asyncio reader callbacks with nothing of kktd, shows what the event loop alone costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import tty
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from benchmarks.common import LINE_BAUD, Results, Row, Sizes
+from benchmarks.daemon import ready_seconds, write_config
 from kktd.config import KktConfig
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
-    Command,
-    ErrorCode,
-    Frame,
-    FrameParser,
-    decode_response,
-    encode_frame,
-    encode_request,
-    fd_request,
-)
+from tests.support.kktd_process import KktdProcess
 
 PASSWORD = 30
 READ_TIMEOUT = 5.0
+JOURNALED_WITHIN = 600.0
+NO_UPSTREAM = "http://127.0.0.1:9/"  # discard port: refused, the sync engine backs off
 
 
 @contextmanager
@@ -71,66 +72,65 @@ def emulator(
             proc.stdout.close()
 
 
-class BareReader:
-    """The protocol with nothing around it: blocking I/O, no retries, no journal."""
+def minimal_rate(port: str, fds: int) -> tuple[float, float]:
+    """(FDs per second, wire bytes per FD) of the minimal reader over the whole archive.
 
-    def __init__(self, port: str) -> None:
-        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self.fd)
-        self.parser = FrameParser()
-        self.wire = 0  # bytes written and read
+    The fastest simple thing that reads an FD archive correctly: blocking select + os.read on
+    the port, the handshake inline (ENQ, NAK, frame, ACK + answer, ACK), the frame and its LRC
+    built and checked here, the TLVs joined in a bytearray and kept nowhere. No asyncio, no
+    classes, nothing of kktd's imported. Any error is fatal: it is a baseline, not a reader.
+    """
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    password = PASSWORD.to_bytes(4, "little")
+    wire = 0
+    buf = bytearray()
 
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def _write(self, data: bytes) -> None:
-        self.wire += os.write(self.fd, data)
-
-    def _read(self) -> bytes:
-        ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT)
-        if not ready:
+    def read_more() -> None:
+        nonlocal wire
+        if not select.select([fd], [], [], READ_TIMEOUT)[0]:
             raise TimeoutError("the emulator went silent")
-        data = os.read(self.fd, 4096)
-        self.wire += len(data)
-        return data
+        data = os.read(fd, 4096)
+        wire += len(data)
+        buf.extend(data)
 
-    def request(self, cmd: int, data: bytes = b"") -> tuple[int, bytes]:
-        """ENQ (NAK back), the frame (ACK and the answer back), ACK: (error, data)."""
-        self._write(bytes([ENQ]))
-        while not any(self.parser.feed(self._read())):
-            pass  # the NAK: the KKT is idle
-        self._write(encode_frame(encode_request(cmd, PASSWORD, data)))
-        while True:
-            frames = [e for e in self.parser.feed(self._read()) if isinstance(e, Frame)]
-            if frames:
-                break
-        self._write(bytes([ACK]))
-        response = decode_response(frames[0].body)
-        return response.error, response.data
+    def request(cmd: bytes, data: bytes = b"") -> tuple[int, bytes]:
+        nonlocal wire
+        wire += os.write(fd, b"\x05")  # ENQ
+        while not buf:
+            read_more()
+        if buf[0] != 0x15:  # NAK: idle
+            raise RuntimeError(f"ENQ answered {bytes(buf).hex()}")
+        del buf[:1]
+        body = cmd + password + data
+        head = bytes((len(body),)) + body
+        wire += os.write(fd, b"\x02" + head + bytes((_xor(head),)))
+        while len(buf) < 3 or len(buf) < buf[2] + 4:  # ACK STX LEN body LRC
+            read_more()
+        size = buf[2]
+        frame = bytes(buf[: size + 4])
+        del buf[: size + 4]
+        wire += os.write(fd, b"\x06")  # ACK
+        if frame[0] != 0x06 or frame[1] != 0x02 or _xor(frame[2:]):
+            raise RuntimeError(f"bad answer {frame.hex()}")
+        return frame[3 + len(cmd)], frame[4 + len(cmd) : -1]  # error byte, data
 
-    def read_fd(self, fd: int) -> int:
-        """FF3A then FF3B until 08; the FD's TLV bytes."""
-        error, _ = self.request(Command.OPEN_FD_TLV, fd_request(fd))
-        assert error == 0, f"FF3A {fd}: error {error:#x}"
-        size = 0
-        while True:
-            error, tlv = self.request(Command.READ_TLV)
-            if error == ErrorCode.NO_DATA:
-                return size
-            size += len(tlv)
-
-
-def bare_rate(port: str, fds: int) -> tuple[float, float]:
-    """(FDs per second, wire bytes per FD) of the bare reader over the whole archive."""
-    reader = BareReader(port)
     try:
         started = time.perf_counter()
-        for fd in range(1, fds + 1):
-            reader.read_fd(fd)
+        for number in range(1, fds + 1):
+            error, _ = request(b"\xff\x3a", number.to_bytes(4, "little"))
+            assert error == 0, f"FF3A {number}: error {error:#x}"
+            tlvs = bytearray()
+            while True:
+                error, piece = request(b"\xff\x3b")
+                if error == 0x08:  # no more data: the FD is read
+                    break
+                assert error == 0, f"FF3B {number}: error {error:#x}"
+                tlvs += piece
         elapsed = time.perf_counter() - started
-        return fds / elapsed, reader.wire / fds
+        return fds / elapsed, wire / fds
     finally:
-        reader.close()
+        os.close(fd)
 
 
 async def kktd_rate(port: str, fds: int, directory: Path) -> float:
@@ -156,16 +156,140 @@ async def kktd_rate(port: str, fds: int, directory: Path) -> float:
     return fds / elapsed
 
 
+async def asyncio_floor_rate(port: str, fds: int) -> float:
+    """FDs per second of the minimal reader's handshake driven by asyncio callbacks instead.
+
+    The same bytes as `minimal_rate`, each step taken in an `add_reader` callback and the task
+    woken once per FD: what any asyncio reader pays for the event loop alone, nothing of kktd.
+    """
+    loop = asyncio.get_running_loop()
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    password = PASSWORD.to_bytes(4, "little")
+    buf = bytearray()
+    number, cmd, data, waiting_nak = 0, b"", b"", True
+    done: asyncio.Future[None] = loop.create_future()
+
+    def send(command: bytes, payload: bytes = b"") -> None:
+        nonlocal cmd, data, waiting_nak
+        cmd, data, waiting_nak = command, payload, True
+        os.write(fd, b"\x05")
+
+    def next_fd() -> None:
+        nonlocal number
+        number += 1
+        if number > fds:
+            done.set_result(None)
+            return
+        send(b"\xff\x3a", number.to_bytes(4, "little"))
+
+    def readable() -> None:
+        nonlocal waiting_nak
+        buf.extend(os.read(fd, 4096))
+        if waiting_nak:
+            if not buf:
+                return
+            del buf[:1]  # NAK
+            head = bytes((len(cmd) + 4 + len(data),)) + cmd + password + data
+            waiting_nak = False
+            os.write(fd, b"\x02" + head + bytes((_xor(head),)))
+            return
+        if len(buf) < 3 or len(buf) < buf[2] + 4:
+            return
+        size = buf[2]
+        frame = bytes(buf[: size + 4])
+        del buf[: size + 4]
+        os.write(fd, b"\x06")
+        if _xor(frame[2:]):
+            done.set_exception(RuntimeError(f"bad answer {frame.hex()}"))
+            return
+        error = frame[5]  # ACK STX LEN FF 3x error
+        if cmd == b"\xff\x3a" or error == 0:
+            send(b"\xff\x3b")
+        elif error == 0x08:
+            next_fd()
+        else:
+            done.set_exception(RuntimeError(f"error {error:#x}"))
+
+    loop.add_reader(fd, readable)
+    try:
+        started = time.perf_counter()
+        next_fd()
+        await asyncio.wait_for(done, JOURNALED_WITHIN)
+        return fds / (time.perf_counter() - started)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _xor(data: bytes) -> int:
+    """The frame's LRC: XOR of LEN and the body (with the LRC itself included, 0 when good)."""
+    check = 0
+    for byte in data:
+        check ^= byte
+    return check
+
+
+def daemon_rate(port: str, fds: int, directory: Path) -> float:
+    """FDs per second of `kktd run` (a child process), READY=1 to the cursor at the last FD.
+
+    The upstream refuses connections (the sync engine backs off and stays out of the way): this
+    is the reading path, the journal's commits included.
+    """
+    run_dir = directory / f"daemon-{time.monotonic_ns()}"
+    run_dir.mkdir()
+    config = write_config(run_dir, port=Path(port), upstream=NO_UPSTREAM)
+    kktd = KktdProcess(config)
+    try:
+        ready_seconds(kktd)
+        started = time.perf_counter()
+        uri = f"file:{run_dir / 'kktd.db'}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as db:
+            while True:
+                row = db.execute("SELECT MAX(last_fd) FROM cursors").fetchone()
+                if row is not None and row[0] is not None and row[0] >= fds:
+                    break
+                if not kktd.alive or time.perf_counter() - started > JOURNALED_WITHIN:
+                    raise RuntimeError(f"kktd journaled {row} of {fds} FDs: {kktd.tail()}")
+                time.sleep(0.005)  # the poll's own resolution: 5 ms in a run of seconds
+        elapsed = time.perf_counter() - started
+        count = db_count(run_dir / "kktd.db")
+    finally:
+        kktd.stop()
+    if count != fds:
+        raise RuntimeError(f"kktd journaled {count} of {fds} FDs")
+    return fds / elapsed
+
+
+def db_count(path: Path) -> int:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+
 async def run(sizes: Sizes, results: Results) -> None:
     with tempfile.TemporaryDirectory(prefix="kktd-b1-") as tmp:
         directory = Path(tmp)
         n = sizes.b1_fds
-        with emulator(directory, n) as port:
-            bare, wire = bare_rate(port, n)
-        with emulator(directory, n) as port:
-            ours = await kktd_rate(port, n, directory)
-        results.add(Row("B1", "FDs/s journaled, pty at full speed", ours, "FD/s",
-                        "bare reader", bare, ">= 0.8"))  # fmt: skip
+        # Rounds alternate the three readers, each on a fresh emulator of the same archive, and
+        # each reader's best round counts: a noisy neighbour on a shared machine slows whatever
+        # runs at that moment, and the best of a few rounds is the least disturbed.
+        minimal, floor, daemon, ours, wire = 0.0, 0.0, 0.0, 0.0, 0.0
+        for _ in range(sizes.b1_rounds):
+            with emulator(directory, n) as port:
+                rate, wire = minimal_rate(port, n)
+                minimal = max(minimal, rate)
+            with emulator(directory, n) as port:
+                floor = max(floor, await asyncio_floor_rate(port, n))
+            with emulator(directory, n) as port:
+                daemon = max(daemon, daemon_rate(port, n, directory))
+            with emulator(directory, n) as port:
+                ours = max(ours, await kktd_rate(port, n, directory))
+        results.add(Row("B1", "FDs/s journaled by kktd run, READY to last", daemon, "FD/s",
+                        "minimal reader", minimal, ">= 0.8"))  # fmt: skip
+        results.add(Row("B1", "FDs/s journaled in process (link+poller)", ours, "FD/s",
+                        "minimal reader", minimal, ">= 0.8"))  # fmt: skip
+        results.add(Row("B1", "FDs/s minimal reader on asyncio callbacks", floor, "FD/s",
+                        "minimal reader", minimal, ""))  # fmt: skip
         limit = LINE_BAUD / 10 / wire
         m = sizes.b1_line_fds
         with emulator(directory, m, LINE_BAUD) as port:
@@ -173,10 +297,14 @@ async def run(sizes: Sizes, results: Results) -> None:
         results.add(Row("B1", "FDs/s journaled, line at 115200 baud", ours_line, "FD/s",
                         "line limit", limit, ">= 0.9"))  # fmt: skip
         with emulator(directory, m, LINE_BAUD) as port:
-            bare_line, _ = bare_rate(port, m)
-        results.add(Row("B1", "FDs/s bare reader, line at 115200 baud", bare_line, "FD/s",
+            minimal_line, _ = minimal_rate(port, m)
+        results.add(Row("B1", "FDs/s minimal reader, line at 115200 baud", minimal_line, "FD/s",
                         "line limit", limit, ""))  # fmt: skip
         results.facts["b1"] = (
-            f"{n} FDs at full speed, {m} at 115200 baud; {wire:.0f} wire bytes per FD"
-            " (both directions, ENQ/NAK/ACK included)"
+            f"{n} FDs at full pty speed (best of {sizes.b1_rounds} alternating rounds),"
+            f" {m} at 115200 baud; {wire:.0f} wire bytes per FD"
+            " (both directions, ENQ/NAK/ACK included); minimal reader: blocking os.read after"
+            " select(2), handshake inline, no asyncio, no journal (its asyncio twin takes the same"
+            " steps in add_reader callbacks); `kktd run` timed READY=1 to"
+            " the journal's cursor at the last FD, with the upstream refusing connections"
         )

@@ -103,6 +103,36 @@ _RETRY = (
 )
 
 
+DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class NewFd:
+    """An FD read from the FN, to be journaled (`Journal.store_many`)."""
+
+    fn: str
+    fd: int
+    doc_type: int
+    raw: bytes
+    fields: Mapping[str, Any]
+
+
+def _insert_params(doc: NewFd, now: float) -> DocumentRow:
+    """`_INSERT`'s parameters for one FD, built before any write: a value JSON cannot carry
+    fails here. The request body is built now, once (`kktd.sync.body`)."""
+    fields_json = json.dumps(dict(doc.fields), ensure_ascii=False)
+    raw = bytes(doc.raw)
+    # from the fields as the journal gives them back, so a body built later would be the same
+    body = encode_body(doc.fn, doc.fd, raw, json.loads(fields_json))
+    return (doc.fn, doc.fd, doc.doc_type, raw, fields_json, now, DUE_NOW, body)
+
+
+async def _insert(conn: aiosqlite.Connection, params: DocumentRow) -> bool:
+    """Insert one FD as pending; False when (fn, fd) is already journaled."""
+    async with conn.execute(_INSERT, params) as cur:
+        return cur.rowcount == 1
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One journaled FD: its bytes as read from the FN, its decoded fields, its delivery state."""
@@ -141,32 +171,6 @@ class JournalEntry:
             synced_at=synced,
             body=None if body is None else bytes(body),
         )
-
-
-DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
-
-
-def _document_row(
-    fn: str, fd: int, doc_type: int, raw: bytes, fields: Mapping[str, Any], *, now: float
-) -> DocumentRow:
-    """The values of `_INSERT` for one FD, built before any write: a value JSON cannot carry
-    fails here. The request body is built now, once (`kktd.sync.body`)."""
-    fields_json = json.dumps(dict(fields), ensure_ascii=False)
-    # from the fields as the journal gives them back, so a body built later would be the same
-    body = encode_body(fn, fd, bytes(raw), json.loads(fields_json))
-    return (fn, fd, doc_type, bytes(raw), fields_json, now, DUE_NOW, body)
-
-
-async def _insert_document(conn: aiosqlite.Connection, row: DocumentRow) -> bool:
-    """Insert one FD as pending and advance its FN's cursor (inside the caller's transaction).
-
-    True when inserted; False when (fn, fd) was already there.
-    """
-    async with conn.execute(_INSERT, row) as cur:
-        inserted = cur.rowcount == 1
-    fn, fd, now = row[0], row[1], row[5]
-    await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
-    return inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,14 +237,40 @@ class Journal(JournalFile):
         True when inserted; False when (fn, fd) was already there, which changes nothing but a
         lagging cursor. Raises `JournalFullError` when the disk is full (nothing is written).
         """
-        row = _document_row(fn, fd, doc_type, raw, fields, now=self._clock())
+        (inserted,) = await self.store_many([NewFd(fn, fd, doc_type, raw, fields)])
+        return inserted
 
-        async def body(conn: aiosqlite.Connection) -> bool:
-            return await _insert_document(conn, row)
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        """Journal FDs read back to back, in order, and the cursor with them: one transaction.
+
+        Each FD as `store` would (a flag per FD: inserted, or already there), and the cursor of
+        each FN advanced to its last FD given, all in one commit: every FD counts as journaled
+        once this returns, none of them if it raises. Within an FN the FDs must come in
+        ascending order (the order they were read), so the cursor never passes an FD that is
+        not in the same commit.
+        """
+        if not fds:
+            return []
+        last: dict[str, int] = {}
+        for doc in fds:
+            if doc.fd <= last.get(doc.fn, -1):
+                previous = last[doc.fn]
+                raise ValueError(f"FD {doc.fd} of FN {doc.fn} after FD {previous}: out of order")
+            last[doc.fn] = doc.fd
+        now = self._clock()
+        # serialised first, so a value JSON cannot carry fails before any write
+        rows = [_insert_params(doc, now) for doc in fds]
+
+        async def body(conn: aiosqlite.Connection) -> list[bool]:
+            inserted = [await _insert(conn, row) for row in rows]
+            for fn, fd in last.items():
+                await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
+            return inserted
 
         inserted = await self._write(body)
-        if inserted:
-            log.debug("journal.stored", fn=fn, fd=fd, doc_type=doc_type)
+        for doc, new in zip(fds, inserted, strict=True):
+            if new:
+                log.debug("journal.stored", fn=doc.fn, fd=doc.fd, doc_type=doc.doc_type)
         return inserted
 
     async def cursor(self, fn: str) -> int | None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import structlog
@@ -176,7 +176,7 @@ class KktLink:
 
     def exclusive(self) -> AbstractAsyncContextManager[None]:
         """Hold the link for a sequence of requests; requests inside it do not wait on it."""
-        return self._exclusive()
+        return _Hold(self)
 
     async def connect(self) -> DeviceType:
         """Open the port if it is closed (ENQ probe and FC); `LinkDown` if not possible yet."""
@@ -195,12 +195,30 @@ class KktLink:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Response:
         """One command and its answer; `KktError` for an error byte, `LinkError` for the line."""
-        async with self.exclusive():
+        async with _Hold(self):
             transport = await self._ensure_open()
             response = await self._exchange(transport, cmd, data, password, timeout)
         if response.error:
             raise KktError(cmd, response.error)
         return response
+
+    async def requests(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        *,
+        again: Callable[[Response], bool],
+        timeout: float | None = None,  # noqa: ASYNC109 - the answer timeout, as in `request`
+    ) -> list[Response]:
+        """The same command again while `again(answer)` says so; every answer, error or not.
+
+        For a run of FF3B: the exchanges follow each other inside the transport (each whole,
+        ENQ first), and the caller wakes once for the run. Error bytes are the caller's to read
+        (no `KktError`); `LinkError` for the line, as `request`.
+        """
+        async with _Hold(self):
+            transport = await self._ensure_open()
+            return await self._exchanges(transport, cmd, data, True, timeout, again=again)
 
     async def close(self) -> None:
         if self._transport is not None:
@@ -208,19 +226,6 @@ class KktLink:
             self._transport = None
 
     # --- internals ---
-
-    @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        if task is not None and task is self._owner:
-            yield
-            return
-        async with self._lock:
-            self._owner = task
-            try:
-                yield
-            finally:
-                self._owner = None
 
     async def _exchange(
         self,
@@ -230,12 +235,27 @@ class KktLink:
         password: bool,
         answer_wait: float | None,
     ) -> Response:
+        answers = await self._exchanges(transport, cmd, data, password, answer_wait, again=_once)
+        return answers[0]
+
+    async def _exchanges(
+        self,
+        transport: Transport,
+        cmd: int,
+        data: bytes,
+        password: bool,
+        answer_wait: float | None,
+        *,
+        again: Callable[[Response], bool],
+    ) -> list[Response]:
         pwd = self.password if password and cmd not in NO_PASSWORD else None
         body = encode_request(cmd, pwd, data)
+        wait = answer_wait or answer_timeout(cmd)
         try:
-            response = await transport.exchange(
-                body, answer_timeout=answer_wait or answer_timeout(cmd)
-            )
+            if again is _once:
+                answers = [await transport.exchange(body, answer_timeout=wait)]
+            else:
+                answers = await transport.exchanges(body, answer_timeout=wait, again=again)
         except LinkDown as exc:
             self._down(str(exc))
             raise
@@ -245,8 +265,9 @@ class KktLink:
                 raise LinkDown(f"the KKT stopped answering: {exc}") from exc
             self._last_error = str(exc)
             raise
-        self.noise.clean_exchange()
-        return response
+        for _ in answers:
+            self.noise.clean_exchange()
+        return answers
 
     async def _ensure_open(self) -> Transport:
         if self._transport is not None:
@@ -317,3 +338,36 @@ class KktLink:
         if what.kind == "stray_ff":
             return  # the KKT's own quirk over USB and RNDIS/TCP, not a sign of a bad line
         self.noise.seen(what)
+
+
+def _once(_: Response) -> bool:
+    return False
+
+
+class _Hold:
+    """`KktLink.exclusive()`: the link's lock, taken once per task (nested holds pass through).
+
+    A plain class rather than an `asynccontextmanager`: every request of an FD read enters one,
+    and a generator-based context manager costs a generator and several frames each time.
+    """
+
+    __slots__ = ("_link", "_took")
+
+    def __init__(self, link: KktLink) -> None:
+        self._link = link
+        self._took = False
+
+    async def __aenter__(self) -> None:
+        link = self._link
+        task = asyncio.current_task()
+        if task is not None and task is link._owner:
+            return
+        await link._lock.acquire()
+        link._owner = task
+        self._took = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._took:
+            self._took = False
+            self._link._owner = None
+            self._link._lock.release()

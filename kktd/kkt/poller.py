@@ -21,17 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import structlog
 
 from kktd.config import KktConfig
 from kktd.journal import Journal, JournalError
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
+from kktd.journal.store import NewFd
 from kktd.kkt.fd_stream import DocumentStream
 from kktd.kkt.link import KktError, KktLink, busy_delays
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.protocol import (
+    BUSY_ERRORS,
     Command,
     DocumentInfo,
     ErrorCode,
@@ -58,6 +61,11 @@ SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
 # issued yet), which the next poll corrects; a skipped FD is never read again.
 SKIP_AFTER_POLLS = 2
 BEAT_EVERY = 1.0
+# Group commit: up to GROUP_SIZE FDs read back to back, or what GROUP_WAIT seconds of reading
+# brought, go in one transaction; reading waits for the journal past GROUP_MAX uncommitted FDs.
+GROUP_SIZE = 16
+GROUP_WAIT = 0.1
+GROUP_MAX = 64
 
 
 class Poller:
@@ -234,45 +242,61 @@ class Poller:
         fn = status.fn
         cursor = await self._start_cursor(fn, status.last_fd)
         self._cursor = cursor
-        stored = 0
-        # The store of one FD overlaps the read of the next (the journal's commit is the slow
-        # part); stores still run one at a time and in FD order, so the cursor never passes an
-        # FD that is not in the journal.
-        storing: tuple[int, asyncio.Task[bool]] | None = None
+        # Group commit: the FDs read while one commit runs go in the next, together. Commits
+        # run one at a time and in FD order, each advancing the cursor with its own FDs, so
+        # the cursor never passes an FD that is not in the journal.
+        group = _Group(fn)
         try:
             for fd in range(cursor + 1, status.last_fd + 1):
                 async with self._link.exclusive():
                     if self._skipped == (fn, fd):
                         continue  # skipped by the operator while this poll waited for the link
                     doc_type, raw = await self._read_document(fn, fd)
-                if storing is not None:
-                    stored += await self._stored(*storing)
-                storing = fd, asyncio.create_task(self._store(fn, fd, doc_type, raw))
-            if storing is not None:
-                stored += await self._stored(*storing)
-            storing = None
+                if not group.read:
+                    group.since = self._clock()
+                group.read.append((fd, doc_type, raw))
+                await self._commit(group, wait=len(group.read) >= GROUP_MAX)
+            await self._commit_all(group)
             self._unblock(fn, status.last_fd)  # all read and stored (or nothing was new)
         except JournalError as exc:
-            storing = None
+            group.read.clear()  # not journaled: the cursor is before them, the next poll reads them
             self._block(exc)
         finally:
-            if storing is not None:
-                # a read failed or we are being stopped: the FD already read still gets its
-                # commit, so a shutdown finishes the FD in progress
+            if group.read or group.committing is not None:
+                # a read failed or we are being stopped: the FDs already read still get their
+                # commit, so a shutdown finishes the FDs in progress
                 with contextlib.suppress(Exception):
-                    stored += await self._stored(*storing)
-        return stored
+                    await self._commit_all(group)
+        return group.stored
 
-    async def _stored(self, fd: int, storing: asyncio.Task[bool]) -> int:
-        """Wait for one FD's commit and account for it; 1 when it was new."""
-        inserted = await asyncio.shield(storing)  # a stop request must not cut a commit short
-        self._cursor = fd
-        self._beat()
-        if not inserted:
-            return 0
-        self._journaled += 1
-        self._on_journaled()
-        return 1
+    async def _commit(self, group: _Group, *, wait: bool) -> None:
+        """Start a commit of what is read when none is running; with `wait`, see it end.
+
+        A commit still running is left to run (the FDs read meanwhile wait for the next one)
+        unless `wait` says reading must not get further ahead of the journal. FDs read back to
+        back are gathered into one commit of up to `GROUP_SIZE` FDs, or of what `GROUP_WAIT`
+        seconds brought: a commit costs the same for one FD as for several, and until it is
+        done none of them counts as journaled (a crash re-reads them from the FN).
+        """
+        committing = group.committing
+        if committing is not None:
+            if not (wait or committing.done()):
+                return
+            try:
+                group.stored += await asyncio.shield(committing)  # a stop must not cut it short
+            finally:
+                if committing.done():  # a stop while waiting: the caller's `finally` waits again
+                    group.committing = None
+        if group.read and (
+            wait or len(group.read) >= GROUP_SIZE or self._clock() - group.since >= GROUP_WAIT
+        ):
+            batch, group.read = group.read, []
+            group.committing = asyncio.create_task(self._store_group(group.fn, batch))
+
+    async def _commit_all(self, group: _Group) -> None:
+        """Every FD read is journaled (or this raises): the commit in flight, then the rest."""
+        while group.read or group.committing is not None:
+            await self._commit(group, wait=True)
 
     async def _start_cursor(self, fn: str, last_fd: int) -> int:
         cursor = await self._journal.cursor(fn)
@@ -324,32 +348,61 @@ class Poller:
         info = DocumentInfo.decode((await self._request(Command.OPEN_FD_TLV, fd_request(fd))).data)
         self._open_length = info.length
         stream = DocumentStream(fn, fd, info)
-        while True:  # bounded: each answer carries data and the total may not pass info.length
-            try:
-                piece = (await self._request(Command.READ_TLV)).data
-            except KktError as exc:
-                if exc.code != ErrorCode.NO_DATA:
-                    raise
-                break
-            stream.add(piece)
+        await self._read_tlvs(stream)
         self._open_length = None
         return info.doc_type, stream.finish()
 
-    async def _store(self, fn: str, fd: int, doc_type: int, raw: bytes) -> bool:
-        try:
-            fields = decode_document(doc_type, raw).to_fields()
-        except Exception as exc:  # a decoder bug must never lose an FD: raw is kept, logged
-            # doc_type and its kind are facts from FF3A; the error is for `kktd doc`, and the
-            # upstream client sends only SPEC's body fields, so nothing is invented upstream
-            fields = {
-                "doc_type": doc_type,
-                "doc_kind": doc_kind(doc_type),
-                "decode_error": str(exc),
-            }
-            log.exception("kkt.decode_failed", fn=fn, fd=fd, doc_type=doc_type, error=str(exc))
-        inserted = await self._journal.store(fn, fd, doc_type, raw, fields)
-        self._unblock(fn, fd)
-        return inserted
+    async def _read_tlvs(self, stream: DocumentStream) -> None:
+        """FF3B until 08, the answers into `stream`; busy answers waited out as `_request` does.
+
+        The FF3B run goes on inside the link while the answers carry data and stay within
+        FF3A's length (bounded, as `DocumentStream.add`); the first answer that does not ends
+        the run and is dealt with here.
+        """
+        left = stream.info.length - stream.received
+
+        def more(answer: Response) -> bool:
+            nonlocal left
+            left -= len(answer.data)
+            return answer.error == ErrorCode.OK and bool(answer.data) and left >= 0
+
+        delays: Iterator[float] | None = None
+        while True:
+            answers = await self._link.requests(Command.READ_TLV, again=more)
+            *pieces, last = answers
+            for answer in pieces:
+                stream.add(answer.data)
+            if last.error == ErrorCode.OK:
+                stream.add(last.data)  # raises: empty, or past FF3A's length
+                delays = None
+                continue
+            if last.error == ErrorCode.NO_DATA:
+                return
+            if last.error not in BUSY_ERRORS:
+                raise KktError(Command.READ_TLV, last.error)
+            delays = busy_delays(BUSY_WAIT) if delays is None else delays
+            delay = next(delays, None)
+            if delay is None:
+                raise KktError(Command.READ_TLV, last.error)  # printing for too long
+            self._beat()
+            await self._sleep(delay)
+
+    async def _store_group(self, fn: str, batch: list[tuple[int, int, bytes]]) -> int:
+        """Decode and journal FDs read back to back, the cursor with them: one transaction.
+
+        Nothing is accounted before the commit: the cursor, the count and `on_journaled` move
+        only once every FD of the group is in the journal. Returns how many were new.
+        """
+        docs = [NewFd(fn, fd, kind, raw, _fields(fn, fd, kind, raw)) for fd, kind, raw in batch]
+        inserted = await self._journal.store_many(docs)
+        self._unblock(fn, docs[-1].fd)
+        self._cursor = docs[-1].fd
+        self._beat()
+        new = sum(inserted)
+        for _ in range(new):
+            self._journaled += 1
+            self._on_journaled()
+        return new
 
     def _unblock(self, fn: str, fd: int) -> None:
         if self._journal_blocked is not None:
@@ -426,6 +479,30 @@ class Poller:
             self._beat()
             await self._sleep(min(left, BEAT_EVERY))
         self._beat()
+
+
+def _fields(fn: str, fd: int, doc_type: int, raw: bytes) -> dict[str, Any]:
+    """The FD's decoded fields; a decoder bug must never lose an FD: raw is kept, logged."""
+    try:
+        return decode_document(doc_type, raw).to_fields()
+    except Exception as exc:
+        # doc_type and its kind are facts from FF3A; the error is for `kktd doc`, and the
+        # upstream client sends only SPEC's body fields, so nothing is invented upstream
+        log.exception("kkt.decode_failed", fn=fn, fd=fd, doc_type=doc_type, error=str(exc))
+        return {"doc_type": doc_type, "doc_kind": doc_kind(doc_type), "decode_error": str(exc)}
+
+
+class _Group:
+    """The FDs of one catch-up read but not journaled yet, and the commit in flight."""
+
+    __slots__ = ("committing", "fn", "read", "since", "stored")
+
+    def __init__(self, fn: str) -> None:
+        self.fn = fn
+        self.read: list[tuple[int, int, bytes]] = []  # (fd, doc_type, raw), in FD order
+        self.committing: asyncio.Task[int] | None = None
+        self.since = 0.0  # when the first FD of `read` was read
+        self.stored = 0
 
 
 def _nothing() -> None:

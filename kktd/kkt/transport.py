@@ -70,6 +70,10 @@ class Transport(Protocol):
 
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response: ...
 
+    async def exchanges(
+        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+    ) -> list[Response]: ...
+
 
 class FdTransport:
     """One open byte pipe. Runs one `Exchange` at a time; the link serializes callers.
@@ -129,35 +133,54 @@ class FdTransport:
         moment it arrives and its actions (the frame after a NAK, the ACK after the answer) are
         written at once, so the task wakes only for the result. One timer serves the deadline.
         """
+        return (await self.exchanges(body, answer_timeout=answer_timeout, again=_once))[0]
+
+    async def exchanges(
+        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+    ) -> list[Response]:
+        """The same request, exchanged again while `again(answer)` says so: every answer.
+
+        Each exchange is whole and on its own (ENQ first, as `exchange`), but the next one
+        starts in the callback that took the answer before it, so a run of FF3B costs the task
+        one wake-up, not one per answer. `again` runs in that callback: quick and pure.
+        """
         self._check()
         if self._run is not None:
             raise RuntimeError("one exchange at a time (the link serializes callers)")
-        machine = Exchange(
-            body,
-            answer_timeout=answer_timeout,
-            control_timeout=self.control_timeout,
-            byte_timeout=self.byte_timeout,
-        )
         self._drop_stale_input()
-        run = _Run(machine, self._loop.create_future())
+        run = _Run(self._machine(body, answer_timeout), self._loop.create_future())
+        run.again = again
         self._run = run
         try:
-            self._apply(run, machine.start())
-            return await run.result
+            self._apply(run, run.machine.start())
+            await run.result
+            return run.answers
         finally:
             self._run = None
             if run.stalled is not None:
                 run.stalled.cancel()
                 self._loop.remove_writer(self._fd)
 
+    def _machine(self, body: bytes, answer_timeout: float) -> Exchange:
+        return Exchange(
+            body,
+            answer_timeout=answer_timeout,
+            control_timeout=self.control_timeout,
+            byte_timeout=self.byte_timeout,
+        )
+
     # --- driving the machine ---
 
     def _apply(self, run: _Run, actions: list[Action], on_the_wire: float = 0.0) -> None:
         """Carry out `actions` in order; a write the port cannot take yet suspends the rest."""
         try:
+            held = b""  # the ACK of an answer, written with the next exchange's ENQ if one follows
             for index, action in enumerate(actions):
                 match action:
                     case Send(data):
+                        if index + 1 < len(actions) and isinstance(actions[index + 1], Done):
+                            held = data
+                            continue
                         written = self._write_now(data)
                         # the KKT answers after our bytes have crossed a slow line
                         on_the_wire += len(data) * self._byte_time
@@ -167,7 +190,7 @@ class FdTransport:
                     case ArmTimeout(seconds):
                         self._arm(run, self._loop.time() + seconds + on_the_wire)
                     case Done(response):
-                        _settle(run.result, response)
+                        self._done(run, response, held, on_the_wire)
                         return
                     case Failed(reason, detail):
                         _settle(run.result, ExchangeError(reason, detail))
@@ -180,6 +203,34 @@ class FdTransport:
                 self._apply(run, run.machine.receive(data))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the waiting caller gets it
             _settle(run.result, exc)
+
+    def _done(self, run: _Run, response: Response, ack: bytes, on_the_wire: float) -> None:
+        """An answer is in: ACK it, then settle the caller or start the next exchange.
+
+        When `again` asks for another exchange, its first bytes (ENQ) go out in one write with
+        the ACK: the same bytes in the same order, one wake-up of the KKT's side instead of two.
+        """
+        if run.settling is response:  # back after a suspended write of the ACK
+            _settle(run.result, response)
+            return
+        run.answers.append(response)
+        if run.again(response):
+            run.machine = run.machine.fresh()
+            start = run.machine.start()
+            first = start[0]
+            if ack and isinstance(first, Send):
+                start[0] = Send(ack + first.data)
+            elif ack:
+                start.insert(0, Send(ack))
+            self._apply(run, start, on_the_wire)
+            return
+        run.settling = response
+        if ack:
+            written = self._write_now(ack)
+            if written < len(ack):
+                self._suspend(run, ack[written:], [Done(response)], on_the_wire)
+                return
+        _settle(run.result, response)
 
     def _arm(self, run: _Run, deadline: float) -> None:
         """Set the deadline; the timer is only re-created when it would fire too late.
@@ -350,13 +401,29 @@ class SerialTransport(FdTransport):
 class _Run:
     """The exchange in progress: its machine, the caller's future, its deadline."""
 
-    __slots__ = ("deadline", "machine", "result", "stalled")
+    __slots__ = (
+        "again",
+        "answers",
+        "deadline",
+        "machine",
+        "result",
+        "settling",
+        "stalled",
+    )
 
     def __init__(self, machine: Exchange, result: asyncio.Future[Response]) -> None:
         self.machine = machine
         self.result = result
+        self.again: Callable[[Response], bool] = _once
+        self.answers: list[Response] = []
+        self.settling: Response | None = None  # the last answer, its ACK being written
         self.deadline = float("inf")
         self.stalled: asyncio.TimerHandle | None = None  # waiting for room to write
+
+
+def _once(_: Response) -> bool:
+    """One exchange: no answer asks for another."""
+    return False
 
 
 def _settle(result: asyncio.Future[Response], outcome: Response | BaseException) -> None:

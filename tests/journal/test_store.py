@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
+from kktd.journal.store import NewFd
 from kktd.ofd.audit import ExchangeRecord
 from tests.support.clock import T0, FakeClock
 
@@ -421,3 +422,79 @@ async def test_ofd_exchanges_are_kept_for_audit_and_pruned_with_retention(
     assert rows == [(T0, FN, b"\x2a\x08\x41\x0a", b"ok", "relayed", None, 0.1, 0.2, 0.3)]
     await journal.prune(T0 + 1)
     assert await journal.ofd_exchanges() == []
+
+
+# --- group commit: several FDs read back to back, one transaction -------------------------------
+
+
+def new_fds(fn: str, fds: range) -> list[NewFd]:
+    return [NewFd(fn, fd, 3, bytes([fd % 256]) * 10, {"fd": fd}) for fd in fds]
+
+
+async def test_store_many_journals_in_order_with_the_cursor_at_the_last(
+    journal: Journal,
+) -> None:
+    assert await journal.store_many(new_fds(FN, range(1, 6))) == [True] * 5
+    assert await journal.cursor(FN) == 5
+    for fd in range(1, 6):
+        entry = await journal.get(FN, fd)
+        assert entry is not None
+        assert (entry.raw, entry.fields, entry.state) == (bytes([fd]) * 10, {"fd": fd}, "pending")
+    assert [e.fd for e in await journal.claim_due(10, None)] == [1, 2, 3, 4, 5]
+
+
+async def test_store_many_flags_each_fd_already_there_and_keeps_the_first_copy(
+    journal: Journal,
+) -> None:
+    await journal.store(FN, 2, 3, b"first", FIELDS)
+    assert await journal.store_many(new_fds(FN, range(1, 4))) == [True, False, True]
+    entry = await journal.get(FN, 2)
+    assert entry is not None
+    assert entry.raw == b"first"
+    assert await journal.cursor(FN) == 3
+
+
+async def test_store_many_advances_each_fns_cursor_and_never_moves_one_back(
+    journal: Journal,
+) -> None:
+    await journal.set_cursor(FN2, 50)
+    assert (
+        await journal.store_many([*new_fds(FN, range(7, 9)), *new_fds(FN2, range(3, 5))])
+        == [True] * 4
+    )
+    assert await journal.cursor(FN) == 8
+    assert await journal.cursor(FN2) == 50  # a lagging group does not pull the cursor back
+
+
+async def test_store_many_refuses_fds_out_of_order_before_writing(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="out of order"):
+        await journal.store_many([*new_fds(FN, range(3, 4)), *new_fds(FN, range(2, 3))])
+    with pytest.raises(ValueError, match="out of order"):
+        await journal.store_many([*new_fds(FN, range(3, 4)), *new_fds(FN, range(3, 4))])
+    assert await journal.last_fd(FN) is None
+    assert await journal.cursor(FN) is None
+    assert await journal.store_many([]) == []
+
+
+async def test_store_many_is_all_or_nothing(journal: Journal, db_path: Path) -> None:
+    # the fourth FD's insert fails inside the transaction: the three before it and the cursor
+    # must not stay behind
+    with closing(sqlite3.connect(db_path)) as other:
+        other.execute(
+            "CREATE TRIGGER no_fd_4 BEFORE INSERT ON documents WHEN NEW.fd = 4"
+            " BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        other.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        await journal.store_many(new_fds(FN, range(1, 6)))
+    assert await journal.last_fd(FN) is None
+    assert await journal.cursor(FN) is None
+    # a value JSON cannot carry fails before any write, whichever FD carries it
+    bad = [*new_fds(FN, range(1, 3)), NewFd(FN, 3, 3, b"raw", {"when": object()})]
+    with pytest.raises(TypeError):
+        await journal.store_many(bad)
+    with closing(sqlite3.connect(db_path)) as other:
+        other.execute("DROP TRIGGER no_fd_4")
+        other.commit()
+    assert await journal.store_many(new_fds(FN, range(1, 6))) == [True] * 5
+    assert await journal.cursor(FN) == 5

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import EmulatedDocument
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
+from kktd.journal.store import NewFd
 from kktd.kkt.link import KktLink
-from kktd.kkt.poller import Poller
+from kktd.kkt.poller import GROUP_MAX, Poller
 from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.tlv import encode_tlv
 from tests.support.clock import FakeClock
@@ -287,6 +288,12 @@ class FullJournal:
             raise JournalFullError("database or disk is full")
         return await self.journal.store(fn, fd, doc_type, raw, fields)
 
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        if self.full > 0:  # one transaction: one full disk
+            self.full -= 1
+            raise JournalFullError("database or disk is full")
+        return await self.journal.store_many(fds)
+
 
 class SlowJournal(FullJournal):
     """The real journal, whose commit of FD `hold` waits until the test lets it go."""
@@ -304,6 +311,12 @@ class SlowJournal(FullJournal):
             self.holding.set()
             await self.release.wait()
         return await self.journal.store(fn, fd, doc_type, raw, fields)
+
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        if self.hold in [doc.fd for doc in fds]:
+            self.holding.set()
+            await self.release.wait()
+        return await self.journal.store_many(fds)
 
 
 async def test_a_stop_while_an_fd_is_being_committed_still_commits_it(tmp_path: Path) -> None:
@@ -405,3 +418,35 @@ async def test_run_beats_every_second_even_while_the_kkt_is_gone_and_stops_on_ca
     gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) <= 1.0
     assert beats[-1] - beats[0] >= 40
+
+
+class GroupJournal(FullJournal):
+    """The real journal, recording each commit's FDs and what the poller had counted before."""
+
+    def __init__(self, journal: Journal, harness: Harness) -> None:
+        super().__init__(journal, full=0)
+        self.harness = harness
+        self.groups: list[list[int]] = []
+        self.counted_before: list[int] = []
+
+    async def store_many(self, fds: Sequence[NewFd]) -> list[bool]:
+        self.counted_before.append(self.harness.wakes)
+        self.groups.append([doc.fd for doc in fds])
+        return await self.journal.store_many(fds)
+
+
+async def test_fds_read_back_to_back_are_committed_in_groups_in_order(tmp_path: Path) -> None:
+    async with harness(KktDevice(archive=40, strict_output=True), tmp_path) as made:
+        journal = GroupJournal(made.journal, made)
+        poller = made.poller("first", journal=journal)
+        assert await poller.poll() == 40
+        assert await made.journaled() == list(range(1, 41))
+        assert [fd for group in journal.groups for fd in group] == list(range(1, 41))
+        assert max(len(group) for group in journal.groups) > 1  # grouped, not one by one
+        assert all(len(group) <= GROUP_MAX for group in journal.groups)
+        # nothing counted as journaled before its commit: each commit starts with the count
+        # of the FDs in the commits before it
+        sizes = [len(group) for group in journal.groups]
+        assert journal.counted_before == [sum(sizes[:i]) for i in range(len(sizes))]
+        assert made.wakes == 40
+        assert poller.status().cursor == 40

@@ -687,3 +687,100 @@ def test_the_ff_sent_after_our_ack_is_skipped_at_the_start_of_the_next_exchange(
         Send(frame),
         ArmTimeout(0.5),
     ]
+
+
+# --- the sliced frame parser against the byte-at-a-time definition --------------------------
+
+
+def reference_events(stream: bytes) -> list[Event]:
+    """The parser's contract spelled out one byte at a time (how `feed` used to run)."""
+    events: list[Event] = []
+    noise = bytearray()
+    length: int | None = None
+    body = bytearray()
+
+    def flush() -> None:
+        if noise:
+            events.append(Noise(bytes(noise)))
+            noise.clear()
+
+    for byte in stream:
+        if length is None:
+            if byte == STX:
+                length = -1
+            elif byte in (ENQ, ACK, NAK):
+                flush()
+                events.append(ControlByte(byte))
+            else:
+                noise.append(byte)
+            continue
+        flush()
+        if length == -1:
+            if byte == 0:
+                events.append(BadFrame(b"", "zero_length"))
+                length = None
+            else:
+                length = byte
+        elif len(body) < length:
+            body.append(byte)
+        else:
+            xor = length
+            for b in body:
+                xor ^= b
+            events.append(Frame(bytes(body)) if xor == byte else BadFrame(bytes(body), "bad_lrc"))
+            length = None
+            body.clear()
+    flush()
+    return events
+
+
+def merged(events: list[Event]) -> list[Event]:
+    """Noise runs split only by where a read ended are joined (chunking decides those)."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, Noise) and out and isinstance(out[-1], Noise):
+            out[-1] = Noise(out[-1].data + event.data)
+        else:
+            out.append(event)
+    return out
+
+
+@given(st.lists(stream_parts, max_size=12), st.lists(st.integers(0, 5000), max_size=20))
+def test_sliced_parser_matches_the_byte_at_a_time_definition(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    parser = FrameParser()
+    whole = parser.feed(stream)
+    assert whole == reference_events(stream)
+    parser = FrameParser()
+    chunked_events: list[Event] = []
+    for chunk in chunked(stream, cuts):
+        chunked_events += parser.feed(chunk)
+    assert merged(chunked_events) == merged(reference_events(stream))
+
+
+def test_whole_frames_split_frames_and_garbage_between_them() -> None:
+    first, second = encode_frame(b"\xff\x3b\x00" + bytes(range(200))), encode_frame(b"\xfc\x00")
+    parser = FrameParser()
+    # two answers and the garbage between them in one read
+    assert parser.feed(b"\x06" + first + b"\x01\xfe" + second) == [
+        ControlByte(ACK),
+        Frame(first[2:-1]),
+        Noise(b"\x01\xfe"),
+        Frame(second[2:-1]),
+    ]
+    # one answer split inside its body, and again between body and LRC
+    assert parser.feed(first[:100]) == []
+    assert parser.feed(first[100:-1]) == []
+    assert parser.busy
+    assert parser.buffered == len(first) - 1
+    assert parser.feed(first[-1:] + b"\x15") == [Frame(first[2:-1]), ControlByte(NAK)]
+
+
+@given(st.binary(max_size=600))
+def test_lrc_folding_equals_the_plain_xor(data: bytes) -> None:
+    xor = 0
+    for byte in data:
+        xor ^= byte
+    assert lrc(data) == xor

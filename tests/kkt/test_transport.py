@@ -266,3 +266,85 @@ async def _read_from(fd: int, size: int, within: float = 2.0) -> bytes:
 
 async def _until(condition: Callable[[], bool], within: float = 2.0) -> None:
     await wait_until(condition, timeout=within, interval=0.005)
+
+
+# --- a run of the same request (FF3B until 08) inside the transport ---------------------------
+
+READ_TLV = encode_request(0xFF3B, 30)
+
+
+def counting_answers(pieces: list[bytes]) -> Callable[[object], bytes]:
+    """FF3B answers: each piece in turn, then error 08 (no more data)."""
+    left = list(pieces)
+
+    def handle(_: object) -> bytes:
+        if not left:
+            return b"\xff\x3b\x08"
+        return b"\xff\x3b\x00" + left.pop(0)
+
+    return handle
+
+
+async def test_a_run_of_exchanges_returns_every_answer_and_stops_where_again_says(
+    tmp_path: Path,
+) -> None:
+    pieces = [bytes([n]) * (40 + n) for n in range(5)]
+    peer = Peer(tmp_path / "kkt9", counting_answers(pieces))
+    transport = await SerialTransport.open(str(peer.path), 115200, control_timeout=0.2)
+    try:
+        answers = await transport.exchanges(
+            READ_TLV, answer_timeout=3.0, again=lambda answer: answer.error == 0
+        )
+        assert [a.data for a in answers] == [*pieces, b""]
+        assert answers[-1].error == 0x08
+        assert len(peer.requests) == 6  # each answer its own whole exchange
+        # every exchange starts with ENQ, and the ACK of one answer goes out before the next ENQ
+        expected = (b"\x05" + encode_frame(READ_TLV) + b"\x06") * 6
+        # the last ACK may still be on its way to the peer
+        await _until(lambda: len(peer.received) >= len(expected), within=5)
+        assert bytes(peer.received) == expected
+        assert peer.pending is None  # the last answer was ACKed too
+        # a single exchange afterwards works as before
+        assert (await transport.exchange(READ_TLV, answer_timeout=3.0)).error == 0x08
+    finally:
+        transport.close()
+        peer.close()
+
+
+async def test_a_run_survives_noise_between_its_answers(tmp_path: Path) -> None:
+    peer = Peer(tmp_path / "kkt9", counting_answers([b"a" * 200, b"b" * 10, b"c"]))
+    peer.before_answer = b"\xfe\x01"  # garbage between the ACK and every answer frame
+    seen: list[Discarded] = []
+    transport = await SerialTransport.open(
+        str(peer.path), 115200, control_timeout=0.2, on_discard=seen.append
+    )
+    try:
+        answers = await transport.exchanges(
+            READ_TLV, answer_timeout=3.0, again=lambda answer: answer.error == 0
+        )
+        assert [a.data for a in answers] == [b"a" * 200, b"b" * 10, b"c", b""]
+        assert [d.data for d in seen] == [b"\xfe\x01"] * 4
+    finally:
+        transport.close()
+        peer.close()
+
+
+async def test_a_run_that_loses_the_line_fails_whole(tmp_path: Path) -> None:
+    calls = 0
+
+    def handle(_: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            kkt.silent = True  # the KKT stops answering in the middle of the run
+        return b"\xff\x3b\x00" + b"x"
+
+    kkt = Peer(tmp_path / "kkt9", handle)
+    transport = await SerialTransport.open(str(kkt.path), 115200, control_timeout=0.05)
+    try:
+        with pytest.raises(ExchangeError) as failed:
+            await transport.exchanges(READ_TLV, answer_timeout=0.2, again=lambda _: True)
+        assert failed.value.reason == "no_link"
+    finally:
+        transport.close()
+        kkt.close()
