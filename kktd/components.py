@@ -122,7 +122,12 @@ class Components:
         problem = await journal.try_open()
         if isinstance(problem, JournalVersionError):
             raise StartupError(str(problem))  # waiting will not make this kktd newer
-        client = UpstreamClient(config.upstream, instance_id=instance, version=__version__)
+        client = UpstreamClient(
+            config.upstream,
+            instance_id=instance,
+            version=__version__,
+            gate_writes=bool(config.lock.redis_url),  # only a Redis lease can end mid-round
+        )
         await client.start()
         stack.push_async_callback(client.close)
         breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
