@@ -39,7 +39,7 @@ from kktd.sync.lock import (
 )
 from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
-from kktd.sync.rounds import DeliveryFailure, Rounds, Run, Tally
+from kktd.sync.rounds import LOOKAHEAD, DeliveryFailure, Rounds, Run, Tally
 
 log = structlog.get_logger(__name__)
 
@@ -330,24 +330,21 @@ class SyncEngine:
             outstanding: deque[Batch[Tally]] = deque()
             try:
                 async with pool:
-                    batch: Batch[Tally] | None = await self._claim(fn, None, manual=manual)
-                    if batch is not None:
-                        outstanding.append(batch)
-                        pool.add(batch)
-                    while batch is not None:
-                        nxt = None
-                        if not pool.broken and run.goes_on(
-                            batch, quiet_wanted=self._waiting > 0, cfg=self._cfg
-                        ):
-                            nxt = await self._claim(fn, batch, manual=False)
-                        if nxt is not None:
-                            batch.tally.full = False  # the run goes on: this was no end
-                            outstanding.append(nxt)
-                            pool.add(nxt)
-                        await batch.done.wait()
-                        outstanding.remove(batch)
-                        await self._finish(fn, batch, run, total)
-                        batch = nxt
+                    first = await self._claim(fn, None, manual=manual)
+                    if first is not None:
+                        outstanding.append(first)
+                        pool.add(first)
+                    claiming = first is not None
+                    while outstanding:
+                        # Claim ahead first, then record: the senders must not run dry while
+                        # a round's outcomes wait for the disk.
+                        while claiming and len(outstanding) <= LOOKAHEAD:
+                            claiming = await self._claim_next(fn, outstanding, pool, run)
+                        await outstanding[0].done.wait()
+                        ended = [outstanding.popleft()]
+                        while outstanding and outstanding[0].done.is_set():
+                            ended.append(outstanding.popleft())
+                        await self._finish(fn, ended, run, total)
             finally:
                 self._holder = None
                 while outstanding:
@@ -355,6 +352,21 @@ class SyncEngine:
                     await self._rounds.settle(batch.tally, run, self._cfg.max_attempts)
                     last.add(batch.tally)
         return lease.fence
+
+    async def _claim_next(
+        self, fn: str, outstanding: deque[Batch[Tally]], pool: SenderPool[Tally], run: Run
+    ) -> bool:
+        """Queue the batch after the newest one, if the run goes on; False when it does not."""
+        newest = outstanding[-1]
+        if pool.broken or not run.goes_on(newest, quiet_wanted=self._waiting > 0, cfg=self._cfg):
+            return False
+        nxt = await self._claim(fn, newest, manual=False)
+        if nxt is None:
+            return False
+        newest.tally.full = False  # the run goes on: this was no end
+        outstanding.append(nxt)
+        pool.add(nxt)
+        return True
 
     async def _claim(
         self, fn: str, before: Batch[Tally] | None, *, manual: bool
@@ -407,18 +419,21 @@ class SyncEngine:
         if batch.tally.failure and (run.failed_at is None or batch.index < run.failed_at):
             run.failed_at = batch.index
 
-    async def _finish(self, fn: str, batch: Batch[Tally], run: Run, total: Tally) -> None:
-        """A round's end: record its outcomes (one commit for the accepted FDs), report it."""
-        dropped = batch.index > 0 and batch.sent == 0  # a round before it failed: none ran
-        batch.tally.full = batch.tally.full and not dropped
-        await self._rounds.settle(batch.tally, run, self._cfg.max_attempts)
-        total.add(batch.tally)
-        if dropped:
-            return
-        total.superseded = total.superseded or run.superseded
-        outcome = "completed" if run.superseded is None else "fence_superseded"
-        duration = self._monotonic() - batch.started_at
-        self._report_round(fn, outcome, batch.tally, duration, run.lease.fence, None)
+    async def _finish(self, fn: str, ended: list[Batch[Tally]], run: Run, total: Tally) -> None:
+        """Rounds that have ended, in order: record their outcomes (one commit for the accepted
+        FDs of all of them), report each."""
+        dropped = [batch.index > 0 and batch.sent == 0 for batch in ended]  # none of it ran
+        for batch, none_ran in zip(ended, dropped, strict=True):
+            batch.tally.full = batch.tally.full and not none_ran
+        await self._rounds.settle_many([b.tally for b in ended], run, self._cfg.max_attempts)
+        for batch, none_ran in zip(ended, dropped, strict=True):
+            total.add(batch.tally)
+            if none_ran:
+                continue
+            total.superseded = total.superseded or run.superseded
+            outcome = "completed" if run.superseded is None else "fence_superseded"
+            duration = self._monotonic() - batch.started_at
+            self._report_round(fn, outcome, batch.tally, duration, run.lease.fence, None)
 
     def _report_round(  # noqa: PLR0917 - the round's facts, in the order they are logged
         self,
