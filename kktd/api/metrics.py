@@ -158,7 +158,7 @@ class _LiveCollector(Collector):
         yield CounterMetricFamily(
             "kktd_lock_unavailable",
             "Rounds that found Redis unreachable (lock.on_unavailable decided what followed).",
-            value=getattr(components.lock, "unavailable_total", 0),
+            value=components.lock.unavailable_total,
         )
         yield GaugeMetricFamily(
             "kktd_lock_refused",

@@ -303,7 +303,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     from redis.exceptions import RedisError  # noqa: PLC0415
 
     from kktd.fleet import read_fleet  # noqa: PLC0415
-    from kktd.sync.lock import redis_from_url  # noqa: PLC0415
+    from kktd.sync.redis_lock import redis_from_url  # noqa: PLC0415
 
     if not config.lock.redis_url:
         _err(f"no Redis configured in {args.config} (lock.redis_url): there is no fleet to list")

@@ -30,13 +30,7 @@ from kktd.journal import Journal, JournalEntry, JournalError
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused
-from kktd.sync.lock import (
-    LeaseLost,
-    LocalSyncLock,
-    LockBusy,
-    LockUnavailable,
-    SyncLock,
-)
+from kktd.sync.lock import LeaseLost, LockBusy, LockUnavailable, SyncLock
 from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
 from kktd.sync.rounds import DeliveryFailure, Rounds, Run, Tally
@@ -318,9 +312,7 @@ class SyncEngine:
             self._holder = lease.instance
             # Batch after batch only under a lease that shuts others out: a fenced one, or the
             # in-process lock. Without Redis ("proceed") each round asks for the lock again.
-            several = manual is False and (
-                lease.fence is not None or isinstance(self._lock, LocalSyncLock)
-            )
+            several = manual is False and self._lock.shuts_others_out(lease)
             run = Run(lease, self._cfg, several=several)
             run.pool = pool = SenderPool[Tally](
                 self._client.max_in_flight,

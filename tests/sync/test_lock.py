@@ -21,9 +21,8 @@ from kktd.sync.lock import (
     LocalSyncLock,
     LockBusy,
     LockUnavailable,
-    RedisSyncLock,
-    redis_from_url,
 )
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
 
 KEY = "kktd:sync:{fn}"
