@@ -31,6 +31,7 @@ from kktd.config_loader import (
     toml_value,
 )
 from kktd.kkt.address import AddressError, TcpAddress, parse_address
+from kktd.sync.backoff import Jitter
 
 __all__ = [
     "DEFAULT_PATH",
@@ -64,7 +65,6 @@ __all__ = [
 DEFAULT_PATH = Path("/etc/kktd/kktd.toml")
 
 StartFd = Literal["next", "first"] | int
-Jitter = Literal["full", "none"]
 OnUnavailable = Literal["proceed", "skip"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "journal", "json", "console"]
