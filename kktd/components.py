@@ -25,7 +25,7 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.ofd.relay import OfdRelay
 from kktd.status import heartbeat
-from kktd.supervisor import Beat, Runner, sliced_sleep
+from kktd.supervisor import Beat, Runner, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from kktd.sync.client import UpstreamClient
@@ -189,7 +189,7 @@ class Components:
             else:
                 if pruned:
                     log.info("journal.pruned", fds=pruned, retention_days=days)
-            await sliced_sleep(RETENTION_EVERY, beat)
+            await sleep_beating(RETENTION_EVERY, beat)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a validated config; restart-only keys were already kept by the loader."""

@@ -176,17 +176,61 @@ async def watchdog(
         await sleep(interval)
 
 
-async def sliced_sleep(
+class Wake:
+    """A wake-up call for a loop that sleeps with `sleep_beating`: `set()` ends the sleep under
+    way, or the next one, early; the loop `clear()`s it once it has looked."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        self._set = True
+        for sleeper in self._sleepers:
+            _resolve(sleeper)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+async def sleep_beating(
     seconds: float,
     beat: Beat,
     *,
+    wake: Wake | None = None,
+    monotonic: Callable[[], float] | None = None,
     slice_seconds: float = 1.0,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Sleep while beating: an idle component is a healthy one."""
+    """Sleep `seconds`, beating at least every `slice_seconds`: an idle component is a healthy
+    one. A `wake` that is set (before or during the sleep) ends it early.
+
+    Each slice is a plain future and a timer, so nothing in the task plays with cancellation:
+    `asyncio.timeout` cancels and uncancels the task, and on Python 3.11 a stop request that
+    lands in the same loop iteration as its expiry can be lost, so the loop never ends.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (left := deadline - loop.time()) > 0:
+    now = monotonic or loop.time
+    deadline = now() + seconds
+    while (left := deadline - now()) > 0:
         beat()
-        await sleep(min(left, slice_seconds))
+        if wake is not None and wake.is_set():
+            return
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(min(left, slice_seconds), _resolve, sleeper)
+        if wake is not None:
+            wake._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            if wake is not None:
+                wake._sleepers.discard(sleeper)
     beat()
+
+
+def _resolve(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)

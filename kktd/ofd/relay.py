@@ -31,7 +31,7 @@ from kktd.kkt.protocol import OfdStatus
 from kktd.ofd.audit import ExchangeRecord, OfdAudit, Outcome
 from kktd.ofd.client import OfdError, exchange
 from kktd.ofd.fn import BUSY_PAUSE, FN_TROUBLE, FnBuffer, KktOfdSettings
-from kktd.supervisor import Beat
+from kktd.supervisor import Beat, Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 
@@ -107,7 +107,7 @@ class OfdRelay:
         self._interval = interval
         self._step_deadline = step_deadline  # None: from ofd.timeout (see `deadline`)
         self._fn = FnBuffer(link, busy_pause=busy_pause)
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._last_success_at: float | None = None
         self._last: ExchangeRecord | None = None
         self._last_attempt_at: float | None = None
@@ -321,17 +321,7 @@ class OfdRelay:
 
     async def _pause(self, delay: float, wakeable: bool, beat: Beat) -> None:
         """Wait `delay` seconds beating at least once a second; a wake ends an idle wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while (left := deadline - loop.time()) > 0:
-            beat()
-            if not wakeable:
-                await asyncio.sleep(min(left, 1.0))
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 1.0)):
-                    await self._wake.wait()
-                break
+        await sleep_beating(delay, beat, wake=self._wake if wakeable else None)
         self._wake.clear()
 
 

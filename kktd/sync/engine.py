@@ -27,6 +27,7 @@ import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
+from kktd.supervisor import Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused
@@ -94,8 +95,7 @@ class SyncEngine:
         self._cfg = cfg
         self._clock = clock
         self._monotonic = monotonic
-        self._woken = False
-        self._sleepers: set[asyncio.Future[None]] = set()
+        self._wake = Wake()
         self._round_lock = asyncio.Lock()
         self._waiting = 0  # callers waiting for the round lock: a run ends at its next batch
         self._beat: Callable[[], None] = _no_beat
@@ -116,9 +116,7 @@ class SyncEngine:
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
-        self._woken = True
-        for sleeper in self._sleepers:
-            _resolve(sleeper)
+        self._wake.set()
 
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
@@ -209,33 +207,17 @@ class SyncEngine:
 
     async def _pause(self, seconds: float, *, interruptible: bool) -> None:
         """Wait `seconds` in slices, beating; a wake ends an interruptible wait early."""
-        deadline = self._monotonic() + seconds
-        self._next_round_at = deadline
+        self._next_round_at = self._monotonic() + seconds
         try:
-            while (left := deadline - self._monotonic()) > 0:
-                self._beat()
-                if interruptible and self._woken:
-                    return
-                await self._sleep(min(left, _BEAT_SLICE), interruptible=interruptible)
+            await sleep_beating(
+                seconds,
+                self._beat,
+                wake=self._wake if interruptible else None,
+                monotonic=self._monotonic,
+                slice_seconds=_BEAT_SLICE,
+            )
         finally:
             self._next_round_at = None
-
-    async def _sleep(self, seconds: float, *, interruptible: bool) -> None:
-        """A plain future and a timer, so that nothing in this task plays with cancellation.
-
-        (`asyncio.timeout` cancels and uncancels the task; on Python 3.11 a stop request that
-        lands in the same loop iteration as its expiry can be lost, and the loop never ends.)
-        """
-        loop = asyncio.get_running_loop()
-        sleeper: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, sleeper)
-        if interruptible:
-            self._sleepers.add(sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleepers.discard(sleeper)
 
     # -- rounds --
 
@@ -256,7 +238,7 @@ class SyncEngine:
     async def _pass(self, *, manual: bool) -> tuple[Tally, SyncReport]:
         """One run for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
-        self._woken = False  # from here on, a wake means "journaled after this pass looked"
+        self._wake.clear()  # from here on, a wake means "journaled after this pass looked"
         total = Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
@@ -425,11 +407,6 @@ class SyncEngine:
         if self.on_round is not None and outcome in _RAN:
             ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
             self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
-
-
-def _resolve(sleeper: asyncio.Future[None]) -> None:
-    if not sleeper.done():
-        sleeper.set_result(None)
 
 
 def _no_beat() -> None:
