@@ -51,22 +51,22 @@ class Supervisor:
     def __init__(
         self,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         crash_loop: int = CRASH_LOOP,
         healthy_stretch: float = HEALTHY_STRETCH,
     ) -> None:
-        self._clock = clock
+        self._monotonic = monotonic
         self._crash_loop = crash_loop
         self._healthy_stretch = healthy_stretch
         self._components: dict[str, _Component] = {}
 
     def register(self, name: str, deadline: float) -> Beat:
         """A component that must beat at least every ``deadline`` seconds; returns its beat."""
-        component = _Component(deadline=deadline, last_beat=self._clock())
+        component = _Component(deadline=deadline, last_beat=self._monotonic())
         self._components[name] = component
 
         def beat() -> None:
-            now = component.last_beat = self._clock()
+            now = component.last_beat = self._monotonic()
             if component.crashes and self._healthy(component, now):
                 if component.crashes >= self._crash_loop:
                     log.info("supervisor.crash_loop_ended", component=name)
@@ -76,7 +76,7 @@ class Supervisor:
 
     def stale(self) -> list[str]:
         """Components that have not beaten within their deadline."""
-        now = self._clock()
+        now = self._monotonic()
         return [name for name, c in self._components.items() if now - c.last_beat > c.deadline]
 
     def crash_loops(self) -> dict[str, str]:
@@ -84,7 +84,7 @@ class Supervisor:
         return {
             name: f"{c.crashes} crashes in a row, last: {c.last_error}"
             for name, c in self._components.items()
-            if c.crashes >= self._crash_loop and not self._healthy(c, self._clock())
+            if c.crashes >= self._crash_loop and not self._healthy(c, self._monotonic())
         }
 
     def dead(self) -> list[str]:
@@ -116,7 +116,7 @@ class Supervisor:
         # 1, 2, 4 ... 30 s after crashes in a row; the same restarts for every kktd, no jitter
         backoff = Backoff(RESTART_FIRST, RESTART_MAX, "none")
         while True:
-            component.running_since = self._clock()
+            component.running_since = self._monotonic()
             try:
                 await run(beat)
                 delay = self._restart_delay(component, backoff)
@@ -145,7 +145,7 @@ class Supervisor:
 
     def _restart_delay(self, component: _Component, backoff: Backoff) -> float:
         """The wait before the next run; a run that lasted the healthy stretch starts afresh."""
-        if self._healthy(component, self._clock()):
+        if self._healthy(component, self._monotonic()):
             component.crashes = 0  # it had been fine for a while
             backoff.record_success()
         return backoff.record_failure()

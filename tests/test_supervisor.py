@@ -14,7 +14,7 @@ from tests.support.clock import FakeClock
 
 def test_a_component_that_stops_beating_becomes_stale_after_its_deadline() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     beat_a = sup.register("poller", deadline=10)
     sup.register("sync", deadline=30)
     clock.now += 9
@@ -29,7 +29,7 @@ def test_a_component_that_stops_beating_becomes_stale_after_its_deadline() -> No
 
 async def test_watchdog_pings_only_while_every_component_is_fresh() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     beat = sup.register("poller", deadline=5)
     pings: list[float] = []
     ticks = 0
@@ -136,7 +136,7 @@ async def test_a_component_that_keeps_crashing_withholds_the_watchdog() -> None:
     # Issue 11, item 1: restarted forever and beating after each restart, a component that
     # could never work kept the watchdog fed; five crashes in a row now count as dead.
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     await _crash(sup, clock, crashes=5, runs=0.5)
     assert await _pings(sup, clock) == []
     assert sup.restarts("poller") == 5
@@ -144,7 +144,7 @@ async def test_a_component_that_keeps_crashing_withholds_the_watchdog() -> None:
 
 async def test_four_crashes_are_not_yet_a_loop() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     await _crash(sup, clock, crashes=4, runs=0.5)
     assert sup.crash_loops() == {}
     assert await _pings(sup, clock) == [clock.now]
@@ -152,7 +152,7 @@ async def test_four_crashes_are_not_yet_a_loop() -> None:
 
 async def test_a_crash_loop_names_the_component_and_what_it_died_of() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock, crash_loop=3)
+    sup = Supervisor(monotonic=clock, crash_loop=3)
     with capture_logs() as logs:
         await _crash(sup, clock, crashes=3, runs=0.5)
     assert sup.crash_loops() == {
@@ -167,7 +167,7 @@ async def test_a_crash_loop_names_the_component_and_what_it_died_of() -> None:
 
 async def test_crashes_far_apart_are_no_loop_and_restart_after_the_shortest_wait() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     restart = await _crash(sup, clock, crashes=8, runs=HEALTHY_STRETCH + 1)
     assert sup.crash_loops() == {}
     assert restart.delays == [1.0] * 8
@@ -175,7 +175,7 @@ async def test_crashes_far_apart_are_no_loop_and_restart_after_the_shortest_wait
 
 async def test_a_run_that_lasts_the_healthy_stretch_ends_the_loop() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     calls = 0
     healthy = asyncio.Event()
     ticking = asyncio.Event()

@@ -84,7 +84,7 @@ class SyncEngine:
         lock: SyncLock,
         cfg: SyncConfig,
         *,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._journal = journal
@@ -93,7 +93,7 @@ class SyncEngine:
         self._backoff = backoff
         self._lock = lock
         self._cfg = cfg
-        self._clock = clock
+        self._wall = wall
         self._monotonic = monotonic
         self._wake = Wake()
         self._round_lock = asyncio.Lock()
@@ -107,7 +107,7 @@ class SyncEngine:
         self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         #: called with each FN round's report, for `kktd_sync_round_seconds`
         self.on_round: Callable[[SyncReport], None] | None = None
-        self._rounds = Rounds(journal, breaker, backoff, clock=clock, monotonic=monotonic)
+        self._rounds = Rounds(journal, breaker, backoff, wall=wall, monotonic=monotonic)
 
     @property
     def last_failure(self) -> DeliveryFailure | None:
@@ -279,7 +279,7 @@ class SyncEngine:
         report = SyncReport(
             status, total.synced, total.failed, total.dead, self._monotonic() - started, holder
         )
-        self._last_report, self._last_round_at = report, self._clock()
+        self._last_report, self._last_round_at = report, self._wall()
         return total, report
 
     async def _drain(self, fn: str, total: Tally, last: Tally, *, manual: bool) -> int | None:
@@ -334,7 +334,7 @@ class SyncEngine:
         self, fn: str, before: Batch[Tally] | None, *, manual: bool
     ) -> Batch[Tally] | None:
         """The batch after `before`, None if nothing more is due (the first, even empty)."""
-        now = None if manual else self._clock()
+        now = None if manual else self._wall()
         after = None if before is None or not before.entries else before.entries[-1].fd
         entries = await self._journal.claim_due(
             self._cfg.batch_size, now, fn=fn, horizon=self._rounds.horizon(), after=after

@@ -103,7 +103,7 @@ class RedisSyncLock(SyncLock):
         on_unavailable: OnUnavailable,
         instance_id: str,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         margin: float | None = None,
         renew_interval: float | None = None,
         new_token: Callable[[], str] = lambda: secrets.token_hex(16),
@@ -111,7 +111,7 @@ class RedisSyncLock(SyncLock):
         self.instance_id = instance_id
         self.holder_seen: str | None = None
         self.last_fence: int | None = None
-        self._clock = clock
+        self._monotonic = monotonic
         self._new_token = new_token
         self._trouble = TroubleLog()
         self._margin = margin
@@ -191,7 +191,7 @@ class _RedisHold:
 
     def __init__(self, lock: RedisSyncLock, fn: str, settings: _Settings, token: str) -> None:
         self._lock = lock
-        self._clock = lock._clock
+        self._monotonic = lock._monotonic
         self._scripts = lock._scripts
         self._trouble = lock._trouble
         self._instance = lock.instance_id
@@ -213,7 +213,7 @@ class _RedisHold:
     def alive(self) -> bool:
         if self.lost is not None or self.closing or self.lease is None:
             return False
-        if self.lease.fence is None or self._clock() < self.deadline:
+        if self.lease.fence is None or self._monotonic() < self.deadline:
             return True
         # After a pause (SIGSTOP, a VM paused, swap) the deadline timer is queued behind the
         # very callback asking: end the round here rather than let it send one more request.
@@ -263,7 +263,7 @@ class _RedisHold:
         floor = self._lock._floor(self.key)
         tries = 0
         while True:
-            sent = self._clock()
+            sent = self._monotonic()
             try:
                 answer = await self._scripts.acquire(
                     self.key, self.value, self.ttl, floor, self._settings.op_timeout
@@ -289,7 +289,7 @@ class _RedisHold:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self._settings.renew_interval)
-            sent = self._clock()
+            sent = self._monotonic()
             try:
                 renewed = await self._scripts.renew(
                     self.key, self.value, self.ttl, self._settings.op_timeout
@@ -307,12 +307,12 @@ class _RedisHold:
         """(Re)start the deadline timer; it works whether or not Redis ever answers again."""
         if self.timer is not None:
             self.timer.cancel()
-        delay = max(0.0, self.deadline - self._clock())
+        delay = max(0.0, self.deadline - self._monotonic())
         self.timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self.timer = None
-        if self._clock() >= self.deadline:
+        if self._monotonic() >= self.deadline:
             self._lose("deadline_passed")
         else:
             self._arm()

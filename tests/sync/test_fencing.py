@@ -45,7 +45,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 def fenced_lock(client: redis.asyncio.Redis, clock: FakeClock) -> RedisSyncLock:
     # renewals far apart, so only the clock decides when the lease ends
     return RedisSyncLock(
-        client, KEY, TTL, "proceed", "till-1", clock=clock, margin=MARGIN, renew_interval=600.0
+        client, KEY, TTL, "proceed", "till-1", monotonic=clock, margin=MARGIN, renew_interval=600.0
     )
 
 
