@@ -4,7 +4,7 @@ Most values already live in the components (journal counts, breaker, lock, link,
 delivery counters, the daemon's reload counters), so a custom collector reads them at scrape
 time instead of mirroring them into gauges that could drift. The journal counts are the one
 awaited reading: `render` takes it first, then lets the registry collect. Only the round
-duration histogram is fed as events happen: `round_histogram` makes it, and the wiring
+duration histogram is fed as events happen: `RoundHistogram` holds it, and the wiring
 (`kktd.components`) feeds it from the engine's `on_round` hook.
 """
 
