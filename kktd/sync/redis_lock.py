@@ -179,6 +179,9 @@ class RedisSyncLock(SyncLock):
         self._highest[key] = max(fence, self._highest.get(key, 0))
         self.last_fence = fence
 
+    def _give_back(self, hold: _RedisHold) -> None:
+        self._slots.give_back(hold.fn, hold.token)
+
     def _ended(self, hold: _RedisHold) -> None:
         self._live.pop(hold.token, None)
         self._slots.give_back(hold.fn, hold.token)
@@ -230,7 +233,7 @@ class _RedisHold:
         try:
             self.lease = await self._acquire()
         except BaseException:
-            self._lock._ended(self)
+            self._lock._give_back(self)
             raise
         self._lock._granted(self)
         if self.lease.fence is not None:
