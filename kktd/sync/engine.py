@@ -27,16 +27,11 @@ import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
+from kktd.supervisor import Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused
-from kktd.sync.lock import (
-    LeaseLost,
-    LocalSyncLock,
-    LockBusy,
-    LockUnavailable,
-    SyncLock,
-)
+from kktd.sync.lock import LeaseLost, LockBusy, LockUnavailable, SyncLock
 from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
 from kktd.sync.rounds import LOOKAHEAD, DeliveryFailure, Rounds, Run, Tally
@@ -89,7 +84,7 @@ class SyncEngine:
         lock: SyncLock,
         cfg: SyncConfig,
         *,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._journal = journal
@@ -98,10 +93,9 @@ class SyncEngine:
         self._backoff = backoff
         self._lock = lock
         self._cfg = cfg
-        self._clock = clock
+        self._wall = wall
         self._monotonic = monotonic
-        self._woken = False
-        self._sleepers: set[asyncio.Future[None]] = set()
+        self._wake = Wake()
         self._round_lock = asyncio.Lock()
         self._waiting = 0  # callers waiting for the round lock: a run ends at its next batch
         self._beat: Callable[[], None] = _no_beat
@@ -113,7 +107,7 @@ class SyncEngine:
         self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         #: called with each FN round's report, for `kktd_sync_round_seconds`
         self.on_round: Callable[[SyncReport], None] | None = None
-        self._rounds = Rounds(journal, breaker, backoff, clock=clock, monotonic=monotonic)
+        self._rounds = Rounds(journal, breaker, backoff, wall=wall, monotonic=monotonic)
 
     @property
     def last_failure(self) -> DeliveryFailure | None:
@@ -122,9 +116,7 @@ class SyncEngine:
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
-        self._woken = True
-        for sleeper in self._sleepers:
-            _resolve(sleeper)
+        self._wake.set()
 
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
@@ -215,33 +207,17 @@ class SyncEngine:
 
     async def _pause(self, seconds: float, *, interruptible: bool) -> None:
         """Wait `seconds` in slices, beating; a wake ends an interruptible wait early."""
-        deadline = self._monotonic() + seconds
-        self._next_round_at = deadline
+        self._next_round_at = self._monotonic() + seconds
         try:
-            while (left := deadline - self._monotonic()) > 0:
-                self._beat()
-                if interruptible and self._woken:
-                    return
-                await self._sleep(min(left, _BEAT_SLICE), interruptible=interruptible)
+            await sleep_beating(
+                seconds,
+                self._beat,
+                wake=self._wake if interruptible else None,
+                monotonic=self._monotonic,
+                slice_seconds=_BEAT_SLICE,
+            )
         finally:
             self._next_round_at = None
-
-    async def _sleep(self, seconds: float, *, interruptible: bool) -> None:
-        """A plain future and a timer, so that nothing in this task plays with cancellation.
-
-        (`asyncio.timeout` cancels and uncancels the task; on Python 3.11 a stop request that
-        lands in the same loop iteration as its expiry can be lost, and the loop never ends.)
-        """
-        loop = asyncio.get_running_loop()
-        sleeper: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, sleeper)
-        if interruptible:
-            self._sleepers.add(sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleepers.discard(sleeper)
 
     # -- rounds --
 
@@ -262,7 +238,7 @@ class SyncEngine:
     async def _pass(self, *, manual: bool) -> tuple[Tally, SyncReport]:
         """One run for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
-        self._woken = False  # from here on, a wake means "journaled after this pass looked"
+        self._wake.clear()  # from here on, a wake means "journaled after this pass looked"
         total = Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
@@ -303,7 +279,7 @@ class SyncEngine:
         report = SyncReport(
             status, total.synced, total.failed, total.dead, self._monotonic() - started, holder
         )
-        self._last_report, self._last_round_at = report, self._clock()
+        self._last_report, self._last_round_at = report, self._wall()
         return total, report
 
     async def _drain(self, fn: str, total: Tally, last: Tally, *, manual: bool) -> int | None:
@@ -318,9 +294,7 @@ class SyncEngine:
             self._holder = lease.instance
             # Batch after batch only under a lease that shuts others out: a fenced one, or the
             # in-process lock. Without Redis ("proceed") each round asks for the lock again.
-            several = manual is False and (
-                lease.fence is not None or isinstance(self._lock, LocalSyncLock)
-            )
+            several = manual is False and self._lock.shuts_others_out(lease)
             run = Run(lease, self._cfg, several=several)
             run.pool = pool = SenderPool[Tally](
                 self._client.max_in_flight,
@@ -372,7 +346,7 @@ class SyncEngine:
         self, fn: str, before: Batch[Tally] | None, *, manual: bool
     ) -> Batch[Tally] | None:
         """The batch after `before`, None if nothing more is due (the first, even empty)."""
-        now = None if manual else self._clock()
+        now = None if manual else self._wall()
         after = None if before is None or not before.entries else before.entries[-1].fd
         entries = await self._journal.claim_due(
             self._cfg.batch_size, now, fn=fn, horizon=self._rounds.horizon(), after=after
@@ -448,11 +422,6 @@ class SyncEngine:
         if self.on_round is not None and outcome in _RAN:
             ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
             self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
-
-
-def _resolve(sleeper: asyncio.Future[None]) -> None:
-    if not sleeper.done():
-        sleeper.set_result(None)
 
 
 def _no_beat() -> None:

@@ -109,13 +109,13 @@ class Rounds:
         breaker: CircuitBreaker,
         backoff: Backoff,
         *,
-        clock: Callable[[], float],
+        wall: Callable[[], float],
         monotonic: Callable[[], float],
     ) -> None:
         self._journal = journal
         self._breaker = breaker
         self._backoff = backoff
-        self._clock = clock
+        self._wall = wall
         #: the last delivery that failed or was rejected (wall-clock time)
         self.last_failure: DeliveryFailure | None = None
         # "the upstream rejects every FD": rejections are held until it accepts one again
@@ -136,7 +136,7 @@ class Rounds:
             self._breaker.record_failure()
             tally.failure = True
         if outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            self.last_failure = DeliveryFailure(self._clock(), entry.fn, entry.fd, delivery)
+            self.last_failure = DeliveryFailure(self._wall(), entry.fn, entry.fd, delivery)
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             # written with the round's other outcomes in one commit (settle): a crash before it
             # only re-sends, and the Idempotency-Key turns that into a 409
@@ -169,7 +169,7 @@ class Rounds:
         for tally in tallies:
             tally.accepted = []
         keys = [key for keys in accepted for key in keys]
-        await self._journal.mark_synced_many(keys, self._clock())
+        await self._journal.mark_synced_many(keys, self._wall())
         for tally, its_accepted in zip(tallies, accepted, strict=True):
             await self._settle_rest(tally, its_accepted, run, max_attempts)
 
@@ -194,7 +194,7 @@ class Rounds:
                 self._backoff.record_success()
             delay = 0.0
         transient, tally.transient = tally.transient, []
-        next_attempt_at = self._clock() + delay
+        next_attempt_at = self._wall() + delay
         for entry, delivery in transient:
             if not accepted:
                 # nothing in this round shows the upstream at work: the failure says nothing
@@ -234,9 +234,9 @@ class Rounds:
             "sync.all_rejected", ("rejected",), fn=entry.fn, fds=len(rejected), reason=reason
         )
         self.last_failure = DeliveryFailure(
-            self._clock(), entry.fn, entry.fd, replace(delivery, reason=reason)
+            self._wall(), entry.fn, entry.fd, replace(delivery, reason=reason)
         )
-        until = self._clock() + self.horizon()
+        until = self._wall() + self.horizon()
         for held, answer in rejected:
             await self._journal.defer(held.fn, held.fd, until, answer.reason)
         tally.failed += len(rejected)

@@ -23,7 +23,7 @@ from kktd.journal import Journal, JournalEntry
 from kktd.mock_upstream import Arrival, MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
-from kktd.sync.lock import RedisSyncLock, redis_from_url
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, engine_rig, make_entry, store_fds
@@ -45,7 +45,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 def fenced_lock(client: redis.asyncio.Redis, clock: FakeClock) -> RedisSyncLock:
     # renewals far apart, so only the clock decides when the lease ends
     return RedisSyncLock(
-        client, KEY, TTL, "proceed", "till-1", clock=clock, margin=MARGIN, renew_interval=600.0
+        client, KEY, TTL, "proceed", "till-1", monotonic=clock, margin=MARGIN, renew_interval=600.0
     )
 
 
