@@ -90,7 +90,9 @@ def _roll_back(path: Path) -> None:
 
 
 def move_aside(path: Path, now: float) -> Path:
-    """Rename `path` (and its sidecars) to ``<name>.corrupt-<YYYYmmddTHHMMSS>`` (UTC)."""
+    """Rename `path` (and its sidecars) to ``<name>.corrupt-<YYYYmmddTHHMMSS>`` (UTC).
+
+    (Only the tests call it; recovery moves a damaged file aside with `replace_damaged`.)"""
     target = aside_path(path, now)
     path.rename(target)
     move_sidecars(path, target)

@@ -288,7 +288,8 @@ class Journal(JournalFile):
         await self._execute(_SET_CURSOR, (fn, fd, self._clock()))
 
     async def last_fd(self, fn: str) -> int | None:
-        """The highest FD of this FN actually in the journal."""
+        """The highest FD of this FN actually in the journal. (Only the tests ask: the poller
+        goes by the cursor, which moves in the same transaction as the FDs.)"""
         rows = await self._rows("SELECT MAX(fd) FROM documents WHERE fn = ?", (fn,))
         return None if rows[0][0] is None else int(rows[0][0])
 
@@ -332,7 +333,8 @@ class Journal(JournalFile):
         return sorted(str(row[0]) for row in rows)
 
     async def mark_synced(self, fn: str, fd: int, now: float) -> None:
-        """The upstream has the FD. Attempts and last error stay as history."""
+        """The upstream has the FD. Attempts and last error stay as history. (For the tests: the
+        engine records a round's accepted FDs with `mark_synced_many`.)"""
         await self.mark_synced_many([(fn, fd)], now)
 
     async def mark_synced_many(self, keys: Sequence[tuple[str, int]], now: float) -> None:
@@ -467,7 +469,8 @@ class Journal(JournalFile):
         )
 
     async def ofd_exchanges(self, limit: int = 100) -> list[tuple[Any, ...]]:
-        """The newest OFD exchanges, newest first, as stored rows."""
+        """The newest OFD exchanges, newest first, as stored rows. (Only the tests read them
+        back; the rows are there for an operator's sqlite3 session.)"""
         return await self._rows(
             "SELECT started_at, fn, message, answer, outcome, error, read_seconds, ofd_seconds,"
             " write_seconds FROM ofd_exchanges ORDER BY id DESC LIMIT ?",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kktd.kkt.protocol import OfdStatus
 
@@ -44,16 +43,3 @@ class PollerStatus:
     journal_blocked: str | None
     journaled: int  # FDs stored by this process since it started
     stuck: StuckFd | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, for /v1/status."""
-        data = asdict(self)
-        if self.ofd is not None:
-            at = self.ofd.first_unsent_at
-            data["ofd"] = {
-                "unsent_count": self.ofd.unsent_count,
-                "first_unsent_fd": self.ofd.first_unsent_fd if self.ofd.unsent_count else None,
-                "first_unsent_at": None if at is None else at.isoformat(timespec="seconds"),
-                "status": self.ofd.status,
-            }
-        return data

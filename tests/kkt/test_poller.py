@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -104,7 +103,6 @@ async def test_next_skips_the_archive_and_journals_what_comes_after(h: Harness) 
         13,
     )
     assert status.device_name == h.device.device_type.name
-    json.dumps(status.to_dict())
 
 
 @pytest.mark.parametrize(("start_fd", "first"), [("first", 1), (7, 7)])
