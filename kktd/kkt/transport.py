@@ -76,7 +76,12 @@ class Transport(Protocol):
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response: ...
 
     async def exchanges(
-        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+        self,
+        body: bytes,
+        *,
+        answer_timeout: float,
+        again: Callable[[Response], bool],
+        then: bytes | None = None,
     ) -> list[Response]: ...
 
 
@@ -141,20 +146,29 @@ class FdTransport:
         return (await self.exchanges(body, answer_timeout=answer_timeout, again=_once))[0]
 
     async def exchanges(
-        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+        self,
+        body: bytes,
+        *,
+        answer_timeout: float,
+        again: Callable[[Response], bool],
+        then: bytes | None = None,
     ) -> list[Response]:
-        """The same request, exchanged again while `again(answer)` says so: every answer.
+        """The request, then `then` (or the same request) while `again(answer)` says so: every
+        answer.
 
         Each exchange is whole and on its own (ENQ first, as `exchange`), but the next one
-        starts in the callback that took the answer before it, so a run of FF3B costs the task
-        one wake-up, not one per answer. `again` runs in that callback: quick and pure.
+        starts in the callback that took the answer before it, so an FD's FF3A and its run of
+        FF3B cost the task one wake-up, not one per answer. `again` runs in that callback:
+        quick, and it must not raise.
         """
         self._check()
         if self._run is not None:
             raise RuntimeError("one exchange at a time (the link serializes callers)")
         self._drop_stale_input()
-        run = _Run(self._machine(body, answer_timeout), self._loop.create_future())
+        machine = self._machine(body, answer_timeout)
+        run = _Run(machine, self._loop.create_future())
         run.again = again
+        run.follow = machine if then is None else self._machine(then, answer_timeout)
         self._run = run
         try:
             self._apply(run, run.machine.start())
@@ -222,7 +236,7 @@ class FdTransport:
             return
         run.answers.append(response)
         if run.again(response):
-            run.machine = run.machine.fresh()
+            run.machine = run.follow.fresh()
             start = run.machine.start()
             first = start[0]
             if ack == _ACK and first == _SEND_ENQ:
@@ -414,6 +428,7 @@ class _Run:
         "again",
         "answers",
         "deadline",
+        "follow",
         "machine",
         "result",
         "settling",
@@ -422,6 +437,7 @@ class _Run:
 
     def __init__(self, machine: Exchange, result: asyncio.Future[Response]) -> None:
         self.machine = machine
+        self.follow = machine  # what each exchange after the first asks (its frame built once)
         self.result = result
         self.again: Callable[[Response], bool] = _once
         self.answers: list[Response] = []
