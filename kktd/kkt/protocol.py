@@ -492,6 +492,21 @@ def leftover(data: bytes) -> Discarded:
 
 
 Action = Send | ArmTimeout | Done | Failed | Discarded
+_NAK_ALONE = bytes([NAK])
+
+
+def _whole_answer(data: bytes) -> bool:
+    """ACK followed by exactly one frame, its LRC good: what a KKT's answer usually reads as."""
+    size = len(data)
+    return (
+        size > 4
+        and data[0] == ACK
+        and data[1] == STX
+        and data[2] == size - 4
+        and lrc(data[2:-1]) == data[-1]
+    )
+
+
 _SEND_ENQ, _SEND_ACK = Send(bytes([ENQ])), Send(bytes([ACK]))  # frozen: shared
 _SEND_NAK_ENQ = Send(bytes([NAK, ENQ]))
 State = Literal["idle", "enq", "sent", "answer", "drain", "done", "failed"]
@@ -569,6 +584,17 @@ class Exchange:
         return self._enq()
 
     def receive(self, data: bytes) -> list[Action]:
+        if not self._parser.busy:
+            # The two usual inputs, taken without the parser's events: the same actions as the
+            # general path below gives for them (tests/kkt/test_protocol.py checks both ways).
+            if self.state == "enq" and data == _NAK_ALONE:
+                self._silent = 0
+                return self._on_control(NAK)
+            if self.state == "sent" and _whole_answer(data):  # ACK, then one good frame
+                self._silent = 0
+                self._accepted = True
+                self.state = "answer"
+                return [self._wait_answer, *self._on_frame(bytes(data[3:-1]))]
         actions: list[Action] = []
         for event in self._parser.feed(data):
             if self.finished:
