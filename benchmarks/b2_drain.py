@@ -3,8 +3,8 @@
 The journal (a real file) is filled with N realistic FDs from the emulator's generator, stored as
 the poller stores them. The engine runs with the daemon's default settings (batch 50,
 max_in_flight 4, a local lock). The bare client posts the same JSON bodies, built beforehand,
-with the same headers and the same concurrency, and touches no journal; it runs before and after
-the engine, and the mean of its two rates is the baseline. Both talk to one
+with the same headers and the same concurrency, and touches no journal; it and the engine run
+in alternating rounds, and the fastest round of each counts. Both talk to one
 in-process mock upstream, reset between them; the accepted count is sampled for the plot.
 """
 
@@ -23,6 +23,7 @@ from benchmarks.common import SEED_RATE, Results, Row, Sizes
 from kktd.config import BackoffConfig, BreakerConfig, SyncConfig, UpstreamConfig
 from kktd.emulator.documents import DocumentGenerator
 from kktd.journal import Journal, JournalEntry
+from kktd.journal.store import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.backoff import Backoff
@@ -36,13 +37,22 @@ DRAIN_WITHIN = 900.0  # seconds: well past the slowest plausible drain, so a sta
 INSTANCE = "bench"
 
 
+Drain = tuple[float, list[tuple[float, int]]]  # seconds, samples of the accepted count
+FILL_CHUNK = 500  # FDs per transaction while filling: the poller's group commit, larger
+
+
 async def fill_journal(journal: Journal, fds: int, seed: int = 7) -> str:
-    """Store `fds` generated FDs as the poller would; returns the FN."""
+    """Store `fds` generated FDs as the poller would (same rows, bodies included); the FN."""
     generator = DocumentGenerator(rng=random.Random(seed))
+    chunk: list[NewFd] = []
     for _ in range(fds):
         document = generator.next_document()
         fields = decode_document(document.doc_type, document.raw).to_fields()
-        await journal.store(generator.fn, document.fd, document.doc_type, document.raw, fields)
+        chunk.append(NewFd(generator.fn, document.fd, document.doc_type, document.raw, fields))
+        if len(chunk) == FILL_CHUNK:
+            await journal.store_many(chunk)
+            chunk = []
+    await journal.store_many(chunk)
     return generator.fn
 
 
@@ -122,43 +132,59 @@ def make_engine(journal: Journal, client: UpstreamClient) -> SyncEngine:
     )
 
 
+async def engine_round(mock: MockUpstream, upstream: UpstreamConfig, path: Path, n: int) -> Drain:
+    """One drain by the engine of a journal filled afresh (a synced FD keeps no body)."""
+    journal = await Journal.open(path)
+    try:
+        await fill_journal(journal, n)
+        # as the daemon builds it without lock.redis_url: a local lease never ends, no gate
+        client = UpstreamClient(upstream, instance_id=INSTANCE, version="bench", gate_writes=False)
+        await client.start()
+        engine = make_engine(journal, client)
+        try:
+
+            async def all_synced() -> bool:
+                return (await journal.counts()).synced == n  # every FD marked in the journal
+
+            drain = await timed_drain(mock, n, lambda: engine.run(lambda: None), all_synced)
+        finally:
+            await client.close()
+        counts = await journal.counts()
+        if counts.synced != n or mock.state.duplicates:
+            raise RuntimeError(f"drain left {counts}, {mock.state.duplicates} duplicates")
+    finally:
+        await journal.close()
+    return drain
+
+
 async def run(sizes: Sizes, results: Results) -> None:
     n = sizes.b2_fds
     with tempfile.TemporaryDirectory(prefix="kktd-b2-") as tmp:
-        journal = await Journal.open(Path(tmp) / "kktd.db")
         mock = MockUpstream()
         await mock.start()
         try:
-            fn = await fill_journal(journal, n)
             upstream = UpstreamConfig(url=mock.url)
             width = upstream.max_in_flight
-            requests = await bodies(journal, fn, n)
-            bare_s, bare_samples = await timed_drain(
-                mock, n, lambda: bare_client(mock.url, requests, width)
-            )
-            client = UpstreamClient(upstream, instance_id=INSTANCE, version="bench")
-            await client.start()
-            engine = make_engine(journal, client)
+            source = await Journal.open(Path(tmp) / "bodies.db")
             try:
-
-                async def all_synced() -> bool:
-                    return (await journal.counts()).synced == n  # every FD marked in the journal
-
-                ours_s, ours_samples = await timed_drain(
-                    mock, n, lambda: engine.run(lambda: None), all_synced
-                )
+                requests = await bodies(source, await fill_journal(source, n), n)
             finally:
-                await client.close()
-            counts = await journal.counts()
-            if counts.synced != n or mock.state.duplicates:
-                raise RuntimeError(f"drain left {counts}, {mock.state.duplicates} duplicates")
-            # the baseline again after the engine: the machine's load drifts during a run, and
-            # a baseline on both sides of the engine's drain brackets it (their mean is used)
-            after_s, _ = await timed_drain(mock, n, lambda: bare_client(mock.url, requests, width))
+                await source.close()
+            # Rounds alternate the bare client and the engine, and each one's fastest round
+            # counts: a noisy neighbour slows whatever runs at that moment, and the best of a
+            # few rounds is the least disturbed (the same rule as B1's readers).
+            bare_runs: list[Drain] = []
+            ours_runs: list[Drain] = []
+            for index in range(sizes.b2_rounds):
+                bare_runs.append(
+                    await timed_drain(mock, n, lambda: bare_client(mock.url, requests, width))
+                )
+                path = Path(tmp) / f"kktd-{index}.db"
+                ours_runs.append(await engine_round(mock, upstream, path, n))
         finally:
             await mock.stop()
-            await journal.close()
-    ours, bare = n / ours_s, (n / bare_s + n / after_s) / 2
+    (bare_s, bare_samples), (ours_s, ours_samples) = min(bare_runs), min(ours_runs)
+    ours, bare = n / ours_s, n / bare_s
     results.add(Row("B2", f"FDs/s drained ({n} pending)", ours, "FD/s",
                     "bare aiohttp client", bare, ">= 0.8"))  # fmt: skip
     results.add(Row("B2", f"FDs/s drained ({n} pending)", ours, "FD/s",
@@ -167,6 +193,7 @@ async def run(sizes: Sizes, results: Results) -> None:
     results.drain["bare aiohttp client"] = bare_samples
     results.facts["b2"] = (
         f"{n} FDs, max_in_flight {width}, batch_size {SyncConfig().batch_size};"
-        f" drained in {ours_s:.1f} s by the engine, {bare_s:.1f} s and {after_s:.1f} s by the"
-        " bare client before and after it"
+        f" {sizes.b2_rounds} alternating rounds, the fastest of each counts: drained in"
+        f" {', '.join(f'{s:.1f}' for s, _ in ours_runs)} s by the engine and"
+        f" {', '.join(f'{s:.1f}' for s, _ in bare_runs)} s by the bare client"
     )

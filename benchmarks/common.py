@@ -26,6 +26,7 @@ class Sizes:
     b1_line_fds: int
     b1_rounds: int
     b2_fds: int
+    b2_rounds: int
     b3_fds: int
     b3_idle: float
     b4_receipts: int
@@ -34,12 +35,12 @@ class Sizes:
     @classmethod
     def of(cls, mode: Mode) -> Sizes:
         return {
-            "tiny": cls(b1_fds=20, b1_line_fds=5, b1_rounds=1, b2_fds=200, b3_fds=200, b3_idle=1.0,
-                        b4_receipts=5, b5_fds=20),
-            "quick": cls(b1_fds=2000, b1_line_fds=60, b1_rounds=2, b2_fds=2000, b3_fds=5000,
-                         b3_idle=10.0, b4_receipts=40, b5_fds=300),
-            "full": cls(b1_fds=3000, b1_line_fds=300, b1_rounds=3, b2_fds=20000, b3_fds=100000,
-                        b3_idle=60.0, b4_receipts=150, b5_fds=1000),
+            "tiny": cls(b1_fds=20, b1_line_fds=5, b1_rounds=1, b2_fds=200, b2_rounds=1,
+                        b3_fds=200, b3_idle=1.0, b4_receipts=5, b5_fds=20),
+            "quick": cls(b1_fds=2000, b1_line_fds=60, b1_rounds=2, b2_fds=2000, b2_rounds=2,
+                         b3_fds=5000, b3_idle=10.0, b4_receipts=40, b5_fds=300),
+            "full": cls(b1_fds=3000, b1_line_fds=300, b1_rounds=3, b2_fds=20000, b2_rounds=3,
+                        b3_fds=100000, b3_idle=60.0, b4_receipts=150, b5_fds=1000),
         }[mode]  # fmt: skip
 
 

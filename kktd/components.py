@@ -25,12 +25,12 @@ from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
 from kktd.ofd.relay import OfdRelay
 from kktd.status import heartbeat
-from kktd.supervisor import Beat, Runner, sliced_sleep
+from kktd.supervisor import Beat, Runner, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from kktd.sync.client import UpstreamClient
 from kktd.sync.engine import SyncEngine
-from kktd.sync.lock import LocalSyncLock, RedisSyncLock, SyncLock, redis_from_url
+from kktd.sync.lock import LocalSyncLock, SyncLock
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -122,7 +122,12 @@ class Components:
         problem = await journal.try_open()
         if isinstance(problem, JournalVersionError):
             raise StartupError(str(problem))  # waiting will not make this kktd newer
-        client = UpstreamClient(config.upstream, instance_id=instance, version=__version__)
+        client = UpstreamClient(
+            config.upstream,
+            instance_id=instance,
+            version=__version__,
+            gate_writes=bool(config.lock.redis_url),  # only a Redis lease can end mid-round
+        )
         await client.start()
         stack.push_async_callback(client.close)
         breaker = CircuitBreaker(config.breaker.failure_threshold, config.breaker.reset_timeout)
@@ -130,15 +135,8 @@ class Components:
         redis = None
         lock: SyncLock
         if config.lock.redis_url:
-            redis = redis_from_url(config.lock.redis_url, config.lock.password, ttl=config.lock.ttl)
+            redis, lock = _redis_lock(config, instance)
             stack.push_async_callback(redis.aclose)
-            lock = RedisSyncLock(
-                redis,
-                config.lock.key,
-                config.lock.ttl,
-                config.lock.on_unavailable,
-                instance,
-            )
         else:
             lock = LocalSyncLock(instance)
         engine = SyncEngine(journal, client, breaker, backoff, lock, config.sync)
@@ -196,7 +194,7 @@ class Components:
             else:
                 if pruned:
                     log.info("journal.pruned", fds=pruned, retention_days=days)
-            await sliced_sleep(RETENTION_EVERY, beat)
+            await sleep_beating(RETENTION_EVERY, beat)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a validated config; restart-only keys were already kept by the loader."""
@@ -206,8 +204,7 @@ class Components:
         self.breaker.reconfigure(config.breaker.failure_threshold, config.breaker.reset_timeout)
         self.backoff.reconfigure(config.backoff.base, config.backoff.max, config.backoff.jitter)
         self.engine.reconfigure(config.sync)
-        if isinstance(self.lock, RedisSyncLock):
-            self.lock.reconfigure(config.lock.key, config.lock.ttl, config.lock.on_unavailable)
+        self.lock.reconfigure(config.lock.key, config.lock.ttl, config.lock.on_unavailable)
         if self.relay is not None:
             self.relay.reconfigure(config.ofd)
             self.relay.breaker.reconfigure(
@@ -227,6 +224,18 @@ class Components:
         if self.instance_lock is not None:
             os.close(self.instance_lock)
             self.instance_lock = None
+
+
+def _redis_lock(config: Config, instance: str) -> tuple[aioredis.Redis, SyncLock]:
+    """The Redis client for `lock.redis_url` and the fenced lock on it."""
+    # imported here: a `kktd run` without Redis does not load the Redis client (issue 14)
+    from kktd.sync.redis_lock import RedisSyncLock, redis_from_url  # noqa: PLC0415
+
+    redis = redis_from_url(config.lock.redis_url, config.lock.password, ttl=config.lock.ttl)
+    lock = RedisSyncLock(
+        redis, config.lock.key, config.lock.ttl, config.lock.on_unavailable, instance
+    )
+    return redis, lock
 
 
 def _fleet(redis: aioredis.Redis, components: Components) -> Heartbeat:

@@ -1,36 +1,38 @@
 """Configuration: one frozen, typed object built by one loader (SPEC section 5).
 
-The dataclasses are the contract every component codes against. `_SCHEMA` below them says which
-TOML key takes which check; the generic reading machinery lives in `kktd.config_loader`.
+The dataclasses are the contract every component codes against; below them, building one from
+TOML text, merging a reload and rendering the effective config. Which TOML key takes which
+check (`SCHEMA`, the value types) is `kktd.config_schema`; the generic reading machinery lives
+in `kktd.config_loader`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
-from urllib.parse import SplitResult, urlsplit
+from typing import Any
 
 from kktd.config_loader import (
     ConfigError,
-    InvalidValueError,
-    Schema,
     Source,
     decode,
-    duration,
-    integer,
-    one_of,
     read_sections,
     redact_url,
-    show,
-    string,
     toml_value,
 )
-from kktd.kkt.address import AddressError, TcpAddress, parse_address
+from kktd.config_schema import (
+    SCHEMA,
+    LogFormat,
+    LogLevel,
+    OfdMode,
+    OnUnavailable,
+    StartFd,
+)
+from kktd.kkt.address import TcpAddress, parse_address
+from kktd.sync.backoff import Jitter
 
 __all__ = [
     "DEFAULT_PATH",
@@ -62,13 +64,6 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path("/etc/kktd/kktd.toml")
-
-StartFd = Literal["next", "first"] | int
-Jitter = Literal["full", "none"]
-OnUnavailable = Literal["proceed", "skip"]
-LogLevel = Literal["debug", "info", "warning", "error"]
-LogFormat = Literal["auto", "journal", "json", "console"]
-OfdMode = Literal["off", "relay"]
 
 
 class Secret:
@@ -187,152 +182,6 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
-# ---- rules for the values that are more than a type and a range ----
-
-
-def _start_fd(value: Any) -> StartFd:
-    if value == "next":
-        return "next"
-    if value == "first":
-        return "first"
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 0xFFFF_FFFF:
-        return value
-    raise InvalidValueError(
-        f'expected "next", "first" or an FD number from 1 to 4294967295, got {show(value)}'
-    )
-
-
-def _kkt_port(value: str) -> None:
-    try:
-        parse_address(value)
-    except AddressError as exc:
-        raise InvalidValueError(str(exc)) from None
-
-
-def _url_parts(value: str, secret_key: str) -> SplitResult:
-    """A URL's parts; never echoed back, as an operator may have put credentials in it."""
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # parsed lazily: a bad port raises only here
-    except ValueError:
-        return urlsplit("")
-    if "@" in parts.netloc:
-        # user:password@ and token@ alike: a URL is shown in status and logged, a file is not
-        raise InvalidValueError(
-            f"user info (user:password@ or token@) in the URL would end up in logs and status;"
-            f" put the secret in a file and name it in {secret_key}"
-        )
-    return parts
-
-
-def _http_url(value: str) -> None:
-    parts = _url_parts(value, "upstream.token_file")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidValueError("expected an http:// or https:// URL with a host")
-
-
-def _redis_url(value: str) -> None:
-    if not value:
-        return
-    parts = _url_parts(value, "lock.password_file")
-    network = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
-    if not network and not (parts.scheme == "unix" and parts.path):
-        raise InvalidValueError('expected "" (no Redis) or a redis://, rediss:// or unix:// URL')
-
-
-def _lock_key(value: str) -> None:
-    # Every till of a fleet shares one Redis: a key without the FN would make all of them
-    # contend for a single lock. The engine fills it with `key.format(fn=...)`.
-    try:
-        varies = value.format(fn="1") != value.format(fn="2")
-    except (KeyError, IndexError, ValueError):
-        raise InvalidValueError(
-            'expected "{fn}" as the only placeholder ("{{" and "}}" for braces)'
-        ) from None
-    if not varies:
-        raise InvalidValueError('expected a key containing "{fn}" (one lock per FN)')
-
-
-def _listen(value: str) -> None:
-    if value.startswith("unix:"):
-        if not value.removeprefix("unix:").startswith("/"):
-            raise InvalidValueError('expected "unix:" followed by an absolute socket path')
-        return
-    host, _, port = value.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host_ok = bool(host) and (bracketed or ":" not in host)
-    port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
-    if not (host_ok and port_ok):
-        raise InvalidValueError(
-            f'expected "host:port" ("[::1]:port" for IPv6) or "unix:/path", got {show(value)}'
-        )
-    if not _loopback(host.strip("[]")):
-        # SPEC section 6: the API holds receipts and can retry dead FDs; it is for this till only
-        raise InvalidValueError(
-            f"the API listens on loopback only (127.0.0.1, [::1], localhost) or a unix socket,"
-            f" got {show(value)}"
-        )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_BAUDRATES = (2400, 4800, 9600, 19200, 38400, 57600, 115200)
-
-_SCHEMA: Schema = {
-    "kkt": {
-        "port": string(_kkt_port),
-        "baudrate": one_of(*_BAUDRATES),
-        "password": integer(0, 99_999_999),
-        "poll_interval": duration(0.05, 3600),
-        "start_fd": _start_fd,
-    },
-    # 100 years: beyond that `now - timedelta(days=...)` overflows, and nobody means it.
-    "journal": {"path": string(), "retention_days": integer(1, 36_500)},
-    "upstream": {
-        "url": string(_http_url),
-        "token_file": string(),
-        "ca_file": string(),
-        "timeout": duration(0, 600, above=True),
-        "max_in_flight": integer(1, 64),
-    },
-    "sync": {
-        "interval": duration(0, 3600, above=True),
-        "batch_size": integer(1, 1000),
-        "max_attempts": integer(1, 1000),
-    },
-    "backoff": {
-        "base": duration(0, 3600, above=True),
-        "max": duration(0, 3600, above=True),
-        "jitter": one_of(*get_args(Jitter)),
-    },
-    "breaker": {
-        "failure_threshold": integer(1, 1000),
-        "reset_timeout": duration(0, 3600, above=True),
-    },
-    "lock": {
-        "redis_url": string(_redis_url),
-        "password_file": string(),
-        "key": string(_lock_key),
-        "ttl": duration(1, 600),
-        "on_unavailable": one_of(*get_args(OnUnavailable)),
-    },
-    "api": {"listen": string(_listen), "token_file": string()},
-    "log": {"level": one_of(*get_args(LogLevel)), "format": one_of(*get_args(LogFormat))},
-    "ofd": {
-        "mode": one_of(*get_args(OfdMode)),
-        "host": string(),
-        "port": integer(1, 65535),
-        "timeout": duration(0, 600, above=True),
-    },
-}
-
 # (section, file key) -> the field that receives the file's contents as a Secret.
 _SECRET_FILES = {
     ("upstream", "token_file"): "token",
@@ -420,7 +269,7 @@ def parse_config(
 ) -> Config:
     """Build the Config from TOML text; raises ConfigError at the first problem found."""
     src = Source(source, text, os.environ if environ is None else environ)
-    values = read_sections(src, _SCHEMA)
+    values = read_sections(src, SCHEMA)
     _check_together(src, values)
     warnings = _warnings(src, values)
     _resolve_files(src, values, client=client)
@@ -473,7 +322,7 @@ def render_config(cfg: Config) -> str:
     (but for the values of a URL's query, which are redacted too)."""
     origin = "" if cfg.source is None else f", read from {toml_value(cfg.source)}"
     lines = [f"# kktd effective configuration{origin}"]
-    for name, checks in _SCHEMA.items():
+    for name, checks in SCHEMA.items():
         section = getattr(cfg, name)
         lines += ["", f"[{name}]"]
         for key in checks:

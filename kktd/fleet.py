@@ -17,7 +17,7 @@ import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
-from kktd.supervisor import Beat, sliced_sleep
+from kktd.supervisor import Beat, sleep_beating
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,7 @@ class Heartbeat:
         try:
             while True:
                 await self.beat_once()
-                await sliced_sleep(self._every, beat)
+                await sleep_beating(self._every, beat)
         except asyncio.CancelledError:
             await self.clear()
             raise

@@ -53,7 +53,7 @@ class Readings:
 async def read(
     components: Components,
     *,
-    clock: Callable[[], float] = time.time,
+    wall: Callable[[], float] = time.time,
     local_now: Callable[[], datetime] = datetime.now,
 ) -> Readings:
     """Look at every component now (`local_now` is the wall clock the KKT's dates are in)."""
@@ -73,7 +73,7 @@ async def read(
         local_now(),
     )
     sync = components.engine.status()
-    return Readings(clock(), counts, components.link.state, kkt, sync, fn, skipped)
+    return Readings(wall(), counts, components.link.state, kkt, sync, fn, skipped)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from kktd.sync.backoff import Backoff
+
 log = structlog.get_logger(__name__)
 
 Beat = Callable[[], None]
@@ -49,22 +51,22 @@ class Supervisor:
     def __init__(
         self,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         crash_loop: int = CRASH_LOOP,
         healthy_stretch: float = HEALTHY_STRETCH,
     ) -> None:
-        self._clock = clock
+        self._monotonic = monotonic
         self._crash_loop = crash_loop
         self._healthy_stretch = healthy_stretch
         self._components: dict[str, _Component] = {}
 
     def register(self, name: str, deadline: float) -> Beat:
         """A component that must beat at least every ``deadline`` seconds; returns its beat."""
-        component = _Component(deadline=deadline, last_beat=self._clock())
+        component = _Component(deadline=deadline, last_beat=self._monotonic())
         self._components[name] = component
 
         def beat() -> None:
-            now = component.last_beat = self._clock()
+            now = component.last_beat = self._monotonic()
             if component.crashes and self._healthy(component, now):
                 if component.crashes >= self._crash_loop:
                     log.info("supervisor.crash_loop_ended", component=name)
@@ -74,7 +76,7 @@ class Supervisor:
 
     def stale(self) -> list[str]:
         """Components that have not beaten within their deadline."""
-        now = self._clock()
+        now = self._monotonic()
         return [name for name, c in self._components.items() if now - c.last_beat > c.deadline]
 
     def crash_loops(self) -> dict[str, str]:
@@ -82,7 +84,7 @@ class Supervisor:
         return {
             name: f"{c.crashes} crashes in a row, last: {c.last_error}"
             for name, c in self._components.items()
-            if c.crashes >= self._crash_loop and not self._healthy(c, self._clock())
+            if c.crashes >= self._crash_loop and not self._healthy(c, self._monotonic())
         }
 
     def dead(self) -> list[str]:
@@ -111,20 +113,21 @@ class Supervisor:
         """Run ``run(beat)`` until cancelled, restarting it with backoff when it fails."""
         beat = self.register(name, deadline)
         component = self._components[name]
-        delay = RESTART_FIRST
+        # 1, 2, 4 ... 30 s after crashes in a row; the same restarts for every kktd, no jitter
+        backoff = Backoff(RESTART_FIRST, RESTART_MAX, "none")
         while True:
-            component.running_since = self._clock()
+            component.running_since = self._monotonic()
             try:
                 await run(beat)
-                log.warning("supervisor.returned", component=name)
+                delay = self._restart_delay(component, backoff)
+                log.warning("supervisor.returned", component=name, restart_in=delay)
                 error = "returned"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = self._restart_delay(component, backoff)
                 log.exception("supervisor.crashed", component=name, restart_in=delay)
                 error = f"{type(exc).__name__}: {exc}"
-            if self._healthy(component, self._clock()):
-                component.crashes, delay = 0, RESTART_FIRST  # it had been fine for a while
             component.running_since = None
             component.restarts += 1
             component.crashes += 1
@@ -139,7 +142,13 @@ class Supervisor:
                 )
             await sleep(delay)
             beat()
-            delay = min(delay * 2, RESTART_MAX)
+
+    def _restart_delay(self, component: _Component, backoff: Backoff) -> float:
+        """The wait before the next run; a run that lasted the healthy stretch starts afresh."""
+        if self._healthy(component, self._monotonic()):
+            component.crashes = 0  # it had been fine for a while
+            backoff.record_success()
+        return backoff.record_failure()
 
 
 async def watchdog(
@@ -167,17 +176,61 @@ async def watchdog(
         await sleep(interval)
 
 
-async def sliced_sleep(
+class Wake:
+    """A wake-up call for a loop that sleeps with `sleep_beating`: `set()` ends the sleep under
+    way, or the next one, early; the loop `clear()`s it once it has looked."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        self._set = True
+        for sleeper in self._sleepers:
+            _resolve(sleeper)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+async def sleep_beating(
     seconds: float,
     beat: Beat,
     *,
+    wake: Wake | None = None,
+    monotonic: Callable[[], float] | None = None,
     slice_seconds: float = 1.0,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Sleep while beating: an idle component is a healthy one."""
+    """Sleep `seconds`, beating at least every `slice_seconds`: an idle component is a healthy
+    one. A `wake` that is set (before or during the sleep) ends it early.
+
+    Each slice is a plain future and a timer, so nothing in the task plays with cancellation:
+    `asyncio.timeout` cancels and uncancels the task, and on Python 3.11 a stop request that
+    lands in the same loop iteration as its expiry can be lost, so the loop never ends.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (left := deadline - loop.time()) > 0:
+    now = monotonic or loop.time
+    deadline = now() + seconds
+    while (left := deadline - now()) > 0:
         beat()
-        await sleep(min(left, slice_seconds))
+        if wake is not None and wake.is_set():
+            return
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(min(left, slice_seconds), _resolve, sleeper)
+        if wake is not None:
+            wake._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            if wake is not None:
+                wake._sleepers.discard(sleeper)
     beat()
+
+
+def _resolve(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)

@@ -93,3 +93,55 @@ def test_kktd_run_loads_no_client_tool_or_fleet_code_without_redis() -> None:
         )
     }
     assert unwanted == set()
+
+
+def _modules_after(code: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", code + "print('\\n'.join(sorted(sys.modules)))\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return set(done.stdout.split())
+
+
+def test_kktd_run_without_a_redis_url_does_not_load_the_redis_client(tmp_path: Path) -> None:
+    """Issue 14: the Redis client (~7 MB) is loaded only for a configured lock.redis_url."""
+    config = tmp_path / "kktd.toml"
+    config.write_text(f'[journal]\npath = "{tmp_path / "journal.db"}"\n', encoding="utf-8")
+    setup = (
+        "import asyncio, sys\n"
+        "from kktd.cli.entry import build_parser\n"
+        "build_parser().parse_args(['run'])\n"
+        "import kktd.daemon\n"
+        "from kktd.components import Components\n"
+        "from kktd.config import load_config\n"
+        "from pathlib import Path\n"
+        f"config = load_config(Path({str(config)!r}))\n"
+    )
+    build = (
+        "async def main():\n"
+        "    components = await Components.build(config, 'till-1')\n"
+        "    await components.close()\n"
+        "asyncio.run(main())\n"
+    )
+    without = _modules_after(setup + build)
+    assert "kktd.components" in without
+    redis_modules = {
+        n for n in without if n == "redis" or n.startswith(("redis.", "kktd.sync.redis_lock"))
+    }
+    assert redis_modules == set()
+    # the check can fail: with a redis_url the same build loads the client
+    with_url = _modules_after(
+        setup + "import dataclasses\n"
+        "config = dataclasses.replace(config, lock=dataclasses.replace(config.lock,"
+        " redis_url='redis://127.0.0.1:1/0'))\n" + build
+    )
+    assert {"redis", "kktd.sync.redis_lock"} <= with_url
+
+
+@pytest.mark.parametrize("name", ["backoff.py", "breaker.py"])
+def test_the_sync_pure_cores_import_nothing_of_kktd(name: str) -> None:
+    """Issue 15.5: a pure core takes its settings as plain values (`Jitter` lives in backoff)."""
+    assert {n for n in imported(KKTD / "sync" / name) if n.startswith("kktd")} == set()

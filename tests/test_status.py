@@ -89,7 +89,7 @@ async def test_the_line_says_a_failed_reload_and_a_recovered_journal(daemon: Dae
 
 async def test_the_line_names_the_cyrillic_model_and_an_aging_fn_backlog(daemon: Daemon) -> None:
     old = datetime.now().replace(microsecond=0) - timedelta(days=26)
-    device = KktDevice(DocumentGenerator(clock=lambda: old), archive=1)
+    device = KktDevice(DocumentGenerator(wall=lambda: old), archive=1)
     device.issue()
     assert daemon.components is not None
     poller = daemon.components.poller
@@ -129,7 +129,7 @@ def read_through(poller: Poller, device: KktDevice) -> bool:
 
 async def test_snapshot_and_heartbeat_carry_the_kkt_and_fn_state(daemon: Daemon) -> None:
     old = datetime.now().replace(second=0, microsecond=0) - timedelta(days=5)  # DATE_TIME5: minutes
-    device = KktDevice(DocumentGenerator(clock=lambda: old), archive=2)
+    device = KktDevice(DocumentGenerator(wall=lambda: old), archive=2)
     device.issue()
     assert daemon.components is not None
     poller = daemon.components.poller

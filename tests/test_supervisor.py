@@ -8,13 +8,13 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.supervisor import HEALTHY_STRETCH, Beat, Supervisor, watchdog
+from kktd.supervisor import HEALTHY_STRETCH, Beat, Supervisor, Wake, sleep_beating, watchdog
 from tests.support.clock import FakeClock
 
 
 def test_a_component_that_stops_beating_becomes_stale_after_its_deadline() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     beat_a = sup.register("poller", deadline=10)
     sup.register("sync", deadline=30)
     clock.now += 9
@@ -29,7 +29,7 @@ def test_a_component_that_stops_beating_becomes_stale_after_its_deadline() -> No
 
 async def test_watchdog_pings_only_while_every_component_is_fresh() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     beat = sup.register("poller", deadline=5)
     pings: list[float] = []
     ticks = 0
@@ -136,7 +136,7 @@ async def test_a_component_that_keeps_crashing_withholds_the_watchdog() -> None:
     # Issue 11, item 1: restarted forever and beating after each restart, a component that
     # could never work kept the watchdog fed; five crashes in a row now count as dead.
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     await _crash(sup, clock, crashes=5, runs=0.5)
     assert await _pings(sup, clock) == []
     assert sup.restarts("poller") == 5
@@ -144,7 +144,7 @@ async def test_a_component_that_keeps_crashing_withholds_the_watchdog() -> None:
 
 async def test_four_crashes_are_not_yet_a_loop() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     await _crash(sup, clock, crashes=4, runs=0.5)
     assert sup.crash_loops() == {}
     assert await _pings(sup, clock) == [clock.now]
@@ -152,7 +152,7 @@ async def test_four_crashes_are_not_yet_a_loop() -> None:
 
 async def test_a_crash_loop_names_the_component_and_what_it_died_of() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock, crash_loop=3)
+    sup = Supervisor(monotonic=clock, crash_loop=3)
     with capture_logs() as logs:
         await _crash(sup, clock, crashes=3, runs=0.5)
     assert sup.crash_loops() == {
@@ -167,7 +167,7 @@ async def test_a_crash_loop_names_the_component_and_what_it_died_of() -> None:
 
 async def test_crashes_far_apart_are_no_loop_and_restart_after_the_shortest_wait() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     restart = await _crash(sup, clock, crashes=8, runs=HEALTHY_STRETCH + 1)
     assert sup.crash_loops() == {}
     assert restart.delays == [1.0] * 8
@@ -175,7 +175,7 @@ async def test_crashes_far_apart_are_no_loop_and_restart_after_the_shortest_wait
 
 async def test_a_run_that_lasts_the_healthy_stretch_ends_the_loop() -> None:
     clock = FakeClock()
-    sup = Supervisor(clock=clock)
+    sup = Supervisor(monotonic=clock)
     calls = 0
     healthy = asyncio.Event()
     ticking = asyncio.Event()
@@ -212,3 +212,54 @@ async def test_a_run_that_lasts_the_healthy_stretch_ends_the_loop() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# -- sleep_beating: the one "sleep while beating" of every component --
+
+
+async def test_sleep_beating_beats_at_least_once_a_slice() -> None:
+    beats: list[None] = []
+    await sleep_beating(0.05, lambda: beats.append(None), slice_seconds=0.01)
+    # each slice is at most 0.01 s, so 0.05 s take five slices or more, each after a beat
+    assert len(beats) >= 5 + 1
+
+
+async def test_a_wake_set_before_the_sleep_ends_it_at_once() -> None:
+    wake = Wake()
+    wake.set()
+    beats: list[None] = []
+    await asyncio.wait_for(sleep_beating(3600, lambda: beats.append(None), wake=wake), 10)
+    assert beats == [None]
+    assert wake.is_set()  # the sleeper's owner clears it once it has looked
+
+
+async def test_a_wake_during_the_sleep_ends_it_early_and_only_an_interruptible_one() -> None:
+    wake = Wake()
+    first_beat = asyncio.Event()
+    deaf = asyncio.create_task(sleep_beating(3600, lambda: None))
+    sleeper = asyncio.create_task(sleep_beating(3600, first_beat.set, wake=wake))
+    await asyncio.wait_for(first_beat.wait(), 10)
+    wake.set()
+    await asyncio.wait_for(sleeper, 10)
+    assert not deaf.done()
+    deaf.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deaf
+
+
+async def test_a_stop_landing_as_a_slice_ends_is_not_lost() -> None:
+    """The 3.11 trap the helper avoids: a cancellation in the same loop iteration as the timer
+    that ends a slice must still stop the component's loop."""
+    loop = asyncio.get_running_loop()
+
+    async def component() -> None:
+        while True:
+            await sleep_beating(0.002, lambda: None, slice_seconds=0.002)
+
+    for _ in range(50):
+        task = asyncio.create_task(component())
+        await asyncio.sleep(0)  # the first slice's timer is armed now
+        loop.call_later(0.002, task.cancel)  # lands with the timer, or right next to it
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the stop request was lost"
+        assert task.cancelled()

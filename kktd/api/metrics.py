@@ -4,7 +4,7 @@ Most values already live in the components (journal counts, breaker, lock, link,
 delivery counters, the daemon's reload counters), so a custom collector reads them at scrape
 time instead of mirroring them into gauges that could drift. The journal counts are the one
 awaited reading: `render` takes it first, then lets the registry collect. Only the round
-duration histogram is fed as events happen: `round_histogram` makes it, and the wiring
+duration histogram is fed as events happen: `RoundHistogram` holds it, and the wiring
 (`kktd.components`) feeds it from the engine's `on_round` hook.
 """
 
@@ -158,7 +158,7 @@ class _LiveCollector(Collector):
         yield CounterMetricFamily(
             "kktd_lock_unavailable",
             "Rounds that found Redis unreachable (lock.on_unavailable decided what followed).",
-            value=getattr(components.lock, "unavailable_total", 0),
+            value=components.lock.unavailable_total,
         )
         yield GaugeMetricFamily(
             "kktd_lock_refused",

@@ -23,8 +23,6 @@ from kktd.config import ApiConfig
 
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 30.0
-# a manual sync waits for a whole round: a batch of deliveries, each up to upstream.timeout
-SYNC_TIMEOUT = 300.0
 NDJSON = "application/x-ndjson"  # what /v1/export streams
 QUOTED = 80  # characters of a foreign answer quoted in the error
 PEEK = 1024  # bytes read of a foreign stream to quote it

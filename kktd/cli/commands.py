@@ -31,6 +31,8 @@ from kktd.contract import iso
 
 PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
 DLQ_PAGE = 200
+# a manual sync waits for a whole round: a batch of deliveries, each up to upstream.timeout
+SYNC_TIMEOUT = 300.0
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
@@ -142,7 +144,9 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_sync(args: argparse.Namespace, config: Config) -> int:
     async with ApiClient(config.api) as api:
-        code, body = await api.request("POST", "/v1/kkt/buffer/sync", timeout=300, shape=SYNC_SHAPE)
+        code, body = await api.request(
+            "POST", "/v1/kkt/buffer/sync", timeout=SYNC_TIMEOUT, shape=SYNC_SHAPE
+        )
     if code == 401 or (code >= 400 and "status" not in body):
         raise ApiError(code, body)
     if args.json:
@@ -303,7 +307,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     from redis.exceptions import RedisError  # noqa: PLC0415
 
     from kktd.fleet import read_fleet  # noqa: PLC0415
-    from kktd.sync.lock import redis_from_url  # noqa: PLC0415
+    from kktd.sync.redis_lock import redis_from_url  # noqa: PLC0415
 
     if not config.lock.redis_url:
         _err(f"no Redis configured in {args.config} (lock.redis_url): there is no fleet to list")

@@ -90,7 +90,7 @@ class KktDevice:
         archive: int = 0,
         documents: Iterable[EmulatedDocument] = (),
         password: int = protocol.DEFAULT_PASSWORD,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         device_type: DeviceType = DEFAULT_DEVICE_TYPE,
         strict_output: bool = False,
         ff3b: Ff3bShape = "split",
@@ -100,7 +100,7 @@ class KktDevice:
             raise ValueError(f"ff3b_block must be 1..{MAX_PIECE} bytes, got {ff3b_block}")
         self.generator = generator if generator is not None else DocumentGenerator()
         self.password = password
-        self.clock = clock
+        self.monotonic = monotonic
         self.device_type = device_type
         self.strict_output = strict_output
         self.ff3b: Ff3bShape = ff3b
@@ -190,7 +190,7 @@ class KktDevice:
         self.faults.busy += commands
 
     def busy_for(self, seconds: float) -> None:
-        self.faults.busy_until = self.clock() + seconds
+        self.faults.busy_until = self.monotonic() + seconds
 
     def inject_garbage(self, data: bytes) -> None:
         """Write `data` on the line before the next answer frame (after its ACK)."""
@@ -280,7 +280,7 @@ class KktDevice:
         cmd = _command_of(body)
         if cmd not in SUPPORTED:
             return protocol.encode_response(cmd, ErrorCode.NOT_SUPPORTED)
-        if self.faults.busy > 0 or self.clock() < self.faults.busy_until:
+        if self.faults.busy > 0 or self.monotonic() < self.faults.busy_until:
             self.faults.busy = max(0, self.faults.busy - 1)
             return protocol.encode_response(cmd, ErrorCode.PRINTING)
         try:
@@ -326,7 +326,7 @@ class KktDevice:
             doc_data=0,
             shift_open=self.generator.shift_open,
             warning_flags=self.warning_flags,
-            at=last or self.generator.clock(),
+            at=last or self.generator.wall(),
             fn=self._answered_fn(),
             last_fd=self.last_fd,
         )

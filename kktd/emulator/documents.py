@@ -88,7 +88,7 @@ class _Line:
 class DocumentGenerator:
     """Issues the FDs of one FN in order: shift open, receipts, shift close, next shift ...
 
-    `rng` makes the archive reproducible; `clock` gives the KKT wall-clock time of each FD (never
+    `rng` makes the archive reproducible; `wall` gives the KKT wall-clock time of each FD (never
     earlier than the previous FD's).
     """
 
@@ -100,7 +100,7 @@ class DocumentGenerator:
         inn: str = DEFAULT_INN,
         org_name: str = DEFAULT_ORG_NAME,
         rng: random.Random | None = None,
-        clock: Callable[[], datetime] = wall_clock,
+        wall: Callable[[], datetime] = wall_clock,
         next_fd: int = 1,
         shift: int = 0,
         receipts_per_shift: tuple[int, int] = (20, 60),
@@ -111,7 +111,7 @@ class DocumentGenerator:
         self.inn = inn
         self.org_name = org_name
         self.rng = rng if rng is not None else random.Random(0)
-        self.clock = clock
+        self.wall = wall
         self.next_fd = next_fd
         self.shift = shift
         self.shift_open = False
@@ -209,7 +209,7 @@ class DocumentGenerator:
     def _stamp(self) -> tuple[int, datetime, int]:
         fd = self.next_fd
         self.next_fd += 1
-        when = self.clock().replace(microsecond=0)
+        when = self.wall().replace(microsecond=0)
         if self._last_time is not None and when < self._last_time:
             when = self._last_time
         self._last_time = when

@@ -57,10 +57,10 @@ class MockUpstream:
         self,
         *,
         rng: Callable[[], float] | None = None,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.state = MockState(rng=rng, clock=clock)
+        self.state = MockState(rng=rng, wall=wall)
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"

@@ -160,10 +160,10 @@ class MockState:
         self,
         *,
         rng: Callable[[], float] | None = None,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._rng = rng if rng is not None else random.Random(0).random
-        self._clock = clock
+        self._wall = wall
         self.reset()
 
     def reset(self) -> None:
@@ -199,7 +199,7 @@ class MockState:
 
     def decide(self, incoming: Incoming) -> Answer:
         """The answer to one delivery, in the order a real collector would fail."""
-        at = self._clock()
+        at = self._wall()
         parsed = _parse(incoming)
         fn, fd = (parsed[0], parsed[1]) if isinstance(parsed, tuple) else (None, None)
         answer = self._answer(incoming, parsed)
@@ -265,7 +265,7 @@ class MockState:
         if faults.proxy_page:
             return Answer("respond", 400, delay=delay, page=PROXY_PAGE)
         if faults.not_found_page:
-            stamp = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds")
+            stamp = datetime.fromtimestamp(self._wall(), UTC).isoformat(timespec="milliseconds")
             page = {"timestamp": stamp, "status": 404, "error": "Not Found", "path": RECEIPTS_PATH}
             return Answer("respond", 404, page, delay=delay)
         if faults.gateway_down:

@@ -31,7 +31,7 @@ from kktd.kkt.protocol import OfdStatus
 from kktd.ofd.audit import ExchangeRecord, OfdAudit, Outcome
 from kktd.ofd.client import OfdError, exchange
 from kktd.ofd.fn import BUSY_PAUSE, FN_TROUBLE, FnBuffer, KktOfdSettings
-from kktd.supervisor import Beat
+from kktd.supervisor import Beat, Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 
@@ -91,8 +91,8 @@ class OfdRelay:
         *,
         breaker: CircuitBreaker | None = None,
         backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         interval: float = IDLE_INTERVAL,
         busy_pause: float = BUSY_PAUSE,
         step_deadline: float | None = None,
@@ -100,14 +100,14 @@ class OfdRelay:
         self._link = link
         self._cfg = cfg
         self._audit = audit
-        self.breaker = breaker or CircuitBreaker(5, 60.0, clock=clock)
+        self.breaker = breaker or CircuitBreaker(5, 60.0, monotonic=monotonic)
         self.backoff = backoff or Backoff(1.0, 60.0, "full")
-        self._clock = clock
-        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._wall = wall
         self._interval = interval
         self._step_deadline = step_deadline  # None: from ofd.timeout (see `deadline`)
         self._fn = FnBuffer(link, busy_pause=busy_pause)
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._last_success_at: float | None = None
         self._last: ExchangeRecord | None = None
         self._last_attempt_at: float | None = None
@@ -194,7 +194,7 @@ class OfdRelay:
             self.breaker.release()
 
     async def _turn(self) -> tuple[float, bool]:
-        started, t0 = self._wall_clock(), self._clock()
+        started, t0 = self._wall(), self._monotonic()
         try:
             message = await self._fn.take_message()
         except FN_TROUBLE as exc:
@@ -205,10 +205,10 @@ class OfdRelay:
         if message is None:
             await self._read_backlog(force=False)
             return self._interval, True
-        return await self._relay(message, started, self._clock() - t0)
+        return await self._relay(message, started, self._monotonic() - t0)
 
     async def _relay(self, message: bytes, started: float, read: float) -> tuple[float, bool]:
-        t0 = self._clock()
+        t0 = self._monotonic()
         answer: bytes | None = None
         outcome: Outcome = "relayed"
         error: str | None = None
@@ -223,11 +223,11 @@ class OfdRelay:
         except OSError as exc:  # e.g. EHOSTUNREACH while sending: the network, not the message
             self.breaker.record_failure()
             outcome, error = "unreachable", f"{self._address}: {exc.strerror or exc}"
-        ofd = self._clock() - t0
+        ofd = self._monotonic() - t0
         if answer is not None:
             self.breaker.record_success()  # the OFD answered well, whatever the FN makes of it
             outcome, error = await self._write_answer(answer)
-            write = self._clock() - t0 - ofd
+            write = self._monotonic() - t0 - ofd
         record = ExchangeRecord(
             started, _fn_of(message), message, answer, outcome, error, read, ofd, write
         )
@@ -237,7 +237,7 @@ class OfdRelay:
         self._last, self._last_attempt_at = record, record.started_at
         self._outcomes[record.outcome] += 1
         if record.outcome == "relayed":
-            self._last_success_at = self._wall_clock()
+            self._last_success_at = self._wall()
             self.backoff.record_success()
             delay = 0.0
         else:
@@ -288,7 +288,7 @@ class OfdRelay:
             )
 
     async def _read_backlog(self, *, force: bool) -> None:
-        now = self._clock()
+        now = self._monotonic()
         if not force and now - self._backlog_at < BACKLOG_EVERY:
             return
         self._backlog_at = now
@@ -321,17 +321,7 @@ class OfdRelay:
 
     async def _pause(self, delay: float, wakeable: bool, beat: Beat) -> None:
         """Wait `delay` seconds beating at least once a second; a wake ends an idle wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while (left := deadline - loop.time()) > 0:
-            beat()
-            if not wakeable:
-                await asyncio.sleep(min(left, 1.0))
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 1.0)):
-                    await self._wake.wait()
-                break
+        await sleep_beating(delay, beat, wake=self._wake if wakeable else None)
         self._wake.clear()
 
 

@@ -12,8 +12,11 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
-from kktd.config import Jitter
+# "full": each delay is drawn from [0, cap]; "none": the cap itself (`backoff.jitter` in the
+# config, which takes this type from here: a pure core imports nothing of kktd's).
+Jitter = Literal["full", "none"]
 
 RETRY_AFTER_CAP = 300.0
 # 2**62 times any sane base is far past any sane max: the exponent stops growing there so a very

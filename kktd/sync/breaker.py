@@ -30,12 +30,12 @@ class CircuitBreaker:
         failure_threshold: int,
         reset_timeout: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[BreakerState, BreakerState], None] | None = None,
     ) -> None:
         self._threshold = failure_threshold
         self._reset_timeout = reset_timeout
-        self._clock = clock
+        self._monotonic = monotonic
         self._on_change = on_change
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -47,7 +47,7 @@ class CircuitBreaker:
         """The current state; OPEN turns HALF_OPEN here once `reset_timeout` has passed."""
         if (
             self._state is BreakerState.OPEN
-            and self._clock() >= self._opened_at + self._reset_timeout
+            and self._monotonic() >= self._opened_at + self._reset_timeout
         ):
             self._probe_in_flight = False
             self._move(BreakerState.HALF_OPEN)
@@ -105,7 +105,7 @@ class CircuitBreaker:
         """Seconds until a probe may go: 0.0 unless OPEN."""
         if self.state is not BreakerState.OPEN:
             return 0.0
-        return max(0.0, self._opened_at + self._reset_timeout - self._clock())
+        return max(0.0, self._opened_at + self._reset_timeout - self._monotonic())
 
     def reconfigure(self, failure_threshold: int, reset_timeout: float) -> None:
         """New settings (SIGHUP); an open breaker's probe time follows the new timeout."""
@@ -113,7 +113,7 @@ class CircuitBreaker:
         self._reset_timeout = reset_timeout
 
     def _open(self) -> None:
-        self._opened_at = self._clock()
+        self._opened_at = self._monotonic()
         self._move(BreakerState.OPEN)
 
     def _move(self, new: BreakerState) -> None:

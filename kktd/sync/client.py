@@ -109,8 +109,15 @@ class UpstreamClient:
         version: str,
         connect_timeout: float = CONNECT_TIMEOUT,
         tracing: tuple[aiohttp.TraceConfig, ...] = (),
+        gate_writes: bool = True,
     ) -> None:
         self._instance_id = instance_id
+        # The write gate asks `may_write` at the last moment through aiohttp's tracing, which
+        # costs tens of us per request (a Trace and five signals, two URL copies). Only a lease
+        # that can end (the Redis lock) needs it; without one, `may_write` is asked once before
+        # the request starts, and the drain keeps that cost (issue 14).
+        self._gate_writes = gate_writes
+        self._traced = gate_writes or bool(tracing)
         # aiohttp tracing that runs before the write gate's (tests pause a request with it)
         self._tracing = tracing
         self._connect_timeout = connect_timeout
@@ -142,7 +149,7 @@ class UpstreamClient:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": self._user_agent},
                 raise_for_status=False,
-                trace_configs=[*self._tracing, _gate_tracing()],
+                trace_configs=[*self._tracing, *([_gate_tracing()] if self._gate_writes else [])],
             )
 
     async def close(self) -> None:
@@ -178,6 +185,8 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not called")
         data = request_body(entry)
         gate = _WriteGate(may_write)
+        if not self._gate_writes:
+            gate.check()  # no tracing to ask it later: now, before anything is sent
         delivery = await self._post(entry, fence, data, gate)
         if gate.refused:  # refused in aiohttp's body writer, which wraps it as a connection error
             raise WriteRefused(f"FD {entry.fn}/{entry.fd} not sent: the sync lease ended")
@@ -196,7 +205,7 @@ class UpstreamClient:
                 timeout=self._timeout,
                 ssl=self._ssl,
                 allow_redirects=False,  # a redirected POST could drop the body: misrouting
-                trace_request_ctx=SimpleNamespace(gate=gate),
+                trace_request_ctx=SimpleNamespace(gate=gate) if self._traced else None,
             ) as resp:
                 body = await read_body(resp.content, BODY_READ_LIMIT)
                 delivery = verdict(resp.status, resp.headers, body, f"{entry.fn}-{entry.fd}")

@@ -27,19 +27,14 @@ import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
+from kktd.supervisor import Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused
-from kktd.sync.lock import (
-    LeaseLost,
-    LocalSyncLock,
-    LockBusy,
-    LockUnavailable,
-    SyncLock,
-)
+from kktd.sync.lock import LeaseLost, LockBusy, LockUnavailable, SyncLock
 from kktd.sync.pool import Batch, SenderPool
 from kktd.sync.redis_trouble import LockProblem
-from kktd.sync.rounds import DeliveryFailure, Rounds, Run, Tally
+from kktd.sync.rounds import LOOKAHEAD, DeliveryFailure, Rounds, Run, Tally
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +84,7 @@ class SyncEngine:
         lock: SyncLock,
         cfg: SyncConfig,
         *,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._journal = journal
@@ -98,10 +93,9 @@ class SyncEngine:
         self._backoff = backoff
         self._lock = lock
         self._cfg = cfg
-        self._clock = clock
+        self._wall = wall
         self._monotonic = monotonic
-        self._woken = False
-        self._sleepers: set[asyncio.Future[None]] = set()
+        self._wake = Wake()
         self._round_lock = asyncio.Lock()
         self._waiting = 0  # callers waiting for the round lock: a run ends at its next batch
         self._beat: Callable[[], None] = _no_beat
@@ -113,7 +107,7 @@ class SyncEngine:
         self.deliveries: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         #: called with each FN round's report, for `kktd_sync_round_seconds`
         self.on_round: Callable[[SyncReport], None] | None = None
-        self._rounds = Rounds(journal, breaker, backoff, clock=clock, monotonic=monotonic)
+        self._rounds = Rounds(journal, breaker, backoff, wall=wall, monotonic=monotonic)
 
     @property
     def last_failure(self) -> DeliveryFailure | None:
@@ -122,9 +116,7 @@ class SyncEngine:
 
     def wake(self) -> None:
         """Something is due now (a new FD was journaled, a dead one retried): look again."""
-        self._woken = True
-        for sleeper in self._sleepers:
-            _resolve(sleeper)
+        self._wake.set()
 
     def idle(self) -> AbstractAsyncContextManager[None]:
         """Held between rounds, for a clean shutdown.
@@ -215,33 +207,17 @@ class SyncEngine:
 
     async def _pause(self, seconds: float, *, interruptible: bool) -> None:
         """Wait `seconds` in slices, beating; a wake ends an interruptible wait early."""
-        deadline = self._monotonic() + seconds
-        self._next_round_at = deadline
+        self._next_round_at = self._monotonic() + seconds
         try:
-            while (left := deadline - self._monotonic()) > 0:
-                self._beat()
-                if interruptible and self._woken:
-                    return
-                await self._sleep(min(left, _BEAT_SLICE), interruptible=interruptible)
+            await sleep_beating(
+                seconds,
+                self._beat,
+                wake=self._wake if interruptible else None,
+                monotonic=self._monotonic,
+                slice_seconds=_BEAT_SLICE,
+            )
         finally:
             self._next_round_at = None
-
-    async def _sleep(self, seconds: float, *, interruptible: bool) -> None:
-        """A plain future and a timer, so that nothing in this task plays with cancellation.
-
-        (`asyncio.timeout` cancels and uncancels the task; on Python 3.11 a stop request that
-        lands in the same loop iteration as its expiry can be lost, and the loop never ends.)
-        """
-        loop = asyncio.get_running_loop()
-        sleeper: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, sleeper)
-        if interruptible:
-            self._sleepers.add(sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleepers.discard(sleeper)
 
     # -- rounds --
 
@@ -262,7 +238,7 @@ class SyncEngine:
     async def _pass(self, *, manual: bool) -> tuple[Tally, SyncReport]:
         """One run for every FN with pending FDs; the report sums them."""
         started = self._monotonic()
-        self._woken = False  # from here on, a wake means "journaled after this pass looked"
+        self._wake.clear()  # from here on, a wake means "journaled after this pass looked"
         total = Tally()
         status: ReportStatus = "completed"
         holder: str | None = None
@@ -303,7 +279,7 @@ class SyncEngine:
         report = SyncReport(
             status, total.synced, total.failed, total.dead, self._monotonic() - started, holder
         )
-        self._last_report, self._last_round_at = report, self._clock()
+        self._last_report, self._last_round_at = report, self._wall()
         return total, report
 
     async def _drain(self, fn: str, total: Tally, last: Tally, *, manual: bool) -> int | None:
@@ -318,9 +294,7 @@ class SyncEngine:
             self._holder = lease.instance
             # Batch after batch only under a lease that shuts others out: a fenced one, or the
             # in-process lock. Without Redis ("proceed") each round asks for the lock again.
-            several = manual is False and (
-                lease.fence is not None or isinstance(self._lock, LocalSyncLock)
-            )
+            several = manual is False and self._lock.shuts_others_out(lease)
             run = Run(lease, self._cfg, several=several)
             run.pool = pool = SenderPool[Tally](
                 self._client.max_in_flight,
@@ -330,24 +304,21 @@ class SyncEngine:
             outstanding: deque[Batch[Tally]] = deque()
             try:
                 async with pool:
-                    batch: Batch[Tally] | None = await self._claim(fn, None, manual=manual)
-                    if batch is not None:
-                        outstanding.append(batch)
-                        pool.add(batch)
-                    while batch is not None:
-                        nxt = None
-                        if not pool.broken and run.goes_on(
-                            batch, quiet_wanted=self._waiting > 0, cfg=self._cfg
-                        ):
-                            nxt = await self._claim(fn, batch, manual=False)
-                        if nxt is not None:
-                            batch.tally.full = False  # the run goes on: this was no end
-                            outstanding.append(nxt)
-                            pool.add(nxt)
-                        await batch.done.wait()
-                        outstanding.remove(batch)
-                        await self._finish(fn, batch, run, total)
-                        batch = nxt
+                    first = await self._claim(fn, None, manual=manual)
+                    if first is not None:
+                        outstanding.append(first)
+                        pool.add(first)
+                    claiming = first is not None
+                    while outstanding:
+                        # Claim ahead first, then record: the senders must not run dry while
+                        # a round's outcomes wait for the disk.
+                        while claiming and len(outstanding) <= LOOKAHEAD:
+                            claiming = await self._claim_next(fn, outstanding, pool, run)
+                        await outstanding[0].done.wait()
+                        ended = [outstanding.popleft()]
+                        while outstanding and outstanding[0].done.is_set():
+                            ended.append(outstanding.popleft())
+                        await self._finish(fn, ended, run, total)
             finally:
                 self._holder = None
                 while outstanding:
@@ -356,11 +327,26 @@ class SyncEngine:
                     last.add(batch.tally)
         return lease.fence
 
+    async def _claim_next(
+        self, fn: str, outstanding: deque[Batch[Tally]], pool: SenderPool[Tally], run: Run
+    ) -> bool:
+        """Queue the batch after the newest one, if the run goes on; False when it does not."""
+        newest = outstanding[-1]
+        if pool.broken or not run.goes_on(newest, quiet_wanted=self._waiting > 0, cfg=self._cfg):
+            return False
+        nxt = await self._claim(fn, newest, manual=False)
+        if nxt is None:
+            return False
+        newest.tally.full = False  # the run goes on: this was no end
+        outstanding.append(nxt)
+        pool.add(nxt)
+        return True
+
     async def _claim(
         self, fn: str, before: Batch[Tally] | None, *, manual: bool
     ) -> Batch[Tally] | None:
         """The batch after `before`, None if nothing more is due (the first, even empty)."""
-        now = None if manual else self._clock()
+        now = None if manual else self._wall()
         after = None if before is None or not before.entries else before.entries[-1].fd
         entries = await self._journal.claim_due(
             self._cfg.batch_size, now, fn=fn, horizon=self._rounds.horizon(), after=after
@@ -407,18 +393,21 @@ class SyncEngine:
         if batch.tally.failure and (run.failed_at is None or batch.index < run.failed_at):
             run.failed_at = batch.index
 
-    async def _finish(self, fn: str, batch: Batch[Tally], run: Run, total: Tally) -> None:
-        """A round's end: record its outcomes (one commit for the accepted FDs), report it."""
-        dropped = batch.index > 0 and batch.sent == 0  # a round before it failed: none ran
-        batch.tally.full = batch.tally.full and not dropped
-        await self._rounds.settle(batch.tally, run, self._cfg.max_attempts)
-        total.add(batch.tally)
-        if dropped:
-            return
-        total.superseded = total.superseded or run.superseded
-        outcome = "completed" if run.superseded is None else "fence_superseded"
-        duration = self._monotonic() - batch.started_at
-        self._report_round(fn, outcome, batch.tally, duration, run.lease.fence, None)
+    async def _finish(self, fn: str, ended: list[Batch[Tally]], run: Run, total: Tally) -> None:
+        """Rounds that have ended, in order: record their outcomes (one commit for the accepted
+        FDs of all of them), report each."""
+        dropped = [batch.index > 0 and batch.sent == 0 for batch in ended]  # none of it ran
+        for batch, none_ran in zip(ended, dropped, strict=True):
+            batch.tally.full = batch.tally.full and not none_ran
+        await self._rounds.settle_many([b.tally for b in ended], run, self._cfg.max_attempts)
+        for batch, none_ran in zip(ended, dropped, strict=True):
+            total.add(batch.tally)
+            if none_ran:
+                continue
+            total.superseded = total.superseded or run.superseded
+            outcome = "completed" if run.superseded is None else "fence_superseded"
+            duration = self._monotonic() - batch.started_at
+            self._report_round(fn, outcome, batch.tally, duration, run.lease.fence, None)
 
     def _report_round(  # noqa: PLR0917 - the round's facts, in the order they are logged
         self,
@@ -433,11 +422,6 @@ class SyncEngine:
         if self.on_round is not None and outcome in _RAN:
             ran: ReportStatus = "completed" if outcome == "completed" else "skipped"
             self.on_round(SyncReport(ran, tally.synced, tally.failed, tally.dead, duration))
-
-
-def _resolve(sleeper: asyncio.Future[None]) -> None:
-    if not sleeper.done():
-        sleeper.set_result(None)
 
 
 def _no_beat() -> None:

@@ -11,6 +11,10 @@
 
 `TroubleLog` keeps the current trouble and logs once per change (a line when it starts, one when
 it ends with how many rounds it cost).
+
+Only the classifiers know redis-py's exception classes, and they import them when called: a
+failed Redis call means the Redis client is loaded already, and `LockProblem` (which status
+shows) must not load it for a `kktd run` without Redis.
 """
 
 from __future__ import annotations
@@ -21,19 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import structlog
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    AuthorizationError,
-    BusyLoadingError,
-    ClusterDownError,
-    NoPermissionError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-    TryAgainError,
-)
 
 from kktd.config import OnUnavailable
 
@@ -63,6 +54,13 @@ _NEXT_STEP: dict[ProblemKind, str] = {
 
 def classify(exc: BaseException) -> Trouble:
     """The class of a failed call (order matters: some refusals are ConnectionError subclasses)."""
+    from redis.exceptions import (  # noqa: PLC0415 - see the module's docstring
+        BusyLoadingError,
+        ClusterDownError,
+        ResponseError,
+        TryAgainError,
+    )
+
     if isinstance(exc, BusyLoadingError | TryAgainError | ClusterDownError):
         return "transient"
     if isinstance(exc, ResponseError) and str(exc).startswith(_BUSY_PREFIXES):
@@ -73,6 +71,17 @@ def classify(exc: BaseException) -> Trouble:
 
 
 def _kind(exc: BaseException) -> ProblemKind | None:
+    from redis.exceptions import (  # noqa: PLC0415 - see the module's docstring
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        AuthorizationError,
+        NoPermissionError,
+        NoScriptError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        ResponseError,
+    )
+
     kind: ProblemKind | None = None
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
         kind = "auth"

@@ -32,7 +32,7 @@ from kktd.daemon import Daemon
 from kktd.fleet import Heartbeat
 from kktd.mock_upstream import MockUpstream
 from kktd.status import heartbeat
-from kktd.sync.lock import redis_from_url
+from kktd.sync.redis_lock import redis_from_url
 from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess

@@ -136,7 +136,7 @@ async def test_fn_backlog_and_kkt_link_come_from_the_emulated_kkt(
     tmp_path: Path, upstream: MockUpstream, aiohttp_client: ClientFactory
 ) -> None:
     twelve_days_ago = datetime.now().replace(microsecond=0) - timedelta(days=12)
-    device = KktDevice(DocumentGenerator(clock=lambda: twelve_days_ago), archive=3)
+    device = KktDevice(DocumentGenerator(wall=lambda: twelve_days_ago), archive=3)
     device.issue()
     device.issue()  # two FDs the OFD has not confirmed
     device.warning_flags = 0x08

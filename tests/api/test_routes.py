@@ -12,7 +12,7 @@ from aiohttp import web
 from kktd.api.server import create_app
 from kktd.config import LockConfig
 from kktd.mock_upstream import MockUpstream
-from kktd.sync.lock import RedisSyncLock, redis_from_url
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.api.helpers import (
     FN,
     ClientFactory,

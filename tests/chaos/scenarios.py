@@ -20,7 +20,7 @@ from pathlib import Path
 from kktd.emulator.device import Ff3bShape
 from kktd.kkt.tlv import TAG_REQUISITE, iter_tlv
 from kktd.mock_upstream import MockUpstream
-from tests.chaos.world import FN, Kktd, Report, check, drain, watch
+from tests.chaos.world import FN, Kktd, Report, check, drain, replace_file, watch
 from tests.support.faults import fill, tmpfs
 from tests.support.redis_server import RedisServer
 from tests.support.wait import WaitTimeoutError, wait_until
@@ -234,7 +234,7 @@ async def sighup(workdir: Path, passes: int) -> Report:
         assert invalid != valid
         sent = 0
         for index in range(passes * 10):
-            node.config.write_text(invalid if index % 2 else valid, encoding="utf-8")
+            replace_file(node.config, invalid if index % 2 else valid)
             mark = len(node.messages)
             assert node.proc is not None
             node.proc.send_signal(signal.SIGHUP)
@@ -245,7 +245,7 @@ async def sighup(workdir: Path, passes: int) -> Report:
                 sent += 2
             reloading = await node.wait_for_message("RELOADING=1", mark, within=10.0)
             await node.wait_for_message("READY=1", reloading + 1, within=10.0)
-        node.config.write_text(valid, encoding="utf-8")
+        replace_file(node.config, valid)
         return sent
 
     return await run_scenario("sighup", workdir, Setup(), body)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kktd.mock_upstream import MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
-from tests.chaos.world import Kktd, Report, read_journal
+from tests.chaos.world import Kktd, Report, read_journal, replace_file
 from tests.support.wait import WaitTimeoutError, wait_until
 
 # low enough that counting a probe or a page against an FD would kill it within one outage
@@ -120,9 +120,7 @@ def set_offset(path: Path, offset: str) -> None:
 async def few_attempts(node: Kktd) -> None:
     """Reload kktd with `sync.max_attempts` low, so a wrongly counted failure shows as dead."""
     text = node.config.read_text(encoding="utf-8")
-    node.config.write_text(
-        text.replace("max_attempts = 1000", f"max_attempts = {MAX_ATTEMPTS}"), encoding="utf-8"
-    )
+    replace_file(node.config, text.replace("max_attempts = 1000", f"max_attempts = {MAX_ATTEMPTS}"))
     mark = len(node.messages)
     assert node.proc is not None
     node.proc.send_signal(signal.SIGHUP)

@@ -34,6 +34,15 @@ DRAIN_WITHIN = 30.0
 RSS_GROWTH_LIMIT_KB = 30 * 1024
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write `path` as an editor that saves safely does: a new file renamed over the old one.
+    (A plain write_text truncates first: a SIGHUP still being handled could read it half
+    written, which is a test of the harness, not of kktd.)"""
+    scratch = path.with_name(path.name + ".new")
+    scratch.write_text(text, encoding="utf-8")
+    scratch.replace(path)
+
+
 @dataclass
 class Report:
     """One scenario's row: what ran, how much flowed, and every violation in detail."""
@@ -95,7 +104,8 @@ class Kktd:
     ) -> None:
         if journal is not None:
             self.journal = journal
-        self.config.write_text(
+        replace_file(
+            self.config,
             render_config(
                 self.dir,
                 kkt={"port": self.emulator.port, "poll_interval": "100ms", "start_fd": "first"},
@@ -108,7 +118,6 @@ class Kktd:
                 api={"listen": self.api.listen},
                 log={"level": "info"},
             ),
-            encoding="utf-8",
         )
 
     def start(self) -> None:

@@ -45,7 +45,7 @@ def h(text: str) -> bytes:
 
 def vector_device(*, strict_output: bool = False) -> KktDevice:
     """FN 9999078900005488 holding FDs 161-163 like the vectors, FD 163 being their receipt."""
-    generator = DocumentGenerator(clock=lambda: AT_163, next_fd=161, shift=12)
+    generator = DocumentGenerator(wall=lambda: AT_163, next_fd=161, shift=12)
     generator.shift_open = True
     device = KktDevice(generator, strict_output=strict_output)
     for fd, minute in ((161, 41), (162, 47)):
@@ -410,7 +410,7 @@ def test_busy_answers_0x50_for_the_next_commands_without_executing_them() -> Non
 
 def test_busy_for_a_while_follows_the_injected_clock() -> None:
     now = [100.0]
-    device = KktDevice(clock=lambda: now[0])
+    device = KktDevice(monotonic=lambda: now[0])
     device.busy_for(5.0)
     assert ask(device, Command.FN_STATUS).error == ErrorCode.PRINTING
     now[0] = 104.9

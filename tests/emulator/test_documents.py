@@ -27,7 +27,7 @@ START = datetime(2024, 3, 1, 9, 0, 0)
 def generator(seed: int = 1, **identity: Any) -> DocumentGenerator:
     ticks = FakeClock(0.0, step=37.0)  # a KKT wall clock that moves on 37 s each read
     return DocumentGenerator(
-        rng=random.Random(seed), clock=lambda: START + timedelta(seconds=ticks()), **identity
+        rng=random.Random(seed), wall=lambda: START + timedelta(seconds=ticks()), **identity
     )
 
 
@@ -92,7 +92,7 @@ def test_archive_runs_in_shifts_with_receipts_numbered_in_each(
 
 def test_issued_at_comes_from_the_clock_and_never_goes_back() -> None:
     times = iter([START, START + timedelta(minutes=5), START, START + timedelta(seconds=1)])
-    gen = DocumentGenerator(clock=lambda: next(times))
+    gen = DocumentGenerator(wall=lambda: next(times))
     stamps = [gen.next_document().issued_at for _ in range(4)]
     later = START + timedelta(minutes=5)
     assert stamps == [START, later, later, later]

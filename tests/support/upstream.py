@@ -131,7 +131,7 @@ async def engine_rig(
     failure_threshold: int = 5,
     reset_timeout: float = 0.05,
     backoff: tuple[float, float] = (0.001, 0.01),
-    clock: Callable[[], float] = time.time,
+    wall: Callable[[], float] = time.time,
     instance: str = "till-1",
     on_breaker_change: Callable[[BreakerState, BreakerState], None] | None = None,
     client_class: type[UpstreamClient] = UpstreamClient,
@@ -159,7 +159,7 @@ async def engine_rig(
         back,
         lock if lock is not None else LocalSyncLock(instance),
         sync if sync is not None else SyncConfig(interval=60.0, batch_size=50, max_attempts=5),
-        clock=clock,
+        wall=wall,
     )
     rig = Rig(engine, client, breaker, back, changes)
     engine.on_round = rig.reports.append

@@ -19,7 +19,7 @@ def changes() -> list[tuple[BreakerState, BreakerState]]:
 @pytest.fixture
 def breaker(clock: FakeClock, changes: list[tuple[BreakerState, BreakerState]]) -> CircuitBreaker:
     return CircuitBreaker(
-        5, 60.0, clock=clock, on_change=lambda old, new: changes.append((old, new))
+        5, 60.0, monotonic=clock, on_change=lambda old, new: changes.append((old, new))
     )
 
 

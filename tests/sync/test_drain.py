@@ -4,6 +4,9 @@ each batch still a round of its own, and quiet points between batches."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+
+import pytest
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal
@@ -88,3 +91,38 @@ async def test_a_manual_sync_during_a_drain_gets_its_turn_after_the_batches_in_f
         assert (report.status, report.synced) == ("completed", 2)  # one batch
         assert len(mock.state.accepted) < 60
     assert all(fn == FN for fn, _ in mock.state.accepted)
+
+
+async def test_the_senders_go_on_while_a_rounds_outcomes_wait_for_the_disk(
+    journal: Journal, mock: MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store_fds(journal, range(1, 13))
+    commits: list[int] = []
+    release = asyncio.Event()
+    original = journal.mark_synced_many
+
+    async def slow_disk(keys: Sequence[tuple[str, int]], now: float) -> None:
+        commits.append(len(keys))
+        if len(commits) == 1:
+            await release.wait()  # the first round's commit hangs on the disk
+        await original(keys, now)
+
+    monkeypatch.setattr(journal, "mark_synced_many", slow_disk)
+    async with (
+        engine_rig(journal, mock.url, sync=LOOP, max_in_flight=1) as rig,
+        running(rig.engine),
+    ):
+        await wait_until(lambda: commits, what="the first round's commit")
+        # batches of 2: the two batches claimed ahead (FDs 3-6) are sent behind the hung commit
+        await wait_until(lambda: len(mock.state.accepted) >= 6, what="FDs 3-6 sent meanwhile")
+        release.set()
+
+        async def drained() -> bool:
+            return (await journal.counts()).synced == 12
+
+        await wait_until(drained, what="the drain")
+    # rounds that ended while a commit hung were recorded together: fewer commits than rounds
+    assert len(commits) < 6
+    assert sum(commits) == 12
+    assert [r.synced for r in rig.reports] == [2] * 6  # still a round per batch
+    assert mock.state.duplicates == 0

@@ -13,7 +13,8 @@ from kktd.journal import Journal, JournalEntry, JournalFullError
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
-from kktd.sync.lock import Lease, LocalSyncLock, RedisSyncLock, redis_from_url
+from kktd.sync.lock import Lease, LocalSyncLock
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.support.clock import T0, FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import (
@@ -49,7 +50,7 @@ async def row(journal: Journal, fd: int) -> JournalEntry:
 
 async def test_accepted_fd_is_synced(journal: Journal, mock: MockUpstream, wall: FakeClock) -> None:
     await store_fds(journal, [1])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
     entry = await row(journal, 1)
     assert (entry.state, entry.attempts, entry.last_error, entry.synced_at) == (
@@ -68,7 +69,7 @@ async def test_duplicate_fd_is_synced(
 ) -> None:
     await store_fds(journal, [1])
     mock.state.accepted[(FN, 1)] = {"fn": FN, "fd": 1}  # delivered before, answer lost
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
     assert (await row(journal, 1)).state == "synced"
     assert report.synced == 1
@@ -81,7 +82,7 @@ async def test_rejected_fd_is_dead_at_once_with_the_upstreams_reason(
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(reject_fds=[1])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 0  # a rejection is the upstream working
     entry = await row(journal, 1)
@@ -96,7 +97,7 @@ async def test_forbidden_is_a_breaker_failure_never_counted_against_the_fd(
     await store_fds(journal, [1])
     before = await row(journal, 1)
     mock.set_faults(unauthorized=True)
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 1
     assert await row(journal, 1) == before  # untouched: pending, no attempt, no error
@@ -109,7 +110,7 @@ async def test_retry_after_is_a_floor_on_the_next_attempt(
 ) -> None:
     await store_fds(journal, [1])
     mock.set_faults(rate_limit_rate=1.0, retry_after=7)
-    async with engine_rig(journal, mock.url, clock=wall, backoff=(1.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, backoff=(1.0, 60.0)) as rig:
         await rig.engine.sync_now()
         assert rig.backoff.current_delay == 7.0
     entry = await row(journal, 1)
@@ -123,7 +124,7 @@ async def test_unreachable_upstream_is_a_breaker_failure_never_counted_against_t
     await store_fds(journal, [1])
     before = await row(journal, 1)
     await mock.go_down()
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 1
         assert rig.engine.deliveries["unreachable"] == 1
@@ -138,7 +139,7 @@ async def test_a_wrong_upstream_path_dead_letters_nothing(
     await store_fds(journal, [1, 2])
     before = await row(journal, 1)
     wrong = mock.url.rsplit("/", 1)[0] + "/no-such-path"
-    async with engine_rig(journal, wrong, clock=wall) as rig:
+    async with engine_rig(journal, wrong, wall=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures >= 1
         assert rig.engine.deliveries["misrouted"] >= 1
@@ -174,7 +175,7 @@ async def test_a_round_claims_lowest_first_and_keeps_max_in_flight(
     await store_fds(journal, range(20, 0, -1))
     mock.set_faults(delay=0.05)
     sync = SyncConfig(interval=60.0, batch_size=8, max_attempts=5)
-    async with engine_rig(journal, mock.url, clock=wall, sync=sync, max_in_flight=3) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, sync=sync, max_in_flight=3) as rig:
         report = await rig.engine.sync_now()
     assert report.synced == 8
     assert sorted(fd for _, fd in mock.state.accepted) == list(range(1, 9))
@@ -186,9 +187,7 @@ async def test_an_open_breaker_stops_the_round_and_nothing_more_reaches_the_upst
 ) -> None:
     await store_fds(journal, range(1, 21))
     mock.set_faults(unauthorized=True)
-    async with engine_rig(
-        journal, mock.url, clock=wall, max_in_flight=1, reset_timeout=60.0
-    ) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, max_in_flight=1, reset_timeout=60.0) as rig:
         first = await rig.engine.sync_now()
         assert rig.breaker.state is BreakerState.OPEN
         again = await rig.engine.sync_now()
@@ -267,7 +266,7 @@ async def test_manual_sync_reports_completed_with_counts(
 ) -> None:
     await store_fds(journal, [1, 2, 3])
     mock.set_faults(reject_fds=[2], fail_fds=[3])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
         status = rig.engine.status()
     assert report == SyncReport("completed", 1, 1, 1, report.duration_seconds)
@@ -291,7 +290,7 @@ async def test_the_last_failure_is_kept_for_the_operator(
 ) -> None:
     await store_fds(journal, [1])
     mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         before = rig.engine.last_failure
         await rig.engine.sync_now()
         failure = rig.engine.last_failure
@@ -344,7 +343,7 @@ async def test_reconfigure_takes_effect_from_the_next_round(
 ) -> None:
     await store_fds(journal, range(1, 11))
     sync = SyncConfig(interval=60.0, batch_size=3, max_attempts=5)
-    async with engine_rig(journal, mock.url, clock=wall, sync=sync) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, sync=sync) as rig:
         first = await rig.engine.sync_now()
         rig.engine.reconfigure(SyncConfig(interval=60.0, batch_size=5, max_attempts=5))
         second = await rig.engine.sync_now()

@@ -23,7 +23,7 @@ from kktd.journal import Journal, JournalEntry
 from kktd.mock_upstream import Arrival, MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
-from kktd.sync.lock import RedisSyncLock, redis_from_url
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, engine_rig, make_entry, store_fds
@@ -45,7 +45,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 def fenced_lock(client: redis.asyncio.Redis, clock: FakeClock) -> RedisSyncLock:
     # renewals far apart, so only the clock decides when the lease ends
     return RedisSyncLock(
-        client, KEY, TTL, "proceed", "till-1", clock=clock, margin=MARGIN, renew_interval=600.0
+        client, KEY, TTL, "proceed", "till-1", monotonic=clock, margin=MARGIN, renew_interval=600.0
     )
 
 
@@ -263,3 +263,34 @@ async def test_a_412_is_fence_superseded_with_the_collectors_fence_when_it_says_
         412,
         current,
     )
+
+
+async def test_without_a_gate_a_refused_write_never_connects() -> None:
+    """The client the daemon builds without lock.redis_url asks `may_write` once, up front."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(
+        UpstreamConfig(url=f"http://127.0.0.1:{port}/v1/receipts"),
+        instance_id="t",
+        version="t",
+        gate_writes=False,
+    )
+    await client.start()
+    try:
+        with pytest.raises(WriteRefused):
+            await client.deliver(make_entry(1), 7, may_write=lambda: False)
+        # and one that may write is sent as usual (it reaches the server)
+        delivery = await client.deliver(make_entry(2), 7, may_write=lambda: True)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert connections == 1  # only the second request reached the server
+    assert delivery.outcome is Outcome.TRANSIENT  # which hung up without an answer

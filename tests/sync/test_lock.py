@@ -21,9 +21,8 @@ from kktd.sync.lock import (
     LocalSyncLock,
     LockBusy,
     LockUnavailable,
-    RedisSyncLock,
-    redis_from_url,
 )
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from tests.support.redis_server import RedisServer
 
 KEY = "kktd:sync:{fn}"
@@ -191,7 +190,7 @@ async def test_a_deadline_found_passed_ends_the_lease_before_its_timer_runs(
     # After a pause of the whole process the deadline timer is queued behind whatever asks
     # first; the asking must end the lease by itself.
     now = [100.0]
-    lock = make_lock("a", ttl=30.0, margin=5.0, clock=lambda: now[0])
+    lock = make_lock("a", ttl=30.0, margin=5.0, monotonic=lambda: now[0])
     leases: list[Lease] = []
 
     async def round_() -> None:

@@ -44,7 +44,7 @@ async def test_a_transient_failure_beside_an_accepted_fd_counts_an_attempt(
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=wall, backoff=(2.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, backoff=(2.0, 60.0)) as rig:
         report = await rig.engine.sync_now()
     entry = await row(journal, 1)
     assert (entry.state, entry.attempts, entry.last_error, entry.next_attempt_at) == (
@@ -65,7 +65,7 @@ async def test_a_transient_failure_in_a_round_that_accepted_nothing_is_not_count
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(**fault)
-    async with engine_rig(journal, mock.url, clock=wall, backoff=(2.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, backoff=(2.0, 60.0)) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 2
         delay = rig.backoff.current_delay
@@ -83,7 +83,7 @@ async def test_a_half_open_probe_that_fails_never_counts(
     await store_fds(journal, range(1, 11))
     mock.set_faults(gateway_down=True)
     sync = SyncConfig(interval=60.0, batch_size=50, max_attempts=3)
-    async with engine_rig(journal, mock.url, clock=wall, sync=sync, max_in_flight=1) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, sync=sync, max_in_flight=1) as rig:
         await rig.engine.sync_now()  # five 503s open the breaker
         for _ in range(4):
             wall.now += 1.0  # FD 1 is due again: it is the probe each time
@@ -115,7 +115,7 @@ async def test_a_page_that_names_no_fd_is_a_breaker_failure_never_counted(
     await store_fds(journal, [1, 2, 3])
     before = await row(journal, 1)
     mock.set_faults(**fault)
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         with capture_logs() as logs:
             report = await rig.engine.sync_now()
         assert rig.breaker.consecutive_failures == 3
@@ -136,7 +136,7 @@ async def test_a_422_naming_fd_5_dead_letters_fd_5_and_nothing_else(
 ) -> None:
     await store_fds(journal, range(1, 11))
     mock.set_faults(reject_fds=[5])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         report = await rig.engine.sync_now()
         assert rig.breaker.state is BreakerState.CLOSED
     assert await dead_fds(journal) == [5]
@@ -149,7 +149,7 @@ async def test_fewer_than_five_rejections_in_a_round_are_dead_as_usual(
 ) -> None:
     await store_fds(journal, range(1, 5))
     mock.set_faults(reject_fds=[1, 2, 3, 4])
-    async with engine_rig(journal, mock.url, clock=wall) as rig:
+    async with engine_rig(journal, mock.url, wall=wall) as rig:
         await rig.engine.sync_now()
         assert rig.breaker.state is BreakerState.CLOSED
     assert await dead_fds(journal) == [1, 2, 3, 4]
@@ -160,7 +160,7 @@ async def test_a_round_that_rejects_every_fd_holds_them_pending_and_opens_the_br
 ) -> None:
     await store_fds(journal, range(1, 7))
     mock.set_faults(reject_fds=list(range(1, 8)))
-    async with engine_rig(journal, mock.url, clock=wall, reset_timeout=60.0) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, reset_timeout=60.0) as rig:
         with capture_logs() as logs:
             report = await rig.engine.sync_now()
         assert rig.breaker.state is BreakerState.OPEN
@@ -181,7 +181,7 @@ async def test_an_upstream_rejecting_every_fd_for_a_while_dead_letters_none(
 ) -> None:
     await store_fds(journal, range(1, 7))
     mock.set_faults(reject_fds=list(range(1, 20)))
-    async with engine_rig(journal, mock.url, clock=wall) as rig, running(rig.engine):
+    async with engine_rig(journal, mock.url, wall=wall) as rig, running(rig.engine):
         await wait_until(lambda: rig.opens() == 1, what="the round of six rejections")
         for fd in (7, 8, 9):  # new FDs are the probes while the held ones wait
             await store_fds(journal, [fd])
@@ -209,7 +209,7 @@ async def test_bad_fds_held_with_no_company_go_dead_beside_an_accepted_one(
     """Held FDs wait as long as any schedule, so a probe finds a good FD if there is one."""
     await store_fds(journal, range(1, 7))
     mock.set_faults(reject_fds=list(range(1, 7)))
-    async with engine_rig(journal, mock.url, clock=wall) as rig, running(rig.engine):
+    async with engine_rig(journal, mock.url, wall=wall) as rig, running(rig.engine):
         await wait_until(lambda: rig.opens() == 1, what="six held, the breaker open")
         await store_fds(journal, [7])
         rig.engine.wake()
@@ -239,7 +239,7 @@ async def test_an_fd_scheduled_while_the_wall_clock_was_a_day_fast_is_due_once_i
     await store_fds(journal, [1, 2])
     wall.now = T0 + DAY
     mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=wall, backoff=(30.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, backoff=(30.0, 60.0)) as rig:
         await rig.engine.sync_now()
         assert (await row(journal, 1)).next_attempt_at == T0 + DAY + 30.0
         mock.set_faults(fail_fds=[])
@@ -266,7 +266,7 @@ async def test_a_manual_sync_sends_fds_that_are_not_due_yet(
 ) -> None:
     await store_fds(journal, [1, 2])
     mock.set_faults(fail_fds=[1])
-    async with engine_rig(journal, mock.url, clock=wall, backoff=(60.0, 60.0)) as rig:
+    async with engine_rig(journal, mock.url, wall=wall, backoff=(60.0, 60.0)) as rig:
         await rig.engine.sync_now()
         assert (await row(journal, 1)).next_attempt_at == T0 + 60.0
         mock.set_faults(fail_fds=[])

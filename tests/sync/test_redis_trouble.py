@@ -25,7 +25,8 @@ from kktd.config import LockConfig, OnUnavailable, Secret
 from kktd.journal import Journal
 from kktd.mock_upstream import MockUpstream
 from kktd.status import status_line
-from kktd.sync.lock import LockMisconfigured, LockUnavailable, RedisSyncLock, redis_from_url
+from kktd.sync.lock import LockMisconfigured, LockUnavailable
+from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from kktd.sync.redis_trouble import classify
 from tests.api.helpers import ClientFactory, auth, build_daemon, journal_fds, make_config
 from tests.support.redis_server import RedisServer
