@@ -69,6 +69,7 @@ _INSERT = (
     "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at,"
     " body) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (fn, fd) DO NOTHING"
 )
+_EXISTING = "SELECT fd FROM documents WHERE fn = ? AND fd BETWEEN ? AND ?"
 _ADVANCE_CURSOR = (
     "INSERT INTO cursors (fn, last_fd, updated_at) VALUES (?, ?, ?)"
     " ON CONFLICT (fn) DO UPDATE SET last_fd = excluded.last_fd, updated_at = excluded.updated_at"
@@ -103,6 +104,7 @@ _RETRY = (
 )
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False), built once
 DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
 
 
@@ -120,17 +122,29 @@ class NewFd:
 def _insert_params(doc: NewFd, now: float) -> DocumentRow:
     """`_INSERT`'s parameters for one FD, built before any write: a value JSON cannot carry
     fails here. The request body is built now, once (`kktd.sync.body`)."""
-    fields_json = json.dumps(dict(doc.fields), ensure_ascii=False)
+    fields = dict(doc.fields)
+    fields_json = _JSON.encode(fields)
     raw = bytes(doc.raw)
-    # from the fields as the journal gives them back, so a body built later would be the same
-    body = encode_body(doc.fn, doc.fd, raw, json.loads(fields_json))
+    # The fields as given, not as the journal gives them back (json.loads of fields_json): the
+    # same bytes for any fields JSON carries unchanged (string keys, str/int/float/bool/None,
+    # lists, dicts), which is all a decoded FD holds; tests/journal pins it for the archive.
+    body = encode_body(doc.fn, doc.fd, raw, fields)
     return (doc.fn, doc.fd, doc.doc_type, raw, fields_json, now, DUE_NOW, body)
 
 
-async def _insert(conn: aiosqlite.Connection, params: DocumentRow) -> bool:
-    """Insert one FD as pending; False when (fn, fd) is already journaled."""
-    async with conn.execute(_INSERT, params) as cur:
-        return cur.rowcount == 1
+async def _already_there(
+    conn: aiosqlite.Connection, rows: Sequence[DocumentRow]
+) -> set[tuple[str, int]]:
+    """Which of `rows` (ascending FDs within each FN) are journaled already: one query per FN."""
+    spans: dict[str, tuple[int, int]] = {}
+    for fn, fd, *_ in rows:
+        low, _high = spans.get(fn, (fd, fd))
+        spans[fn] = (low, fd)
+    there: set[tuple[str, int]] = set()
+    for fn, (low, high) in spans.items():
+        found = await conn.execute_fetchall(_EXISTING, (fn, low, high))
+        there.update((fn, int(row[0])) for row in found)
+    return there
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,15 +276,19 @@ class Journal(JournalFile):
         rows = [_insert_params(doc, now) for doc in fds]
 
         async def body(conn: aiosqlite.Connection) -> list[bool]:
-            inserted = [await _insert(conn, row) for row in rows]
-            for fn, fd in last.items():
-                await conn.execute(_ADVANCE_CURSOR, (fn, fd, now))
+            # A few calls to SQLite's thread per group, not two per FD: each is a hop that
+            # wakes the event loop, taken while the poller reads the next FDs.
+            there = await _already_there(conn, rows)
+            inserted = [(row[0], row[1]) not in there for row in rows]
+            await conn.executemany(_INSERT, [row for row in rows if (row[0], row[1]) not in there])
+            await conn.executemany(_ADVANCE_CURSOR, [(fn, fd, now) for fn, fd in last.items()])
             return inserted
 
         inserted = await self._write(body)
+        logger = log.bind()  # one logger for the group: the module proxy builds one per call
         for doc, new in zip(fds, inserted, strict=True):
             if new:
-                log.debug("journal.stored", fn=doc.fn, fd=doc.fd, doc_type=doc.doc_type)
+                logger.debug("journal.stored", fn=doc.fn, fd=doc.fd, doc_type=doc.doc_type)
         return inserted
 
     async def cursor(self, fn: str) -> int | None:

@@ -208,17 +208,21 @@ class KktLink:
         data: bytes = b"",
         *,
         again: Callable[[Response], bool],
+        then: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the answer timeout, as in `request`
     ) -> list[Response]:
-        """The same command again while `again(answer)` says so; every answer, error or not.
+        """The command, then command `then` (without data; by default the same request again)
+        while `again(answer)` says so; every answer, error or not.
 
-        For a run of FF3B: the exchanges follow each other inside the transport (each whole,
-        ENQ first), and the caller wakes once for the run. Error bytes are the caller's to read
-        (no `KktError`); `LinkError` for the line, as `request`.
+        For an FD: FF3A, then FF3B until 08. The exchanges follow each other inside the
+        transport (each whole, ENQ first), and the caller wakes once for the run. Error bytes
+        are the caller's to read (no `KktError`); `LinkError` for the line, as `request`.
         """
         async with _Hold(self):
             transport = await self._ensure_open()
-            return await self._exchanges(transport, cmd, data, True, timeout, again=again)
+            return await self._exchanges(
+                transport, cmd, data, True, timeout, again=again, then=then
+            )
 
     async def close(self) -> None:
         if self._transport is not None:
@@ -247,15 +251,23 @@ class KktLink:
         answer_wait: float | None,
         *,
         again: Callable[[Response], bool],
+        then: int | None = None,
     ) -> list[Response]:
         pwd = self.password if password and cmd not in NO_PASSWORD else None
         body = encode_request(cmd, pwd, data)
         wait = answer_wait or answer_timeout(cmd)
+        follow = None  # the request after the first: the same one unless `then` says
+        if then is not None:
+            then_pwd = self.password if password and then not in NO_PASSWORD else None
+            follow = encode_request(then, then_pwd)
+            wait = answer_wait or max(wait, answer_timeout(then))
         try:
             if again is _once:
                 answers = [await transport.exchange(body, answer_timeout=wait)]
             else:
-                answers = await transport.exchanges(body, answer_timeout=wait, again=again)
+                answers = await transport.exchanges(
+                    body, answer_timeout=wait, again=again, then=follow
+                )
         except LinkDown as exc:
             self._down(str(exc))
             raise

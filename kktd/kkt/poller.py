@@ -344,22 +344,69 @@ class Poller:
         raise DocumentReadError(fn, fd, f"FD {fd} not read after {DOCUMENT_TRIES} tries: {error}")
 
     async def _read_document_once(self, fn: str, fd: int) -> tuple[int, bytes]:
+        """FF3A, and FF3B in the same run of the link when FF3A opened the document."""
         self._open_length = None
-        info = DocumentInfo.decode((await self._request(Command.OPEN_FD_TLV, fd_request(fd))).data)
+        opened: list[DocumentInfo] = []
+
+        def opens(answer: Response) -> bool:  # FF3A's answer, in the link's reader callback
+            if answer.error != ErrorCode.OK:
+                return False
+            try:
+                info = DocumentInfo.decode(answer.data)
+            except ProtocolError:
+                return False  # raised again below, outside the callback
+            opened.append(info)
+            self._open_length = info.length  # FF3B starts now: read out to 08 if this fails
+            return True
+
+        request = fd_request(fd)
+        for delay in busy_delays(BUSY_WAIT):  # busy answers waited out as `_request` does
+            opened.clear()
+            answers = await self._follow(request, opens)
+            if answers[0].error not in BUSY_ERRORS:
+                break
+            self._beat()
+            await self._sleep(delay)
+        else:
+            opened.clear()
+            answers = await self._follow(request, opens)
+        first, *tlvs = answers
+        if first.error:
+            raise KktError(Command.OPEN_FD_TLV, first.error)
+        info = opened[0] if opened else DocumentInfo.decode(first.data)  # raises PayloadError
         self._open_length = info.length
         stream = DocumentStream(fn, fd, info)
-        await self._read_tlvs(stream)
+        await self._read_tlvs(stream, tlvs)
         self._open_length = None
         return info.doc_type, stream.finish()
 
-    async def _read_tlvs(self, stream: DocumentStream) -> None:
+    async def _follow(self, request: bytes, opens: Callable[[Response], bool]) -> list[Response]:
+        """FF3A for `request`, then FF3B while the answers carry data within FF3A's length."""
+        left = 0
+
+        def more(answer: Response) -> bool:
+            nonlocal left
+            if answer.cmd == Command.OPEN_FD_TLV:
+                if not opens(answer):
+                    return False
+                left = self._open_length or 0
+                return True
+            left -= len(answer.data)
+            return answer.error == ErrorCode.OK and bool(answer.data) and left >= 0
+
+        return await self._link.requests(
+            Command.OPEN_FD_TLV, request, again=more, then=Command.READ_TLV
+        )
+
+    async def _read_tlvs(self, stream: DocumentStream, answers: list[Response]) -> None:
         """FF3B until 08, the answers into `stream`; busy answers waited out as `_request` does.
 
-        The FF3B run goes on inside the link while the answers carry data and stay within
-        FF3A's length (bounded, as `DocumentStream.add`); the first answer that does not ends
-        the run and is dealt with here.
+        `answers` are the FF3B answers of FF3A's run. The FF3B run goes on inside the link
+        while the answers carry data and stay within FF3A's length (bounded, as
+        `DocumentStream.add`); the first answer that does not ends the run and is dealt with
+        here.
         """
-        left = stream.info.length - stream.received
+        left = 0
 
         def more(answer: Response) -> bool:
             nonlocal left
@@ -368,8 +415,11 @@ class Poller:
 
         delays: Iterator[float] | None = None
         while True:
-            answers = await self._link.requests(Command.READ_TLV, again=more)
+            if not answers:
+                left = stream.info.length - stream.received
+                answers = await self._link.requests(Command.READ_TLV, again=more)
             *pieces, last = answers
+            answers = []
             for answer in pieces:
                 stream.add(answer.data)
             if last.error == ErrorCode.OK:

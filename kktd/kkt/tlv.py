@@ -14,6 +14,7 @@ Choices the SPEC leaves open:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,15 +86,35 @@ def iter_tlv(data: bytes) -> Iterator[Tlv]:
     pos = 0
     end = len(data)
     while pos < end:
-        if end - pos < _HEADER:
-            raise TlvError(f"truncated TLV header at offset {pos}: {end - pos} of 4 bytes")
-        tag = int.from_bytes(data[pos : pos + 2], "little")
-        length = int.from_bytes(data[pos + 2 : pos + 4], "little")
-        start = pos + _HEADER
-        if start + length > end:
-            raise TlvError(f"tag {tag} at offset {pos} wants {length} bytes, {end - start} left")
-        yield Tlv(tag, bytes(data[start : start + length]))
-        pos = start + length
+        tag, value, pos = _next_tlv(data, pos, end)
+        yield Tlv(tag, value)
+
+
+def _pairs(data: bytes) -> list[tuple[int, bytes]]:
+    """`iter_tlv` as plain (tag, value) pairs, all at once: every FD read goes through this
+    twice (`identity`, then `decode_document`), so no object per TLV and no generator."""
+    pairs: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        tag, value, pos = _next_tlv(data, pos, end)
+        pairs.append((tag, value))
+    return pairs
+
+
+def _next_tlv(data: bytes, pos: int, end: int) -> tuple[int, bytes, int]:
+    """The TLV at `pos`: its tag, its value and where the next one starts."""
+    if end - pos < _HEADER:
+        raise TlvError(f"truncated TLV header at offset {pos}: {end - pos} of 4 bytes")
+    tag, length = _TAG_LENGTH(data, pos)
+    start = pos + _HEADER
+    stop = start + length
+    if stop > end:
+        raise TlvError(f"tag {tag} at offset {pos} wants {length} bytes, {end - start} left")
+    return tag, bytes(data[start:stop]), stop
+
+
+_TAG_LENGTH = struct.Struct("<HH").unpack_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +134,11 @@ def identity(data: bytes) -> Identity:
     """
     fd: int | None = None
     fn: str | None = None
-    for tlv in iter_tlv(data):
-        if tlv.tag == TAG_FD and fd is None:
-            fd = int.from_bytes(tlv.value, "little")
-        elif tlv.tag == TAG_FN and fn is None:
-            fn = decode_string(tlv.value, strip=True)
+    for tag, value in _pairs(data):
+        if tag == TAG_FD and fd is None:
+            fd = int.from_bytes(value, "little")
+        elif tag == TAG_FN and fn is None:
+            fn = decode_string(value, strip=True)
     return Identity(fd, fn)
 
 
@@ -354,18 +375,20 @@ _ITEM_FIELDS: _Table = {
 }
 
 
-def _decode_fields(data: bytes, known: _Table) -> tuple[dict[str, Any], list[Tlv]]:
-    """The known tags of `data` decoded by attribute name, and the TLVs it does not know."""
+def _decode_fields(data: bytes, known: _Table) -> tuple[dict[str, Any], list[bytes]]:
+    """The known tags of `data` decoded by attribute name, and the values of its 1059 items."""
     found: dict[str, Any] = {}
-    rest: list[Tlv] = []
-    for tlv in iter_tlv(data):
-        if tlv.tag in known:
-            name, decode = known[tlv.tag]
-            value = decode(tlv.tag, tlv.value)
-            found.setdefault(name, value)
-        else:
-            rest.append(tlv)
-    return found, rest
+    items: list[bytes] = []
+    for tag, value in _pairs(data):
+        entry = known.get(tag)
+        if entry is not None:
+            name, decode = entry
+            decoded = decode(tag, value)
+            if name not in found:  # the first occurrence wins
+                found[name] = decoded
+        elif tag == TAG_ITEM:
+            items.append(value)
+    return found, items
 
 
 def decode_item(value: bytes) -> Item:
@@ -375,6 +398,6 @@ def decode_item(value: bytes) -> Item:
 
 def decode_document(doc_type: int, raw: bytes) -> Document:
     """Decode an FD's TLVs; raises only `TlvError` on bad bytes."""
-    found, rest = _decode_fields(raw, _FIELDS)
-    items = [decode_item(tlv.value) for tlv in rest if tlv.tag == TAG_ITEM]
-    return Document(doc_type, doc_kind(doc_type), bytes(raw), items=tuple(items), **found)
+    found, items = _decode_fields(raw, _FIELDS)
+    parsed = tuple(decode_item(value) for value in items)
+    return Document(doc_type, doc_kind(doc_type), bytes(raw), items=parsed, **found)

@@ -24,6 +24,8 @@ from typing import Protocol
 import serial
 
 from kktd.kkt.protocol import (
+    ACK,
+    ENQ,
     Action,
     ArmTimeout,
     Discarded,
@@ -41,6 +43,9 @@ BYTE_TIMEOUT = 0.1
 CONTROL_TIMEOUT = 0.5
 WRITE_STALL = 2.0  # no flow control on the line: output that cannot drain means no port
 MAX_BUFFERED = 4096  # unread input kept; more than this between exchanges is noise anyway
+_ACK = bytes([ACK])
+_SEND_ENQ = Send(bytes([ENQ]))
+_SEND_ACK_ENQ = Send(bytes([ACK, ENQ]))
 
 
 class LinkError(Exception):
@@ -71,7 +76,12 @@ class Transport(Protocol):
     async def exchange(self, body: bytes, *, answer_timeout: float) -> Response: ...
 
     async def exchanges(
-        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+        self,
+        body: bytes,
+        *,
+        answer_timeout: float,
+        again: Callable[[Response], bool],
+        then: bytes | None = None,
     ) -> list[Response]: ...
 
 
@@ -136,20 +146,29 @@ class FdTransport:
         return (await self.exchanges(body, answer_timeout=answer_timeout, again=_once))[0]
 
     async def exchanges(
-        self, body: bytes, *, answer_timeout: float, again: Callable[[Response], bool]
+        self,
+        body: bytes,
+        *,
+        answer_timeout: float,
+        again: Callable[[Response], bool],
+        then: bytes | None = None,
     ) -> list[Response]:
-        """The same request, exchanged again while `again(answer)` says so: every answer.
+        """The request, then `then` (or the same request) while `again(answer)` says so: every
+        answer.
 
         Each exchange is whole and on its own (ENQ first, as `exchange`), but the next one
-        starts in the callback that took the answer before it, so a run of FF3B costs the task
-        one wake-up, not one per answer. `again` runs in that callback: quick and pure.
+        starts in the callback that took the answer before it, so an FD's FF3A and its run of
+        FF3B cost the task one wake-up, not one per answer. `again` runs in that callback:
+        quick, and it must not raise.
         """
         self._check()
         if self._run is not None:
             raise RuntimeError("one exchange at a time (the link serializes callers)")
         self._drop_stale_input()
-        run = _Run(self._machine(body, answer_timeout), self._loop.create_future())
+        machine = self._machine(body, answer_timeout)
+        run = _Run(machine, self._loop.create_future())
         run.again = again
+        run.follow = machine if then is None else self._machine(then, answer_timeout)
         self._run = run
         try:
             self._apply(run, run.machine.start())
@@ -175,28 +194,30 @@ class FdTransport:
         """Carry out `actions` in order; a write the port cannot take yet suspends the rest."""
         try:
             held = b""  # the ACK of an answer, written with the next exchange's ENQ if one follows
+            last = len(actions) - 1
             for index, action in enumerate(actions):
-                match action:
-                    case Send(data):
-                        if index + 1 < len(actions) and isinstance(actions[index + 1], Done):
-                            held = data
-                            continue
-                        written = self._write_now(data)
-                        # the KKT answers after our bytes have crossed a slow line
-                        on_the_wire += len(data) * self._byte_time
-                        if written < len(data):
-                            self._suspend(run, data[written:], actions[index + 1 :], on_the_wire)
-                            return
-                    case ArmTimeout(seconds):
-                        self._arm(run, self._loop.time() + seconds + on_the_wire)
-                    case Done(response):
-                        self._done(run, response, held, on_the_wire)
+                # isinstance, not match: no attribute extraction per case
+                if isinstance(action, Send):
+                    data = action.data
+                    if index < last and isinstance(actions[index + 1], Done):
+                        held = data
+                        continue
+                    written = self._write_now(data)
+                    # the KKT answers after our bytes have crossed a slow line
+                    on_the_wire += len(data) * self._byte_time
+                    if written < len(data):
+                        self._suspend(run, data[written:], actions[index + 1 :], on_the_wire)
                         return
-                    case Failed(reason, detail):
-                        _settle(run.result, ExchangeError(reason, detail))
-                        return
-                    case Discarded():
-                        self._discarded(action)
+                elif isinstance(action, ArmTimeout):
+                    self._arm(run, self._loop.time() + action.seconds + on_the_wire)
+                elif isinstance(action, Done):
+                    self._done(run, action.response, held, on_the_wire)
+                    return
+                elif isinstance(action, Failed):
+                    _settle(run.result, ExchangeError(action.reason, action.detail))
+                    return
+                elif isinstance(action, Discarded):
+                    self._discarded(action)
             if self._input:  # what came while we were writing
                 data = bytes(self._input)
                 self._input.clear()
@@ -215,10 +236,12 @@ class FdTransport:
             return
         run.answers.append(response)
         if run.again(response):
-            run.machine = run.machine.fresh()
+            run.machine = run.follow.fresh()
             start = run.machine.start()
             first = start[0]
-            if ack and isinstance(first, Send):
+            if ack == _ACK and first == _SEND_ENQ:
+                start[0] = _SEND_ACK_ENQ  # the usual case: built once
+            elif ack and isinstance(first, Send):
                 start[0] = Send(ack + first.data)
             elif ack:
                 start.insert(0, Send(ack))
@@ -405,6 +428,7 @@ class _Run:
         "again",
         "answers",
         "deadline",
+        "follow",
         "machine",
         "result",
         "settling",
@@ -413,6 +437,7 @@ class _Run:
 
     def __init__(self, machine: Exchange, result: asyncio.Future[Response]) -> None:
         self.machine = machine
+        self.follow = machine  # what each exchange after the first asks (its frame built once)
         self.result = result
         self.again: Callable[[Response], bool] = _once
         self.answers: list[Response] = []

@@ -14,6 +14,9 @@ from typing import Any
 
 from kktd.kkt.tlv import BODY_FIELDS
 
+# what json.dumps(..., ensure_ascii=False) would build anew for every FD: the same bytes
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
 
 def body_fields(fn: str, fd: int, raw: bytes, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON object: the decoded fields, the FD's identity and its raw TLV.
@@ -29,4 +32,4 @@ def body_fields(fn: str, fd: int, raw: bytes, fields: Mapping[str, Any]) -> dict
 
 def encode_body(fn: str, fd: int, raw: bytes, fields: Mapping[str, Any]) -> bytes:
     """The bytes of the POST: `body_fields` as UTF-8 JSON."""
-    return json.dumps(body_fields(fn, fd, raw, fields), ensure_ascii=False).encode("utf-8")
+    return _JSON.encode(body_fields(fn, fd, raw, fields)).encode("utf-8")

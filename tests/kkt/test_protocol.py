@@ -784,3 +784,53 @@ def test_lrc_folding_equals_the_plain_xor(data: bytes) -> None:
     for byte in data:
         xor ^= byte
     assert lrc(data) == xor
+
+
+# --- the usual inputs taken whole (Exchange.receive's fast path) against the general path -----
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        bytes([ACK]) + encode_frame(encode_response(0xFF3B, 0, b"tlv" * 20)),  # the usual one
+        bytes([ACK]) + encode_frame(encode_response(0xFF3B, 0x08)),  # an error byte
+        bytes([ACK]) + encode_frame(encode_response(0xFF3A, 0, b"x")),  # another command's
+        bytes([ACK]) + encode_frame(b"\xff"),  # a body that does not decode
+        bytes([ACK]) + encode_frame(encode_response(0xFF3B, 0, b"abc"))[:-1] + b"\x00",  # bad LRC
+        bytes([ACK, ACK]) + encode_frame(encode_response(0xFF3B, 0, b"abc")),  # ACK repeated
+        bytes([ACK]) + encode_frame(encode_response(0xFF3B, 0, b"abc")) + b"\xff",  # a stray FF
+    ],
+)
+def test_an_ack_and_an_answer_in_one_read_take_the_steps_of_the_same_bytes_in_two(
+    answer: bytes,
+) -> None:
+    body = encode_request(0xFF3B, 30)
+    whole, split = (Exchange(body, answer_timeout=30.0) for _ in range(2))
+    taken = [*whole.start(), *whole.receive(bytes([NAK])), *whole.receive(answer)]
+    # the ACK alone first: the frame then goes through the parser's events
+    steps = [*split.start(), *split.receive(bytes([NAK])), *split.receive(answer[:1])]
+    steps += split.receive(answer[1:])
+    assert taken == steps
+    assert (whole.state, whole.finished) == (split.state, split.finished)
+
+
+def test_a_nak_alone_takes_the_steps_it_takes_after_noise() -> None:
+    """NAK in state enq (fast path) against NAK behind a byte of noise (general path)."""
+    body = encode_request(0xFF3B, 30)
+    for naks in range(1, 13):  # each NAK sends the frame again, up to the budget, then fails
+        whole, noisy = (Exchange(body, answer_timeout=30.0) for _ in range(2))
+        taken = [*whole.start()]
+        steps = [*noisy.start()]
+        for _ in range(naks):
+            taken += whole.receive(bytes([NAK]))
+            taken += whole.receive(bytes([ENQ]))  # ignored: back to state enq needs a timeout
+            taken += whole.timeout()
+            steps += [a for a in noisy.receive(b"\xfe" + bytes([NAK])) if not _noise(a)]
+            steps += noisy.receive(bytes([ENQ]))
+            steps += noisy.timeout()
+        assert taken == steps
+        assert whole.state == noisy.state
+
+
+def _noise(action: Action) -> bool:
+    return isinstance(action, Discarded) and action.kind == "noise"

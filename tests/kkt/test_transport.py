@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kktd.kkt.protocol import Discarded, Response, encode_frame, encode_request
+from kktd.kkt.protocol import Discarded, Request, Response, encode_frame, encode_request
 from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
 from tests.kkt import Peer, answer_with
 from tests.support.wait import wait_until
@@ -348,3 +348,37 @@ async def test_a_run_that_loses_the_line_fails_whole(tmp_path: Path) -> None:
     finally:
         transport.close()
         kkt.close()
+
+
+async def test_a_run_can_open_with_another_request_each_exchange_still_whole(
+    tmp_path: Path,
+) -> None:
+    """FF3A, then FF3B in the same run (`then`): the bytes of separate exchanges, in order."""
+    open_fd = encode_request(0xFF3A, 30, struct.pack("<I", 7))
+    tlvs = counting_answers([b"t" * 30, b"u" * 12])
+
+    def handle(request: Request) -> bytes:
+        if request.cmd == 0xFF3A:
+            return b"\xff\x3a\x00" + struct.pack("<HH", 3, 42)
+        return tlvs(request)
+
+    peer = Peer(tmp_path / "kkt9", handle)
+    transport = await SerialTransport.open(str(peer.path), 115200, control_timeout=0.2)
+    try:
+        answers = await transport.exchanges(
+            open_fd, answer_timeout=3.0, again=lambda answer: answer.error == 0, then=READ_TLV
+        )
+        assert [(a.cmd, a.error, a.data) for a in answers] == [
+            (0xFF3A, 0, struct.pack("<HH", 3, 42)),
+            (0xFF3B, 0, b"t" * 30),
+            (0xFF3B, 0, b"u" * 12),
+            (0xFF3B, 0x08, b""),
+        ]
+        expected = b"\x05" + encode_frame(open_fd) + b"\x06"
+        expected += (b"\x05" + encode_frame(READ_TLV) + b"\x06") * 3
+        await _until(lambda: len(peer.received) >= len(expected), within=5)
+        assert bytes(peer.received) == expected
+        assert [r.cmd for r in peer.requests] == [0xFF3A, 0xFF3B, 0xFF3B, 0xFF3B]
+    finally:
+        transport.close()
+        peer.close()
