@@ -284,12 +284,17 @@ async def run(sizes: Sizes, results: Results) -> None:
                 daemon = max(daemon, daemon_rate(port, n, directory))
             with emulator(directory, n) as port:
                 ours = max(ours, await kktd_rate(port, n, directory))
+        # The baseline is the faster of the two simple readers in this run: on a pty each
+        # exchange is a ping-pong between two processes, and which of the two wins depends on
+        # how fast the idle core wakes up more than on the code (both vary 200-530 FD/s here).
+        # The fastest simple thing is the baseline, so the ratio cannot flatter kktd.
+        simple = max(minimal, floor)
         results.add(Row("B1", "FDs/s journaled by kktd run, READY to last", daemon, "FD/s",
-                        "minimal reader", minimal, ">= 0.8"))  # fmt: skip
+                        "fastest simple reader", simple, ">= 0.8"))  # fmt: skip
         results.add(Row("B1", "FDs/s journaled in process (link+poller)", ours, "FD/s",
-                        "minimal reader", minimal, ">= 0.8"))  # fmt: skip
-        results.add(Row("B1", "FDs/s minimal reader on asyncio callbacks", floor, "FD/s",
-                        "minimal reader", minimal, ""))  # fmt: skip
+                        "fastest simple reader", simple, ">= 0.8"))  # fmt: skip
+        results.add(Row("B1", "FDs/s minimal reader, blocking", minimal, "FD/s",
+                        "its asyncio twin", floor, ""))  # fmt: skip
         limit = LINE_BAUD / 10 / wire
         m = sizes.b1_line_fds
         with emulator(directory, m, LINE_BAUD) as port:
@@ -305,6 +310,7 @@ async def run(sizes: Sizes, results: Results) -> None:
             f" {m} at 115200 baud; {wire:.0f} wire bytes per FD"
             " (both directions, ENQ/NAK/ACK included); minimal reader: blocking os.read after"
             " select(2), handshake inline, no asyncio, no journal (its asyncio twin takes the same"
-            " steps in add_reader callbacks); `kktd run` timed READY=1 to"
-            " the journal's cursor at the last FD, with the upstream refusing connections"
+            " steps in add_reader callbacks; the faster of the two is the baseline);"
+            " `kktd run` timed READY=1 to the journal's cursor at the last FD, with the upstream"
+            " refusing connections"
         )
