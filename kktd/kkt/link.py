@@ -21,19 +21,19 @@ from dataclasses import dataclass
 import structlog
 
 from kktd.kkt.address import SerialAddress, parse_address
-from kktd.kkt.noise import LineNoise
-from kktd.kkt.protocol import (
+from kktd.kkt.commands import (
     BUSY_ERRORS,
     NO_PASSWORD,
     Command,
     DeviceType,
-    Discarded,
-    ProtocolError,
     Response,
     answer_timeout,
     encode_request,
     error_name,
 )
+from kktd.kkt.frames import ProtocolError
+from kktd.kkt.handshake import Discarded
+from kktd.kkt.noise import LineNoise
 from kktd.kkt.tcp import TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT, TcpTransport
 from kktd.kkt.transport import (
     BYTE_TIMEOUT,

@@ -30,20 +30,20 @@ from kktd.config import KktConfig
 from kktd.journal import Journal, JournalError
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
 from kktd.journal.store import NewFd
-from kktd.kkt.fd_stream import DocumentStream
-from kktd.kkt.link import KktError, KktLink, busy_delays
-from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
-from kktd.kkt.protocol import (
+from kktd.kkt.commands import (
     BUSY_ERRORS,
     Command,
     DocumentInfo,
     ErrorCode,
     FnStatus,
     OfdStatus,
-    ProtocolError,
     Response,
     fd_request,
 )
+from kktd.kkt.fd_stream import DocumentStream
+from kktd.kkt.frames import ProtocolError
+from kktd.kkt.link import KktError, KktLink, busy_delays
+from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.tlv import decode_document, doc_kind
 from kktd.kkt.transport import LinkDown, LinkError
 

@@ -1,10 +1,10 @@
-"""A byte pipe to a Shtrih-M on the event loop, driving the pure handshake of `protocol.py`.
+"""A byte pipe to a Shtrih-M on the event loop, driving the pure handshake of `handshake.py`.
 
 `FdTransport` is the driver every transport shares: a non-blocking file descriptor whose reads
 come through `loop.add_reader` and whose writes go straight to the fd (frames are at most 258
 bytes; EAGAIN waits on `loop.add_writer`). No thread per byte, and no pyserial-asyncio, which is
 unmaintained. Everything the protocol decides (what to send, how long to wait, which stray bytes
-to skip) comes from `protocol.Exchange`; a transport only moves bytes and keeps time, so the
+to skip) comes from `handshake.Exchange`; a transport only moves bytes and keeps time, so the
 serial port (here) and TCP (`tcp.py`) differ only in how the fd is opened and released.
 
 The serial port: pyserial opens and configures it (8N1, raw mode) and we claim it exclusively
@@ -23,9 +23,9 @@ from typing import Protocol
 
 import serial
 
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
+from kktd.kkt.commands import Response
+from kktd.kkt.frames import ACK, ENQ
+from kktd.kkt.handshake import (
     Action,
     ArmTimeout,
     Discarded,
@@ -33,7 +33,6 @@ from kktd.kkt.protocol import (
     Exchange,
     Failed,
     FailReason,
-    Response,
     Send,
     leftover,
 )
@@ -57,7 +56,7 @@ class LinkDown(LinkError):  # noqa: N818 - the name the team codes against (issu
 
 
 class ExchangeError(LinkError):
-    """The handshake gave up (see `protocol.Failed` for the reasons)."""
+    """The handshake gave up (see `handshake.Failed` for the reasons)."""
 
     def __init__(self, reason: FailReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

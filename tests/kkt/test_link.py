@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from kktd.kkt.commands import Request, encode_response
+from kktd.kkt.frames import encode_frame
 from kktd.kkt.link import KktError, KktLink
-from kktd.kkt.protocol import Request, encode_frame, encode_response
 from kktd.kkt.transport import LinkDown, SerialTransport
 from tests.kkt import DEVICE, Peer, answer_with
 from tests.support.clock import FakeClock

@@ -19,9 +19,9 @@ from kktd.emulator.documents import EmulatedDocument
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
 from kktd.journal.store import NewFd
+from kktd.kkt.commands import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import GROUP_MAX, Poller
-from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.tlv import encode_tlv
 from tests.support.clock import FakeClock
 from tests.support.wait import wait_until
