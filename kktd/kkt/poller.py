@@ -28,8 +28,8 @@ import structlog
 
 from kktd.config import KktConfig
 from kktd.journal import Journal, JournalError
+from kktd.journal.rows import NewFd
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
-from kktd.journal.store import NewFd
 from kktd.kkt.commands import (
     BUSY_ERRORS,
     Command,

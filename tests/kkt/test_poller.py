@@ -18,7 +18,7 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import EmulatedDocument
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
-from kktd.journal.store import NewFd
+from kktd.journal.rows import NewFd
 from kktd.kkt.commands import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import GROUP_MAX, Poller
