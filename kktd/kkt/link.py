@@ -34,6 +34,7 @@ from kktd.kkt.commands import (
 from kktd.kkt.frames import ProtocolError
 from kktd.kkt.handshake import Discarded
 from kktd.kkt.noise import LineNoise
+from kktd.kkt.serial_port import SerialTransport
 from kktd.kkt.tcp import TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT, TcpTransport
 from kktd.kkt.transport import (
     BYTE_TIMEOUT,
@@ -41,7 +42,6 @@ from kktd.kkt.transport import (
     ExchangeError,
     LinkDown,
     LinkError,
-    SerialTransport,
     Transport,
 )
 from kktd.sync.backoff import Backoff

@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 from kktd.kkt.commands import Request, encode_response
 from kktd.kkt.frames import encode_frame
 from kktd.kkt.link import KktError, KktLink
-from kktd.kkt.transport import LinkDown, SerialTransport
+from kktd.kkt.serial_port import SerialTransport
+from kktd.kkt.transport import LinkDown
 from tests.kkt import DEVICE, Peer, answer_with
 from tests.support.clock import FakeClock
 
