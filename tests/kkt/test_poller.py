@@ -45,8 +45,8 @@ class Harness:
             journal or self.journal,
             config,
             on_journaled=self.wake,
-            clock=self.clock,
-            wall_clock=lambda: 1_700_000_000.0,
+            monotonic=self.clock,
+            wall=lambda: 1_700_000_000.0,
             sleep=self.clock.sleep,
         )
 
