@@ -103,14 +103,14 @@ class Journal(JournalFile):
     as the daemon does, to start without it); one per process."""
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Journal:
+    async def open(cls, path: Path, *, wall: Callable[[], float] = time.time) -> Journal:
         """Open (creating and migrating as needed) the journal at `path`.
 
         A damaged file is moved aside and a fresh journal started (`recovered_from` says where
         the old one went): the FN still holds every document, so the poller refills it.
         Raises a classified `JournalError` when the file cannot be opened.
         """
-        journal = cls(path, clock=clock)
+        journal = cls(path, wall=wall)
         await journal.open_now()
         return journal
 
@@ -125,7 +125,7 @@ class Journal(JournalFile):
         record = self.recovery
         if record is None or record.acknowledged_at is not None:
             return None
-        acknowledged = record.acknowledged(self._clock())
+        acknowledged = record.acknowledged(self._wall())
         await self._execute(
             "UPDATE meta SET value = ? WHERE key = ?", (acknowledged.to_json(), RECOVERY_KEY)
         )
@@ -174,7 +174,7 @@ class Journal(JournalFile):
                 previous = last[doc.fn]
                 raise ValueError(f"FD {doc.fd} of FN {doc.fn} after FD {previous}: out of order")
             last[doc.fn] = doc.fd
-        now = self._clock()
+        now = self._wall()
         # serialised first, so a value JSON cannot carry fails before any write
         rows = [insert_params(doc, now) for doc in fds]
 
@@ -206,7 +206,7 @@ class Journal(JournalFile):
 
     async def set_cursor(self, fn: str, fd: int) -> None:
         """Put the cursor at `fd` without journaling anything (``kkt.start_fd``)."""
-        await self._execute(_SET_CURSOR, (fn, fd, self._clock()))
+        await self._execute(_SET_CURSOR, (fn, fd, self._wall()))
 
     async def last_fd(self, fn: str) -> int | None:
         """The highest FD of this FN actually in the journal. (Only the tests ask: the poller

@@ -32,7 +32,7 @@ class Bench:
             str(emulator.path),
             115200,
             control_timeout=0.2,
-            clock=self.sleeps,
+            monotonic=self.sleeps,
             sleep=self.sleeps.sleep,
         )
         self.poller = Poller(
@@ -40,7 +40,7 @@ class Bench:
             journal,
             KktConfig(port=str(emulator.path), start_fd="first"),
             on_journaled=lambda: None,
-            clock=self.sleeps,
+            monotonic=self.sleeps,
             sleep=self.sleeps.sleep,
         )
 

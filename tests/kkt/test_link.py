@@ -32,8 +32,8 @@ async def link(peer: Peer, clock: FakeClock) -> AsyncIterator[KktLink]:
         115200,
         password=28,
         control_timeout=0.05,
-        clock=clock,
-        wall_clock=lambda: 1_700_000_000.0,
+        monotonic=clock,
+        wall=lambda: 1_700_000_000.0,
     )
     yield kkt
     await kkt.close()
@@ -110,7 +110,7 @@ async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
         opened.append(path)
         return await SerialTransport.open(path, baud, byte_timeout=byte_t, control_timeout=ctl_t)
 
-    link = KktLink(str(peer.path), 115200, control_timeout=0.05, clock=clock, opener=opener)
+    link = KktLink(str(peer.path), 115200, control_timeout=0.05, monotonic=clock, opener=opener)
     try:
         await link.connect()
         peer.vanish()
