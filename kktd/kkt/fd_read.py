@@ -43,6 +43,18 @@ class FdReader:
         self.beat: Callable[[], None] = _nothing
         self._open_length: int | None = None  # FF3A's length while FF3B has not said 08 yet
 
+    async def request(self, cmd: int, data: bytes = b"") -> Response:
+        """A request, retried shortly while the KKT is printing (busy 50/58)."""
+        for delay in busy_delays(BUSY_WAIT):
+            try:
+                return await self._link.request(cmd, data)
+            except KktError as exc:
+                if not exc.busy:
+                    raise
+            self.beat()
+            await self._sleep(delay)
+        return await self._link.request(cmd, data)
+
     async def drain_output(self, answers: int = DRAIN_ANSWERS) -> None:
         """Read the open document out to its 08 (at most `answers` FF3B)."""
         async with self._link.exclusive():
@@ -165,18 +177,6 @@ class FdReader:
                 raise KktError(Command.READ_TLV, last.error)  # printing for too long
             self.beat()
             await self._sleep(delay)
-
-    async def request(self, cmd: int, data: bytes = b"") -> Response:
-        """A request, retried shortly while the KKT is printing (busy 50/58)."""
-        for delay in busy_delays(BUSY_WAIT):
-            try:
-                return await self._link.request(cmd, data)
-            except KktError as exc:
-                if not exc.busy:
-                    raise
-            self.beat()
-            await self._sleep(delay)
-        return await self._link.request(cmd, data)
 
 
 def _nothing() -> None:
