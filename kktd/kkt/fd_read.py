@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 
-from kktd.kkt.commands import BUSY_ERRORS, Command, DocumentInfo, ErrorCode, Response, fd_request
+from kktd.kkt.commands import (
+    BUSY_ERRORS,
+    Command,
+    DocumentInfo,
+    ErrorCode,
+    FnStatus,
+    OfdStatus,
+    Response,
+    fd_request,
+)
 from kktd.kkt.fd_stream import DocumentStream
 from kktd.kkt.frames import ProtocolError
 from kktd.kkt.link import KktError, KktLink, busy_delays
@@ -30,7 +39,7 @@ DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 
 
 
 class FdReader:
-    """The poller's requests to one KKT: busy answers waited out, FDs read whole.
+    """The Shtrih-M side of `kktd.kkt.interface.Kkt`: busy answers waited out, FDs read whole.
 
     `beat` is the poller's (set when it runs): a wait for a busy KKT beats before it sleeps.
     """
@@ -54,6 +63,23 @@ class FdReader:
             self.beat()
             await self._sleep(delay)
         return await self._link.request(cmd, data)
+
+    async def fn_status(self) -> FnStatus:
+        """FF01; an FN that refuses it while a document is left open is read out first."""
+        try:
+            response = await self.request(Command.FN_STATUS)
+        except KktError as exc:
+            if exc.code != ErrorCode.WRONG_FN_STATE:
+                raise
+            # Some FNs refuse queries while an FD read is left open (a kktd killed mid-read):
+            # read that document out to its 08, then ask again.
+            await self.drain_output()
+            response = await self.request(Command.FN_STATUS)
+        return FnStatus.decode(response.data)
+
+    async def ofd_status(self) -> OfdStatus:
+        """FF39."""
+        return OfdStatus.decode((await self.request(Command.OFD_STATUS)).data)
 
     async def drain_output(self, answers: int = DRAIN_ANSWERS) -> None:
         """Read the open document out to its 08 (at most `answers` FF3B)."""

@@ -30,14 +30,10 @@ from kktd.config import KktConfig
 from kktd.journal import Journal, JournalError
 from kktd.journal.rows import NewFd
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
-from kktd.kkt.commands import (
-    Command,
-    ErrorCode,
-    FnStatus,
-    OfdStatus,
-)
+from kktd.kkt.commands import FnStatus, OfdStatus
 from kktd.kkt.fd_read import FdReader
 from kktd.kkt.frames import ProtocolError
+from kktd.kkt.interface import Kkt
 from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.tlv import decode_document, doc_kind
@@ -82,7 +78,7 @@ class Poller:
         self._monotonic = monotonic
         self._wall = wall
         self._sleep = sleep  # None: real time (a test's fake clock brings its own)
-        self._reader = FdReader(link, sleep=sleep or asyncio.sleep)
+        self._kkt: Kkt = FdReader(link, sleep=sleep or asyncio.sleep)  # the Shtrih-M side
         self._beat: Callable[[], None] = _nothing
         self._fn_status: FnStatus | None = None
         self._cursor: int | None = None
@@ -123,7 +119,7 @@ class Poller:
     async def run(self, beat: Callable[[], None]) -> None:
         """Poll until cancelled, beating at least once a second (idle waits included)."""
         self._beat = beat
-        self._reader.beat = beat
+        self._kkt.beat = beat
         while True:
             beat()
             await self.poll()
@@ -173,7 +169,7 @@ class Poller:
     # --- FN state ---
 
     async def _read_fn_status(self) -> FnStatus:
-        status = await self._fn_status_once()
+        status = await self._kkt.fn_status()
         believed = None if self._fn_status is None else self._fn_status.fn
         if status.fn != believed:
             status = await self._confirm_fn(status, believed)
@@ -188,7 +184,7 @@ class Poller:
         """
         previous = first
         for _ in range(FN_CONFIRM_READS):
-            status = await self._fn_status_once()
+            status = await self._kkt.fn_status()
             if status.fn == previous.fn:
                 return status  # two answers in a row agree
             if status.fn == believed:
@@ -197,22 +193,9 @@ class Poller:
             previous = status
         raise ProtocolError(f"FF01: no two answers in a row agree on the FN number ({previous.fn})")
 
-    async def _fn_status_once(self) -> FnStatus:
-        try:
-            response = await self._reader.request(Command.FN_STATUS)
-        except KktError as exc:
-            if exc.code != ErrorCode.WRONG_FN_STATE:
-                raise
-            # Some FNs refuse queries while an FD read is left open (a kktd killed mid-read):
-            # read that document out to its 08, then ask again.
-            await self._reader.drain_output()
-            response = await self._reader.request(Command.FN_STATUS)
-        return FnStatus.decode(response.data)
-
     async def _read_ofd_status(self) -> None:
         try:
-            response = await self._reader.request(Command.OFD_STATUS)
-            self._ofd = OfdStatus.decode(response.data)
+            self._ofd = await self._kkt.ofd_status()
         except (KktError, ProtocolError) as exc:
             log.warning("kkt.ofd_status_failed", error=str(exc))
         else:
@@ -234,7 +217,7 @@ class Poller:
                 async with self._link.exclusive():
                     if self._skipped == (fn, fd):
                         continue  # skipped by the operator while this poll waited for the link
-                    doc_type, raw = await self._reader.read_document(fn, fd)
+                    doc_type, raw = await self._kkt.read_document(fn, fd)
                 if not group.read:
                     group.since = self._monotonic()
                 group.read.append((fd, doc_type, raw))
