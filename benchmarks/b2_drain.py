@@ -25,7 +25,7 @@ from benchmarks.common import SEED_RATE, Results, Row, Sizes
 from kktd.config import BackoffConfig, BreakerConfig, SyncConfig, UpstreamConfig
 from kktd.emulator.documents import DocumentGenerator
 from kktd.journal import Journal, JournalEntry
-from kktd.journal.store import NewFd
+from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.mock_upstream import MockUpstream
 from kktd.sync.backoff import Backoff

@@ -203,6 +203,7 @@ async def sleep_beating(
     wake: Wake | None = None,
     monotonic: Callable[[], float] | None = None,
     slice_seconds: float = 1.0,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
     """Sleep `seconds`, beating at least every `slice_seconds`: an idle component is a healthy
     one. A `wake` that is set (before or during the sleep) ends it early.
@@ -210,6 +211,8 @@ async def sleep_beating(
     Each slice is a plain future and a timer, so nothing in the task plays with cancellation:
     `asyncio.timeout` cancels and uncancels the task, and on Python 3.11 a stop request that
     lands in the same loop iteration as its expiry can be lost, so the loop never ends.
+    A `sleep` given with its `monotonic` (a test's fake clock) takes each slice instead; a wake
+    then ends the sleep at the next slice.
     """
     loop = asyncio.get_running_loop()
     now = monotonic or loop.time
@@ -218,6 +221,9 @@ async def sleep_beating(
         beat()
         if wake is not None and wake.is_set():
             return
+        if sleep is not None:
+            await sleep(min(left, slice_seconds))
+            continue
         sleeper: asyncio.Future[None] = loop.create_future()
         timer = loop.call_later(min(left, slice_seconds), _resolve, sleeper)
         if wake is not None:

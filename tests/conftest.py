@@ -85,7 +85,7 @@ def journal_clock() -> Callable[[], float]:
 @pytest.fixture
 async def journal(db_path: Path, journal_clock: Callable[[], float]) -> AsyncIterator[Journal]:
     """The suite's journal: a real SQLite file in tmp_path, closed at the end of the test."""
-    async with await Journal.open(db_path, clock=journal_clock) as opened:
+    async with await Journal.open(db_path, wall=journal_clock) as opened:
         yield opened
 
 

@@ -17,8 +17,8 @@ from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import RecoveryRecord
+from kktd.kkt.commands import Command, ErrorCode, Request, fd_request
 from kktd.kkt.poller import Poller
-from kktd.kkt.protocol import Command, ErrorCode, Request, fd_request
 from kktd.mock_upstream import MockUpstream
 from kktd.runtime import ReloadResult
 from kktd.status import heartbeat, snapshot, status_line

@@ -263,3 +263,15 @@ async def test_a_stop_landing_as_a_slice_ends_is_not_lost() -> None:
         done, _ = await asyncio.wait([task], timeout=10)
         assert done, "the stop request was lost"
         assert task.cancelled()
+
+
+async def test_an_injected_sleep_takes_each_slice_on_its_own_clock() -> None:
+    """The poller's fake clock: the whole sleep runs at once, one beat per slice and one after."""
+    clock = FakeClock()
+    beats: list[float] = []
+    await asyncio.wait_for(
+        sleep_beating(3.5, lambda: beats.append(clock.now), monotonic=clock, sleep=clock.sleep),
+        10,
+    )
+    assert clock.slept == [1.0, 1.0, 1.0, 0.5]
+    assert beats == [1000.0, 1001.0, 1002.0, 1003.0, 1003.5]

@@ -18,25 +18,31 @@ from typing import Literal
 
 from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
 from kktd.emulator.ofd import OFD_COMMANDS, FnOfd
-from kktd.kkt import protocol
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
-    NAK,
-    BadFrame,
+from kktd.kkt.commands import (
+    DEFAULT_PASSWORD,
     Command,
-    ControlByte,
     DeviceType,
     DocumentInfo,
     ErrorCode,
     FnStatus,
     FoundDocument,
+    OfdStatus,
+    Request,
+    decode_request,
+    encode_response,
+)
+from kktd.kkt.frames import (
+    ACK,
+    ENQ,
+    MAX_BODY,
+    NAK,
+    BadFrame,
+    ControlByte,
     Frame,
     FrameError,
     FrameParser,
     Noise,
-    OfdStatus,
-    Request,
+    encode_frame,
 )
 from kktd.kkt.tlv import encode_tlv, iter_tlv
 
@@ -48,7 +54,7 @@ DEFAULT_DEVICE_TYPE = DeviceType(0, 0, 1, 0, 0, 0, "ШТРИХ-М-01Ф (эмул
 # commands that read the FN state; with `strict_output` they fail mid-document like on some FNs
 FN_QUERIES = frozenset({Command.FN_STATUS, Command.OFD_STATUS, Command.FIND_FD})
 SUPPORTED = frozenset(Command) | OFD_COMMANDS
-MAX_PIECE = protocol.MAX_BODY - 3  # FF3B answer data: the frame body less FF 3B and the error
+MAX_PIECE = MAX_BODY - 3  # FF3B answer data: the frame body less FF 3B and the error
 
 # How FF3B hands out an FD's TLV stream (SPEC section 1; hosts must join the answers):
 # "split": one TLV per answer, a TLV longer than an answer holds in several pieces (Shtrih-M);
@@ -89,7 +95,7 @@ class KktDevice:
         *,
         archive: int = 0,
         documents: Iterable[EmulatedDocument] = (),
-        password: int = protocol.DEFAULT_PASSWORD,
+        password: int = DEFAULT_PASSWORD,
         monotonic: Callable[[], float] = time.monotonic,
         device_type: DeviceType = DEFAULT_DEVICE_TYPE,
         strict_output: bool = False,
@@ -251,7 +257,7 @@ class KktDevice:
 
     def _on_frame(self, body: bytes) -> list[bytes]:
         self.stats["frames"] += 1
-        answer = protocol.encode_frame(self._answer(body))
+        answer = encode_frame(self._answer(body))
         self._pending = answer  # a new command supersedes an answer the host never took
         if self.faults.lost_acks > 0:
             self.faults.lost_acks -= 1
@@ -279,21 +285,21 @@ class KktDevice:
         """The frame body answering one host frame."""
         cmd = _command_of(body)
         if cmd not in SUPPORTED:
-            return protocol.encode_response(cmd, ErrorCode.NOT_SUPPORTED)
+            return encode_response(cmd, ErrorCode.NOT_SUPPORTED)
         if self.faults.busy > 0 or self.monotonic() < self.faults.busy_until:
             self.faults.busy = max(0, self.faults.busy - 1)
-            return protocol.encode_response(cmd, ErrorCode.PRINTING)
+            return encode_response(cmd, ErrorCode.PRINTING)
         try:
-            request = protocol.decode_request(body)
+            request = decode_request(body)
         except FrameError:
-            return protocol.encode_response(cmd, ErrorCode.BAD_PARAMETERS)
+            return encode_response(cmd, ErrorCode.BAD_PARAMETERS)
         if request.password is not None and request.password != self.password:
-            return protocol.encode_response(cmd, WRONG_PASSWORD)
+            return encode_response(cmd, WRONG_PASSWORD)
         if self.strict_output and self._output is not None and cmd in FN_QUERIES:
-            return protocol.encode_response(cmd, ErrorCode.WRONG_FN_STATE)
+            return encode_response(cmd, ErrorCode.WRONG_FN_STATE)
         self.executed[cmd] += 1
         error, data = self._execute(request)
-        return protocol.encode_response(cmd, error, data if error == ErrorCode.OK else b"")
+        return encode_response(cmd, error, data if error == ErrorCode.OK else b"")
 
     def _execute(self, request: Request) -> tuple[int, bytes]:
         match request.cmd:

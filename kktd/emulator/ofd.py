@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kktd.emulator.documents import EmulatedDocument
+from kktd.kkt.commands import ErrorCode, PayloadError, Request
 from kktd.kkt.ofd_protocol import (
     ANSWER_REJECTED,
     EXCHANGE_MODE_FIELD,
@@ -33,7 +34,6 @@ from kktd.kkt.ofd_protocol import (
     session_message,
     split_session,
 )
-from kktd.kkt.protocol import ErrorCode, PayloadError, Request
 
 OFD_COMMANDS = frozenset(OfdCommand)
 DEFAULT_BLOCK_SIZE = 240

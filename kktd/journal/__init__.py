@@ -12,7 +12,8 @@ from kktd.journal.errors import (
     JournalVersionError,
 )
 from kktd.journal.recovery import RecoveryRecord
-from kktd.journal.store import DocState, Journal, JournalCounts, JournalEntry
+from kktd.journal.rows import DocState, JournalCounts, JournalEntry
+from kktd.journal.store import Journal
 
 __all__ = [
     "DocState",

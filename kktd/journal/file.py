@@ -45,9 +45,9 @@ _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
 class JournalFile:
     """The connection, its state (open, unavailable and why), and the loop that reopens it."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, *, wall: Callable[[], float] = time.time) -> None:
         self.path = path
-        self._clock = clock
+        self._wall = wall
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._opening = asyncio.Lock()
@@ -122,7 +122,7 @@ class JournalFile:
                     raise
                 reason = str(exc)
         try:
-            record = await asyncio.to_thread(replace_damaged, self.path, self._clock(), reason)
+            record = await asyncio.to_thread(replace_damaged, self.path, self._wall(), reason)
         except (sqlite3.Error, OSError) as exc:
             self._damage = reason  # still in place: the next attempt replaces it, checked or not
             if (error := classify(exc, self.path)) is None:
@@ -250,7 +250,7 @@ class JournalFile:
         previous = self.fault
         self.fault = error
         if self._unavailable_since is None:
-            self._unavailable_since = self._clock()
+            self._unavailable_since = self._wall()
         elif previous is not None and previous.kind == error.kind:
             return
         action = (
@@ -267,6 +267,6 @@ class JournalFile:
             log.info(
                 "journal.available",
                 path=str(self.path),
-                after_seconds=round(self._clock() - since, 3),
+                after_seconds=round(self._wall() - since, 3),
                 attempts=attempts,
             )

@@ -69,9 +69,9 @@ async def record_skip(
     not right before it: only the next FD to read can be skipped, never a gap.
     """
     who = requester.operator, requester.peer, requester.auth
-    # the journal's own clock and transaction: this module is the journal's, kept apart only
+    # the journal's own wall clock and transaction: this module is the journal's, kept apart only
     # to keep store.py small
-    record = SkipRecord(fn, fd, journal._clock(), reason[:REASON_LIMIT], *who, read_error)
+    record = SkipRecord(fn, fd, journal._wall(), reason[:REASON_LIMIT], *who, read_error)
 
     async def body(conn: aiosqlite.Connection) -> None:
         if await _one(conn, "SELECT 1 FROM documents WHERE fn = ? AND fd = ?", (fn, fd)):

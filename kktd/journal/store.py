@@ -7,54 +7,33 @@ The statements of the journal; the connection, its failures and its recovery liv
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, cast
+from typing import Any
 
 import aiosqlite
 import structlog
 
 from kktd.journal.file import JournalFile
 from kktd.journal.recovery import RECOVERY_KEY, REREAD_KEY, RecoveryRecord
-from kktd.sync.body import encode_body
+from kktd.journal.rows import (
+    DUE_NOW,
+    DocumentRow,
+    JournalCounts,
+    JournalEntry,
+    NewFd,
+    OfdExchange,
+    insert_params,
+)
 
 log = structlog.get_logger(__name__)
 
-DocState = Literal["pending", "synced", "dead"]
 ERROR_LIMIT = 500  # characters of an upstream error kept (SPEC section 4)
-# next_attempt_at of an FD due at once: 0, not "now", so a wall clock stepped back does not
-# hold back FDs journaled before the step
-DUE_NOW = 0.0
 
-
-class OfdExchange(Protocol):
-    """What the journal keeps of an OFD relay exchange (kktd.ofd.audit.ExchangeRecord)."""
-
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def fn(self) -> str | None: ...
-    @property
-    def message(self) -> bytes: ...
-    @property
-    def answer(self) -> bytes | None: ...
-    @property
-    def outcome(self) -> str: ...
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def read_seconds(self) -> float: ...
-    @property
-    def ofd_seconds(self) -> float: ...
-    @property
-    def write_seconds(self) -> float: ...
-
-
+# the column order of `JournalEntry.from_row`
 _SELECT = (
     "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
     " next_attempt_at, synced_at FROM documents "
@@ -104,34 +83,6 @@ _RETRY = (
 )
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False), built once
-DocumentRow = tuple[str, int, int, bytes, str, float, float, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class NewFd:
-    """An FD read from the FN, to be journaled (`Journal.store_many`)."""
-
-    fn: str
-    fd: int
-    doc_type: int
-    raw: bytes
-    fields: Mapping[str, Any]
-
-
-def _insert_params(doc: NewFd, now: float) -> DocumentRow:
-    """`_INSERT`'s parameters for one FD, built before any write: a value JSON cannot carry
-    fails here. The request body is built now, once (`kktd.sync.body`)."""
-    fields = dict(doc.fields)
-    fields_json = _JSON.encode(fields)
-    raw = bytes(doc.raw)
-    # The fields as given, not as the journal gives them back (json.loads of fields_json): the
-    # same bytes for any fields JSON carries unchanged (string keys, str/int/float/bool/None,
-    # lists, dicts), which is all a decoded FD holds; tests/journal pins it for the archive.
-    body = encode_body(doc.fn, doc.fd, raw, fields)
-    return (doc.fn, doc.fd, doc.doc_type, raw, fields_json, now, DUE_NOW, body)
-
-
 async def _already_there(
     conn: aiosqlite.Connection, rows: Sequence[DocumentRow]
 ) -> set[tuple[str, int]]:
@@ -147,67 +98,19 @@ async def _already_there(
     return there
 
 
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One journaled FD: its bytes as read from the FN, its decoded fields, its delivery state."""
-
-    fn: str
-    fd: int
-    doc_type: int
-    raw: bytes
-    fields: dict[str, Any]
-    journaled_at: float
-    state: DocState
-    attempts: int
-    last_error: str | None
-    next_attempt_at: float
-    synced_at: float | None
-    #: the request body stored when the FD was journaled (None: a row from before, or not read);
-    #: only `claim_due` reads it, and leaves `fields` empty when it does
-    body: bytes | None = None
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> JournalEntry:
-        """Build from a row of ``_SELECT``'s column order (``_CLAIM``'s adds the body)."""
-        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row[:11]
-        body = row[11] if len(row) > 11 else None
-        return cls(
-            fn=fn,
-            fd=fd,
-            doc_type=doc_type,
-            raw=bytes(raw),
-            fields={} if fields is None else json.loads(fields),
-            journaled_at=journaled_at,
-            state=cast(DocState, state),
-            attempts=attempts,
-            last_error=error,
-            next_attempt_at=due,
-            synced_at=synced,
-            body=None if body is None else bytes(body),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class JournalCounts:
-    pending: int
-    synced: int
-    dead: int
-    oldest_pending_journaled_at: float | None
-
-
 class Journal(JournalFile):
     """The SQLite journal. Open with `Journal.open` (or build, `try_open` and `keep_open` it,
     as the daemon does, to start without it); one per process."""
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Journal:
+    async def open(cls, path: Path, *, wall: Callable[[], float] = time.time) -> Journal:
         """Open (creating and migrating as needed) the journal at `path`.
 
         A damaged file is moved aside and a fresh journal started (`recovered_from` says where
         the old one went): the FN still holds every document, so the poller refills it.
         Raises a classified `JournalError` when the file cannot be opened.
         """
-        journal = cls(path, clock=clock)
+        journal = cls(path, wall=wall)
         await journal.open_now()
         return journal
 
@@ -222,7 +125,7 @@ class Journal(JournalFile):
         record = self.recovery
         if record is None or record.acknowledged_at is not None:
             return None
-        acknowledged = record.acknowledged(self._clock())
+        acknowledged = record.acknowledged(self._wall())
         await self._execute(
             "UPDATE meta SET value = ? WHERE key = ?", (acknowledged.to_json(), RECOVERY_KEY)
         )
@@ -271,9 +174,9 @@ class Journal(JournalFile):
                 previous = last[doc.fn]
                 raise ValueError(f"FD {doc.fd} of FN {doc.fn} after FD {previous}: out of order")
             last[doc.fn] = doc.fd
-        now = self._clock()
+        now = self._wall()
         # serialised first, so a value JSON cannot carry fails before any write
-        rows = [_insert_params(doc, now) for doc in fds]
+        rows = [insert_params(doc, now) for doc in fds]
 
         async def body(conn: aiosqlite.Connection) -> list[bool]:
             # A few calls to SQLite's thread per group, not two per FD: each is a hop that
@@ -303,7 +206,7 @@ class Journal(JournalFile):
 
     async def set_cursor(self, fn: str, fd: int) -> None:
         """Put the cursor at `fd` without journaling anything (``kkt.start_fd``)."""
-        await self._execute(_SET_CURSOR, (fn, fd, self._clock()))
+        await self._execute(_SET_CURSOR, (fn, fd, self._wall()))
 
     async def last_fd(self, fn: str) -> int | None:
         """The highest FD of this FN actually in the journal. (Only the tests ask: the poller

@@ -11,7 +11,8 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from kktd.kkt.protocol import DocumentInfo, ProtocolError
+from kktd.kkt.commands import DocumentInfo
+from kktd.kkt.frames import ProtocolError
 from kktd.kkt.tlv import TlvError, identity
 
 

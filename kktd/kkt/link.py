@@ -21,19 +21,20 @@ from dataclasses import dataclass
 import structlog
 
 from kktd.kkt.address import SerialAddress, parse_address
-from kktd.kkt.noise import LineNoise
-from kktd.kkt.protocol import (
+from kktd.kkt.commands import (
     BUSY_ERRORS,
     NO_PASSWORD,
     Command,
     DeviceType,
-    Discarded,
-    ProtocolError,
     Response,
     answer_timeout,
     encode_request,
     error_name,
 )
+from kktd.kkt.frames import ProtocolError
+from kktd.kkt.handshake import Discarded
+from kktd.kkt.noise import LineNoise
+from kktd.kkt.serial_port import SerialTransport
 from kktd.kkt.tcp import TCP_BYTE_TIMEOUT, TCP_CONTROL_TIMEOUT, TcpTransport
 from kktd.kkt.transport import (
     BYTE_TIMEOUT,
@@ -41,7 +42,6 @@ from kktd.kkt.transport import (
     ExchangeError,
     LinkDown,
     LinkError,
-    SerialTransport,
     Transport,
 )
 from kktd.sync.backoff import Backoff
@@ -136,8 +136,8 @@ class KktLink:
         password: int = 30,
         byte_timeout: float | None = None,
         control_timeout: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         opener: Opener = open_transport,
     ) -> None:
@@ -151,8 +151,8 @@ class KktLink:
         )
         self._byte_timeout = default_byte if byte_timeout is None else byte_timeout
         self._control_timeout = default_control if control_timeout is None else control_timeout
-        self._clock = clock
-        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._wall = wall
         self._sleep = sleep
         self._opener = opener
         self._transport: Transport | None = None
@@ -162,8 +162,8 @@ class KktLink:
         self._since: float | None = None
         self._last_error: str | None = None
         self._retry_at = float("-inf")
-        self._backoff = BACKOFF_FIRST
-        self.noise = LineNoise(port, monotonic=clock)
+        self._backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, "none")
+        self.noise = LineNoise(port, monotonic=monotonic)
 
     @property
     def connected(self) -> bool:
@@ -171,7 +171,7 @@ class KktLink:
 
     @property
     def state(self) -> LinkState:
-        reconnect_in = 0.0 if self.connected else max(0.0, self._retry_at - self._clock())
+        reconnect_in = 0.0 if self.connected else max(0.0, self._retry_at - self._monotonic())
         return LinkState(self.connected, self._since, self._last_error, self._device, reconnect_in)
 
     def exclusive(self) -> AbstractAsyncContextManager[None]:
@@ -284,7 +284,7 @@ class KktLink:
     async def _ensure_open(self) -> Transport:
         if self._transport is not None:
             return self._transport
-        left = self._retry_at - self._clock()
+        left = self._retry_at - self._monotonic()
         if left > 0:
             raise LinkDown(f"reconnecting in {left:.1f} s: {self._last_error}")
         try:
@@ -302,8 +302,8 @@ class KktLink:
             raise LinkDown(f"no KKT on {self.port}: {exc}") from exc
         self._transport = transport
         self._device = device
-        self._since = self._wall_clock()
-        self._backoff = BACKOFF_FIRST
+        self._since = self._wall()
+        self._backoff.record_success()
         log.info(
             "kkt.connected",
             port=self.port,
@@ -328,20 +328,20 @@ class KktLink:
     def _attempt_failed(self, error: str) -> None:
         self._transport = None
         self._last_error = error
-        self._retry_at = self._clock() + self._backoff
-        log.warning("kkt.connect_failed", port=self.port, error=error, retry_in=self._backoff)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        retry_in = self._backoff.record_failure()
+        self._retry_at = self._monotonic() + retry_in
+        log.warning("kkt.connect_failed", port=self.port, error=error, retry_in=retry_in)
 
     def _down(self, error: str) -> None:
         if self._transport is None:
             return  # still connecting: `_ensure_open` reports the attempt
         self._transport.close()
         self._transport = None
-        self._since = self._wall_clock()
+        self._since = self._wall()
         self._last_error = error
-        self._retry_at = self._clock() + self._backoff
-        log.warning("kkt.disconnected", port=self.port, error=error, retry_in=self._backoff)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        retry_in = self._backoff.record_failure()
+        self._retry_at = self._monotonic() + retry_in
+        log.warning("kkt.disconnected", port=self.port, error=error, retry_in=retry_in)
 
     def _discard(self, what: Discarded) -> None:
         if what.kind == "stale_answer":

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from kktd.kkt.protocol import Discarded
+from kktd.kkt.handshake import Discarded
 
 log = structlog.get_logger(__name__)
 

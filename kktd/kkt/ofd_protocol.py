@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
 
-from kktd.kkt.protocol import MAX_BODY, PayloadError
+from kktd.kkt.commands import PayloadError
+from kktd.kkt.frames import MAX_BODY
 
 
 class OfdCommand(IntEnum):

@@ -6,8 +6,8 @@ journal's cursor: FF3A, then FF3B until error 08, the answers joined as a byte s
 FD (`kktd.kkt.fd_stream`). Each FD is stored together with its cursor advance, so a crash loses
 nothing and duplicates nothing. An FD read is one unit of work holding the link: on any error
 mid-document the whole read restarts at FF3A, and a read that fails for good is read out to its
-08 so the KKT is not left in data-output mode; the daemon's shutdown waits for that unit through
-`link.exclusive()`.
+08 so the KKT is not left in data-output mode (`kktd.kkt.fd_read`); the daemon's shutdown waits
+for that unit through `link.exclusive()`.
 
 What the KKT says is checked before it is believed: an FN number that differs from the one
 known is believed only when two FF01 answers in a row agree (a garbled answer the XOR LRC misses
@@ -21,46 +21,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from kktd.config import KktConfig
 from kktd.journal import Journal, JournalError
+from kktd.journal.rows import NewFd
 from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
-from kktd.journal.store import NewFd
-from kktd.kkt.fd_stream import DocumentStream
-from kktd.kkt.link import KktError, KktLink, busy_delays
+from kktd.kkt.commands import FnStatus, OfdStatus
+from kktd.kkt.fd_read import FdReader
+from kktd.kkt.frames import ProtocolError
+from kktd.kkt.interface import Kkt
+from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
-from kktd.kkt.protocol import (
-    BUSY_ERRORS,
-    Command,
-    DocumentInfo,
-    ErrorCode,
-    FnStatus,
-    OfdStatus,
-    ProtocolError,
-    Response,
-    fd_request,
-)
 from kktd.kkt.tlv import decode_document, doc_kind
 from kktd.kkt.transport import LinkDown, LinkError
+from kktd.supervisor import sleep_beating
 
 __all__ = ["DocumentReadError", "Poller", "PollerStatus", "StuckFd"]
 
 log = structlog.get_logger(__name__)
 
 OFD_STATUS_EVERY = 60.0
-BUSY_WAIT = 10.0  # of "printing" before the poll gives up and tries again later
-DOCUMENT_TRIES = 5
-DRAIN_ANSWERS = 4096  # reading a document out to its 08: a KKT that never says 08 is left alone
 FN_CONFIRM_READS = 3  # FF01 answers read to find two in a row that agree on a new FN number
 SKIP_WAIT = 20.0  # a skip waits this long for an FD read in progress to end
 # Failed polls before an FD may be skipped: one failure can be a garbled FF01 last FD (an FD not
 # issued yet), which the next poll corrects; a skipped FD is never read again.
 SKIP_AFTER_POLLS = 2
-BEAT_EVERY = 1.0
 # Group commit: up to GROUP_SIZE FDs read back to back, or what GROUP_WAIT seconds of reading
 # brought, go in one transaction; reading waits for the journal past GROUP_MAX uncommitted FDs.
 GROUP_SIZE = 16
@@ -78,17 +67,18 @@ class Poller:
         kkt_config: KktConfig,
         *,
         on_journaled: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._link = link
         self._journal = journal
         self._config = kkt_config
         self._on_journaled = on_journaled
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._sleep = sleep
+        self._monotonic = monotonic
+        self._wall = wall
+        self._sleep = sleep  # None: real time (a test's fake clock brings its own)
+        self._kkt: Kkt = FdReader(link, sleep=sleep or asyncio.sleep)  # the Shtrih-M side
         self._beat: Callable[[], None] = _nothing
         self._fn_status: FnStatus | None = None
         self._cursor: int | None = None
@@ -98,7 +88,6 @@ class Poller:
         self._last_error: str | None = None
         self._journal_blocked: str | None = None
         self._journaled = 0
-        self._open_length: int | None = None  # FF3A's length while FF3B has not said 08 yet
         self._stuck: StuckFd | None = None
         self._skipped: tuple[str, int] | None = None  # the last FD the operator skipped
 
@@ -130,13 +119,14 @@ class Poller:
     async def run(self, beat: Callable[[], None]) -> None:
         """Poll until cancelled, beating at least once a second (idle waits included)."""
         self._beat = beat
+        self._kkt.beat = beat
         while True:
             beat()
             await self.poll()
             wait = self._config.poll_interval
             if not self._link.connected:
                 wait = max(wait, self._link.state.reconnect_in)
-            await self._idle(wait)
+            await sleep_beating(wait, beat, monotonic=self._monotonic, sleep=self._sleep)
 
     async def poll(self) -> int:
         """One poll: connect if needed, FF01, FF39 when due, every new FD. Returns FDs stored."""
@@ -145,7 +135,7 @@ class Poller:
                 await self._link.connect()
                 self._ofd_due = float("-inf")  # a fresh link: read the FN's backlog at once
             status = await self._read_fn_status()
-            if self._clock() >= self._ofd_due:
+            if self._monotonic() >= self._ofd_due:
                 await self._read_ofd_status()
             stored = await self._catch_up(status)
         except LinkDown as exc:
@@ -174,12 +164,12 @@ class Poller:
         if stuck is not None and (stuck.fn, stuck.fd) == (exc.fn, exc.fd):
             self._stuck = StuckFd(exc.fn, exc.fd, str(exc), stuck.since, stuck.polls + 1)
         else:
-            self._stuck = StuckFd(exc.fn, exc.fd, str(exc), self._wall_clock(), 1)
+            self._stuck = StuckFd(exc.fn, exc.fd, str(exc), self._wall(), 1)
 
     # --- FN state ---
 
     async def _read_fn_status(self) -> FnStatus:
-        status = await self._fn_status_once()
+        status = await self._kkt.fn_status()
         believed = None if self._fn_status is None else self._fn_status.fn
         if status.fn != believed:
             status = await self._confirm_fn(status, believed)
@@ -194,7 +184,7 @@ class Poller:
         """
         previous = first
         for _ in range(FN_CONFIRM_READS):
-            status = await self._fn_status_once()
+            status = await self._kkt.fn_status()
             if status.fn == previous.fn:
                 return status  # two answers in a row agree
             if status.fn == believed:
@@ -203,38 +193,14 @@ class Poller:
             previous = status
         raise ProtocolError(f"FF01: no two answers in a row agree on the FN number ({previous.fn})")
 
-    async def _fn_status_once(self) -> FnStatus:
-        try:
-            response = await self._request(Command.FN_STATUS)
-        except KktError as exc:
-            if exc.code != ErrorCode.WRONG_FN_STATE:
-                raise
-            # Some FNs refuse queries while an FD read is left open (a kktd killed mid-read):
-            # read that document out to its 08, then ask again.
-            await self._drain_output()
-            response = await self._request(Command.FN_STATUS)
-        return FnStatus.decode(response.data)
-
-    async def _drain_output(self, answers: int = DRAIN_ANSWERS) -> None:
-        """Read the open document out to its 08 (at most `answers` FF3B)."""
-        async with self._link.exclusive():
-            for _ in range(answers):
-                try:
-                    await self._request(Command.READ_TLV)
-                except KktError:
-                    break
-        self._open_length = None
-        log.info("kkt.output_drained")
-
     async def _read_ofd_status(self) -> None:
         try:
-            response = await self._request(Command.OFD_STATUS)
-            self._ofd = OfdStatus.decode(response.data)
+            self._ofd = await self._kkt.ofd_status()
         except (KktError, ProtocolError) as exc:
             log.warning("kkt.ofd_status_failed", error=str(exc))
         else:
-            self._ofd_read_at = self._wall_clock()
-        self._ofd_due = self._clock() + OFD_STATUS_EVERY
+            self._ofd_read_at = self._wall()
+        self._ofd_due = self._monotonic() + OFD_STATUS_EVERY
 
     # --- documents ---
 
@@ -251,9 +217,9 @@ class Poller:
                 async with self._link.exclusive():
                     if self._skipped == (fn, fd):
                         continue  # skipped by the operator while this poll waited for the link
-                    doc_type, raw = await self._read_document(fn, fd)
+                    doc_type, raw = await self._kkt.read_document(fn, fd)
                 if not group.read:
-                    group.since = self._clock()
+                    group.since = self._monotonic()
                 group.read.append((fd, doc_type, raw))
                 await self._commit(group, wait=len(group.read) >= GROUP_MAX)
             await self._commit_all(group)
@@ -288,7 +254,7 @@ class Poller:
                 if committing.done():  # a stop while waiting: the caller's `finally` waits again
                     group.committing = None
         if group.read and (
-            wait or len(group.read) >= GROUP_SIZE or self._clock() - group.since >= GROUP_WAIT
+            wait or len(group.read) >= GROUP_SIZE or self._monotonic() - group.since >= GROUP_WAIT
         ):
             batch, group.read = group.read, []
             group.committing = asyncio.create_task(self._store_group(group.fn, batch))
@@ -324,118 +290,6 @@ class Poller:
             cursor = 0 if start == "first" else max(0, start - 1)
         log.info("kkt.cursor_started", fn=fn, start_fd=start, after_fd=cursor)
         return cursor
-
-    async def _read_document(self, fn: str, fd: int) -> tuple[int, bytes]:
-        """FF3A then FF3B until 08; restarted whole on any error, never left half read."""
-        error = ""
-        for attempt in range(1, DOCUMENT_TRIES + 1):
-            try:
-                return await self._read_document_once(fn, fd)
-            except LinkDown:
-                raise  # the port is gone: the next poll after the reconnect restarts this FD
-            except (KktError, LinkError, ProtocolError) as exc:
-                error = str(exc)
-            log.warning("kkt.document_restarted", fd=fd, attempt=attempt, error=error)
-        if self._open_length is not None:
-            # The last try stopped mid-document: finish it (an FN refuses FF01 meanwhile).
-            # Each answer carries a byte at least: a KKT that never says 08 is left to FF3A.
-            with contextlib.suppress(KktError, LinkError, ProtocolError):
-                await self._drain_output(self._open_length + 1)
-        raise DocumentReadError(fn, fd, f"FD {fd} not read after {DOCUMENT_TRIES} tries: {error}")
-
-    async def _read_document_once(self, fn: str, fd: int) -> tuple[int, bytes]:
-        """FF3A, and FF3B in the same run of the link when FF3A opened the document."""
-        self._open_length = None
-        opened: list[DocumentInfo] = []
-
-        def opens(answer: Response) -> bool:  # FF3A's answer, in the link's reader callback
-            if answer.error != ErrorCode.OK:
-                return False
-            try:
-                info = DocumentInfo.decode(answer.data)
-            except ProtocolError:
-                return False  # raised again below, outside the callback
-            opened.append(info)
-            self._open_length = info.length  # FF3B starts now: read out to 08 if this fails
-            return True
-
-        request = fd_request(fd)
-        for delay in busy_delays(BUSY_WAIT):  # busy answers waited out as `_request` does
-            opened.clear()
-            answers = await self._follow(request, opens)
-            if answers[0].error not in BUSY_ERRORS:
-                break
-            self._beat()
-            await self._sleep(delay)
-        else:
-            opened.clear()
-            answers = await self._follow(request, opens)
-        first, *tlvs = answers
-        if first.error:
-            raise KktError(Command.OPEN_FD_TLV, first.error)
-        info = opened[0] if opened else DocumentInfo.decode(first.data)  # raises PayloadError
-        self._open_length = info.length
-        stream = DocumentStream(fn, fd, info)
-        await self._read_tlvs(stream, tlvs)
-        self._open_length = None
-        return info.doc_type, stream.finish()
-
-    async def _follow(self, request: bytes, opens: Callable[[Response], bool]) -> list[Response]:
-        """FF3A for `request`, then FF3B while the answers carry data within FF3A's length."""
-        left = 0
-
-        def more(answer: Response) -> bool:
-            nonlocal left
-            if answer.cmd == Command.OPEN_FD_TLV:
-                if not opens(answer):
-                    return False
-                left = self._open_length or 0
-                return True
-            left -= len(answer.data)
-            return answer.error == ErrorCode.OK and bool(answer.data) and left >= 0
-
-        return await self._link.requests(
-            Command.OPEN_FD_TLV, request, again=more, then=Command.READ_TLV
-        )
-
-    async def _read_tlvs(self, stream: DocumentStream, answers: list[Response]) -> None:
-        """FF3B until 08, the answers into `stream`; busy answers waited out as `_request` does.
-
-        `answers` are the FF3B answers of FF3A's run. The FF3B run goes on inside the link
-        while the answers carry data and stay within FF3A's length (bounded, as
-        `DocumentStream.add`); the first answer that does not ends the run and is dealt with
-        here.
-        """
-        left = 0
-
-        def more(answer: Response) -> bool:
-            nonlocal left
-            left -= len(answer.data)
-            return answer.error == ErrorCode.OK and bool(answer.data) and left >= 0
-
-        delays: Iterator[float] | None = None
-        while True:
-            if not answers:
-                left = stream.info.length - stream.received
-                answers = await self._link.requests(Command.READ_TLV, again=more)
-            *pieces, last = answers
-            answers = []
-            for answer in pieces:
-                stream.add(answer.data)
-            if last.error == ErrorCode.OK:
-                stream.add(last.data)  # raises: empty, or past FF3A's length
-                delays = None
-                continue
-            if last.error == ErrorCode.NO_DATA:
-                return
-            if last.error not in BUSY_ERRORS:
-                raise KktError(Command.READ_TLV, last.error)
-            delays = busy_delays(BUSY_WAIT) if delays is None else delays
-            delay = next(delays, None)
-            if delay is None:
-                raise KktError(Command.READ_TLV, last.error)  # printing for too long
-            self._beat()
-            await self._sleep(delay)
 
     async def _store_group(self, fn: str, batch: list[tuple[int, int, bytes]]) -> int:
         """Decode and journal FDs read back to back, the cursor with them: one transaction.
@@ -508,27 +362,6 @@ class Poller:
             event = "journal.full" if exc.kind == "full" else "kkt.reads_paused"
             log.error(event, error=str(exc), action="KKT reading paused; the FN keeps FDs")
         self._journal_blocked = str(exc)
-
-    # --- plumbing ---
-
-    async def _request(self, cmd: int, data: bytes = b"") -> Response:
-        """A request, retried shortly while the KKT is printing (busy 50/58)."""
-        for delay in busy_delays(BUSY_WAIT):
-            try:
-                return await self._link.request(cmd, data)
-            except KktError as exc:
-                if not exc.busy:
-                    raise
-            self._beat()
-            await self._sleep(delay)
-        return await self._link.request(cmd, data)
-
-    async def _idle(self, seconds: float) -> None:
-        deadline = self._clock() + seconds
-        while (left := deadline - self._clock()) > 0:
-            self._beat()
-            await self._sleep(min(left, BEAT_EVERY))
-        self._beat()
 
 
 def _fields(fn: str, fd: int, doc_type: int, raw: bytes) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kktd.kkt.protocol import OfdStatus
+from kktd.kkt.commands import OfdStatus
 
 
 class DocumentReadError(Exception):

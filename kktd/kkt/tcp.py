@@ -1,7 +1,7 @@
 """The KKT over TCP (Ethernet, Wi-Fi, USB-RNDIS): one connection, the same v1 frames (SPEC 1).
 
 The connected socket is just another non-blocking fd for `FdTransport`, which drives the same
-`protocol.Exchange` as on a serial port: ENQ first, the stray FF the KKT sends after our ACK
+`handshake.Exchange` as on a serial port: ENQ first, the stray FF the KKT sends after our ACK
 skipped by the protocol core. What differs is only here: connecting (3 s, every address the name
 resolves to in turn), the socket options that keep one long-lived connection honest, and the
 timeouts a network needs (a byte can be held back by a retransmission, never lost).
@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from kktd.kkt.protocol import Discarded
+from kktd.kkt.handshake import Discarded
 from kktd.kkt.transport import FdTransport, LinkDown
 
 CONNECT_TIMEOUT = 3.0

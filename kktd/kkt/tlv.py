@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from kktd.kkt.protocol import ProtocolError
+from kktd.kkt.frames import ProtocolError
 
 TAG_ITEM = 1059
 TAG_ITEM_NAME = 1030

@@ -1,31 +1,24 @@
-"""A byte pipe to a Shtrih-M on the event loop, driving the pure handshake of `protocol.py`.
+"""A byte pipe to a Shtrih-M on the event loop, driving the pure handshake of `handshake.py`.
 
 `FdTransport` is the driver every transport shares: a non-blocking file descriptor whose reads
 come through `loop.add_reader` and whose writes go straight to the fd (frames are at most 258
 bytes; EAGAIN waits on `loop.add_writer`). No thread per byte, and no pyserial-asyncio, which is
 unmaintained. Everything the protocol decides (what to send, how long to wait, which stray bytes
-to skip) comes from `protocol.Exchange`; a transport only moves bytes and keeps time, so the
-serial port (here) and TCP (`tcp.py`) differ only in how the fd is opened and released.
-
-The serial port: pyserial opens and configures it (8N1, raw mode) and we claim it exclusively
-(flock and TIOCEXCL, see `_claim`).
+to skip) comes from `handshake.Exchange`; a transport only moves bytes and keeps time, so the
+serial port (`serial_port.py`) and TCP (`tcp.py`) differ only in how the fd is opened and
+released.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
-import termios
 from collections.abc import Callable
 from typing import Protocol
 
-import serial
-
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
+from kktd.kkt.commands import Response
+from kktd.kkt.frames import ACK, ENQ
+from kktd.kkt.handshake import (
     Action,
     ArmTimeout,
     Discarded,
@@ -33,12 +26,10 @@ from kktd.kkt.protocol import (
     Exchange,
     Failed,
     FailReason,
-    Response,
     Send,
     leftover,
 )
 
-BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 BYTE_TIMEOUT = 0.1
 CONTROL_TIMEOUT = 0.5
 WRITE_STALL = 2.0  # no flow control on the line: output that cannot drain means no port
@@ -57,7 +48,7 @@ class LinkDown(LinkError):  # noqa: N818 - the name the team codes against (issu
 
 
 class ExchangeError(LinkError):
-    """The handshake gave up (see `protocol.Failed` for the reasons)."""
+    """The handshake gave up (see `handshake.Failed` for the reasons)."""
 
     def __init__(self, reason: FailReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -366,61 +357,6 @@ class FdTransport:
         _settle(run.result, LinkDown(f"the port took no output for {WRITE_STALL} s"))
 
 
-class SerialTransport(FdTransport):
-    """One serial port (USB CDC, RS-232 or a USB-serial adapter), claimed exclusively."""
-
-    def __init__(
-        self,
-        port: serial.Serial,
-        *,
-        byte_timeout: float = BYTE_TIMEOUT,
-        control_timeout: float = CONTROL_TIMEOUT,
-        on_discard: Callable[[Discarded], None] | None = None,
-    ) -> None:
-        self._port = port
-        super().__init__(
-            port.fileno(),
-            byte_time=BITS_PER_BYTE / port.baudrate,
-            byte_timeout=byte_timeout,
-            control_timeout=control_timeout,
-            on_discard=on_discard,
-        )
-
-    @classmethod
-    async def open(
-        cls,
-        path: str,
-        baudrate: int,
-        *,
-        byte_timeout: float = BYTE_TIMEOUT,
-        control_timeout: float = CONTROL_TIMEOUT,
-        on_discard: Callable[[Discarded], None] | None = None,
-    ) -> SerialTransport:
-        """Open `path` exclusively (a second opener fails instead of interleaving bytes)."""
-        try:
-            port = await asyncio.to_thread(
-                serial.Serial, path, baudrate, timeout=0, write_timeout=0, exclusive=True
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise LinkDown(f"cannot open {path}: {exc}") from exc
-        try:
-            _claim(port.fileno())
-        except OSError as exc:
-            port.close()
-            raise LinkDown(f"cannot open {path} exclusively: {exc}") from exc
-        return cls(
-            port, byte_timeout=byte_timeout, control_timeout=control_timeout, on_discard=on_discard
-        )
-
-    def _release(self) -> None:
-        # The last close of a real port drops TIOCEXCL, but a pty whose other side keeps its
-        # slave open (the emulator) would stay exclusive, and our own reconnect would then fail
-        # with EBUSY. A port already gone has nothing left to release.
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(self._fd, termios.TIOCNXCL)
-        self._port.close()
-
-
 class _Run:
     """The exchange in progress: its machine, the caller's future, its deadline."""
 
@@ -458,15 +394,3 @@ def _settle(result: asyncio.Future[Response], outcome: Response | BaseException)
         result.set_exception(outcome)
     else:
         result.set_result(outcome)
-
-
-def _claim(fd: int) -> None:
-    """Make the tty refuse every further open(2) while we hold it (EBUSY).
-
-    pyserial's `exclusive=True` is only flock(2), which binds nobody who does not flock too:
-    ModemManager probing the port, or another POS driver doing a plain open(), would still get
-    in and interleave bytes with ours. TIOCEXCL is enforced by the kernel on every open. Both
-    stay: flock also covers the instant between open and this ioctl. Root (CAP_SYS_ADMIN)
-    bypasses TIOCEXCL, so a second kktd running as root is stopped by the flock alone.
-    """
-    fcntl.ioctl(fd, termios.TIOCEXCL)

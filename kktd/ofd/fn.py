@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from kktd.kkt.commands import Command, OfdStatus, PayloadError, Response
+from kktd.kkt.frames import ProtocolError
 from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.ofd_protocol import (
     EXCHANGE_MODE_FIELD,
@@ -25,7 +27,6 @@ from kktd.kkt.ofd_protocol import (
     WriteBlock,
     blocks,
 )
-from kktd.kkt.protocol import Command, OfdStatus, PayloadError, ProtocolError, Response
 from kktd.kkt.transport import LinkError
 
 BUSY_TRIES = 5

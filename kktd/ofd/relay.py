@@ -25,9 +25,9 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from kktd.config import OfdConfig
+from kktd.kkt.commands import OfdStatus
 from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.ofd_protocol import SessionError, SessionHeader
-from kktd.kkt.protocol import OfdStatus
 from kktd.ofd.audit import ExchangeRecord, OfdAudit, Outcome
 from kktd.ofd.client import OfdError, exchange
 from kktd.ofd.fn import BUSY_PAUSE, FN_TROUBLE, FnBuffer, KktOfdSettings

@@ -9,28 +9,22 @@ import pytest
 
 from kktd.emulator.device import MAX_PIECE, WRONG_PASSWORD, Faults, KktDevice, garbled
 from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
-from kktd.kkt import protocol
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
-    NAK,
-    ArmTimeout,
+from kktd.kkt.commands import (
+    BUSY_ERRORS,
     Command,
     DeviceType,
-    Done,
+    DocumentInfo,
     ErrorCode,
-    Exchange,
-    Failed,
     FnStatus,
     FoundDocument,
     OfdStatus,
     Response,
-    Send,
     decode_response,
-    encode_frame,
     encode_request,
     fd_request,
 )
+from kktd.kkt.frames import ACK, ENQ, NAK, encode_frame
+from kktd.kkt.handshake import ArmTimeout, Done, Exchange, Failed, Send
 from kktd.kkt.tlv import decode_document, encode_tlv, iter_tlv
 from tests.kkt.test_tlv import RECEIPT_163
 
@@ -111,7 +105,7 @@ class Line:
         for _ in range(10):
             result = self.exchange(encode_request(cmd, PWD, data))
             assert isinstance(result, Done), result
-            if result.response.error not in protocol.BUSY_ERRORS:
+            if result.response.error not in BUSY_ERRORS:
                 return result.response
         raise AssertionError("still busy")
 
@@ -119,7 +113,7 @@ class Line:
         """FF3A then FF3B until 08: (doc type, raw TLV bytes)."""
         opened = self.command(Command.OPEN_FD_TLV, fd_request(fd))
         assert opened.error == ErrorCode.OK
-        info = protocol.DocumentInfo.decode(opened.data)
+        info = DocumentInfo.decode(opened.data)
         raw = b""
         while (answer := self.command(Command.READ_TLV)).error == ErrorCode.OK:
             raw += answer.data

@@ -17,19 +17,8 @@ import pytest
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.pty import PtyEmulator
-from kktd.kkt.protocol import (
-    ArmTimeout,
-    Command,
-    Done,
-    ErrorCode,
-    Exchange,
-    Failed,
-    FnStatus,
-    Response,
-    Send,
-    encode_request,
-    fd_request,
-)
+from kktd.kkt.commands import Command, ErrorCode, FnStatus, Response, encode_request, fd_request
+from kktd.kkt.handshake import ArmTimeout, Done, Exchange, Failed, Send
 from tests.support.wait import WaitTimeoutError, wait_until
 
 PWD = 30

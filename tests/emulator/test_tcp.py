@@ -12,7 +12,8 @@ import pytest
 
 from kktd.emulator.device import KktDevice
 from kktd.emulator.tcp import TcpEmulator
-from kktd.kkt.protocol import Discarded, FnStatus, encode_request
+from kktd.kkt.commands import FnStatus, encode_request
+from kktd.kkt.handshake import Discarded
 from kktd.kkt.tcp import TcpTransport
 
 FF01 = bytes.fromhex("02 06 FF 01 1E 00 00 00 E6")

@@ -19,7 +19,7 @@ STAMP = "20231114T221320"  # T0 in UTC
 
 async def _expect_recovery(db_path: Path, clock: FakeClock) -> Path:
     with capture_logs() as logs:
-        journal = await Journal.open(db_path, clock=clock)
+        journal = await Journal.open(db_path, wall=clock)
     try:
         assert journal.recovered_from == db_path.with_name(f"kktd.db.corrupt-{STAMP}")
         # the fresh journal works
@@ -69,7 +69,7 @@ async def test_a_damaged_real_journal_is_moved_aside(
 
 async def test_a_healthy_journal_is_kept(db_path: Path, clock: FakeClock) -> None:
     await _real_journal(db_path, documents=3)
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         assert journal.recovered_from is None
         assert await journal.last_fd(FN) == 3
     assert not list(db_path.parent.glob("*.corrupt-*"))

@@ -35,7 +35,7 @@ def _old_rows(path: Path) -> int:
 async def test_an_fd_is_journaled_while_a_large_prune_is_still_under_way(
     db_path: Path, clock: FakeClock
 ) -> None:
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         await journal.store(FN, OLD + 1, 3, b"raw", {})  # a pending FD: never pruned
         _seed(db_path, OLD)
         prune = asyncio.create_task(journal.prune(T0 - 30 * 86400))
@@ -51,7 +51,7 @@ async def test_an_fd_is_journaled_while_a_large_prune_is_still_under_way(
 
 
 async def test_a_prune_reports_progress_batch_by_batch(db_path: Path, clock: FakeClock) -> None:
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         _seed(db_path, 2500)
         beats: list[int] = []
         pruned = await journal.prune(T0, batch=1000, progress=lambda: beats.append(1))

@@ -27,7 +27,7 @@ GARBAGE = b"this is not a database " * 4000  # ~90 KiB
 @pytest.fixture
 async def kept(db_path: Path, clock: FakeClock) -> AsyncIterator[Journal]:
     """A journal with its `keep_open` loop running, as in the daemon."""
-    journal = await Journal.open(db_path, clock=clock)
+    journal = await Journal.open(db_path, wall=clock)
     keeper = asyncio.create_task(journal.keep_open(lambda: None, retry_every=0.05))
     try:
         yield journal
@@ -69,10 +69,10 @@ async def test_a_recovery_cut_short_before_the_rename_is_done_again(
 
     monkeypatch.setattr(Path, "replace", power_cut)
     with pytest.raises(JournalError):
-        await Journal.open(db_path, clock=clock)
+        await Journal.open(db_path, wall=clock)
     monkeypatch.undo()
     assert db_path.read_bytes() == GARBAGE  # the name still holds the damaged file
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         assert await journal.reread_pending()
     assert not db_path.with_name("kktd.db.fresh").exists()
 
@@ -81,7 +81,7 @@ async def test_the_fresh_journal_arrives_whole_with_its_marker_and_record(
     db_path: Path, clock: FakeClock
 ) -> None:
     db_path.write_bytes(GARBAGE)
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         record = journal.recovery
         assert record is not None
         assert (record.at, record.moved_to) == (T0, str(journal.recovered_from))
@@ -101,9 +101,9 @@ async def test_the_recovery_is_shown_across_restarts_until_acknowledged(
     db_path: Path, clock: FakeClock
 ) -> None:
     db_path.write_bytes(GARBAGE)
-    await (await Journal.open(db_path, clock=clock)).close()
+    await (await Journal.open(db_path, wall=clock)).close()
     clock.now += 3600
-    async with await Journal.open(db_path, clock=clock) as journal:  # a restart
+    async with await Journal.open(db_path, wall=clock) as journal:  # a restart
         assert journal.recovered_from is None  # this open replaced nothing ...
         record = journal.recovery
         assert record is not None  # ... but the journal remembers the last recovery
@@ -112,7 +112,7 @@ async def test_the_recovery_is_shown_across_restarts_until_acknowledged(
         assert acknowledged is not None
         assert acknowledged.acknowledged_at == clock.now
         assert await journal.acknowledge_recovery() is None  # once is enough
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         assert journal.recovery is not None
         assert not journal.recovery.shown(clock.now)
 
@@ -121,7 +121,7 @@ async def test_an_unacknowledged_recovery_is_shown_for_a_week(
     db_path: Path, clock: FakeClock
 ) -> None:
     db_path.write_bytes(GARBAGE)
-    async with await Journal.open(db_path, clock=clock) as journal:
+    async with await Journal.open(db_path, wall=clock) as journal:
         record = journal.recovery
     assert record is not None
     assert record.shown(T0 + SHOWN_FOR - 1)
@@ -156,7 +156,7 @@ async def test_damage_at_run_time_ends_in_a_fresh_journal_that_rereads_the_fn(
 async def test_while_it_is_replaced_every_call_fails_at_once_naming_the_damage(
     db_path: Path, clock: FakeClock
 ) -> None:
-    journal = await Journal.open(db_path, clock=clock)  # no keep_open: it stays unavailable
+    journal = await Journal.open(db_path, wall=clock)  # no keep_open: it stays unavailable
     try:
         await journal.store(FN, 1, 3, b"raw", {})
         damage_table(db_path, "documents")

@@ -11,7 +11,7 @@ import pytest
 
 from kktd.emulator.documents import DocumentGenerator
 from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
-from kktd.journal.store import NewFd
+from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.ofd.audit import ExchangeRecord
 from kktd.sync.body import encode_body

@@ -9,19 +9,8 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
-    NAK,
-    ControlByte,
-    DeviceType,
-    Frame,
-    FrameParser,
-    Request,
-    decode_request,
-    encode_frame,
-    encode_response,
-)
+from kktd.kkt.commands import DeviceType, Request, decode_request, encode_response
+from kktd.kkt.frames import ACK, ENQ, NAK, ControlByte, Frame, FrameParser, encode_frame
 
 Handler = Callable[[Request], bytes]  # a request -> the answer's frame body
 

@@ -16,8 +16,9 @@ from kktd.config import KktConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
+from kktd.kkt.fd_read import BUSY_WAIT, FdReader
 from kktd.kkt.link import IDENTIFY_BUSY_WAIT, KktError, KktLink, busy_delays
-from kktd.kkt.poller import BUSY_WAIT, Poller
+from kktd.kkt.poller import Poller
 from kktd.kkt.transport import LinkDown
 from tests.support.clock import FakeClock
 
@@ -32,15 +33,16 @@ class Bench:
             str(emulator.path),
             115200,
             control_timeout=0.2,
-            clock=self.sleeps,
+            monotonic=self.sleeps,
             sleep=self.sleeps.sleep,
         )
+        self.reader = FdReader(self.link, sleep=self.sleeps.sleep)  # the poller's requests
         self.poller = Poller(
             self.link,
             journal,
             KktConfig(port=str(emulator.path), start_fd="first"),
             on_journaled=lambda: None,
-            clock=self.sleeps,
+            monotonic=self.sleeps,
             sleep=self.sleeps.sleep,
         )
 
@@ -83,7 +85,7 @@ async def test_a_kkt_busy_for_good_is_given_up_after_the_bounded_wait(bench: Ben
     await bench.link.connect()
     bench.device.busy(10_000)
     with pytest.raises(KktError) as failure:
-        await bench.poller._request(0xFF01)
+        await bench.reader.request(0xFF01)
     assert failure.value.busy
     assert math.fsum(bench.sleeps.slept) == pytest.approx(BUSY_WAIT)
     assert len(bench.sleeps.slept) == len(list(busy_delays(BUSY_WAIT)))

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kktd.kkt.commands import DocumentInfo, FnStatus, PayloadError
 from kktd.kkt.fd_stream import DocumentStream, DocumentStreamError, IdentityMismatch
-from kktd.kkt.protocol import DocumentInfo, FnStatus, PayloadError, ProtocolError
+from kktd.kkt.frames import ProtocolError
 from kktd.kkt.tlv import Identity, encode_string, encode_tlv, encode_u32, identity
 from tests.kkt.test_tlv import RECEIPT_163
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from kktd.kkt.commands import Request, encode_response
+from kktd.kkt.frames import encode_frame
 from kktd.kkt.link import KktError, KktLink
-from kktd.kkt.protocol import Request, encode_frame, encode_response
-from kktd.kkt.transport import LinkDown, SerialTransport
+from kktd.kkt.serial_port import SerialTransport
+from kktd.kkt.transport import LinkDown
 from tests.kkt import DEVICE, Peer, answer_with
 from tests.support.clock import FakeClock
 
@@ -30,8 +32,8 @@ async def link(peer: Peer, clock: FakeClock) -> AsyncIterator[KktLink]:
         115200,
         password=28,
         control_timeout=0.05,
-        clock=clock,
-        wall_clock=lambda: 1_700_000_000.0,
+        monotonic=clock,
+        wall=lambda: 1_700_000_000.0,
     )
     yield kkt
     await kkt.close()
@@ -108,7 +110,7 @@ async def test_a_vanished_port_reconnects_with_backoff_doubling_to_30_s(
         opened.append(path)
         return await SerialTransport.open(path, baud, byte_timeout=byte_t, control_timeout=ctl_t)
 
-    link = KktLink(str(peer.path), 115200, control_timeout=0.05, clock=clock, opener=opener)
+    link = KktLink(str(peer.path), 115200, control_timeout=0.05, monotonic=clock, opener=opener)
     try:
         await link.connect()
         peer.vanish()

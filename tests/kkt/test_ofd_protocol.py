@@ -6,6 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kktd.kkt.commands import (
+    PayloadError,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+from kktd.kkt.frames import MAX_BODY, encode_frame
 from kktd.kkt.ofd_protocol import (
     HEADER_SIZE,
     MAX_READ_BLOCK,
@@ -23,15 +31,6 @@ from kktd.kkt.ofd_protocol import (
     blocks,
     session_message,
     split_session,
-)
-from kktd.kkt.protocol import (
-    MAX_BODY,
-    PayloadError,
-    decode_request,
-    decode_response,
-    encode_frame,
-    encode_request,
-    encode_response,
 )
 from tests.kkt.vectors import vector_bytes
 

@@ -18,10 +18,10 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import EmulatedDocument
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
-from kktd.journal.store import NewFd
+from kktd.journal.rows import NewFd
+from kktd.kkt.commands import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import GROUP_MAX, Poller
-from kktd.kkt.protocol import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.tlv import encode_tlv
 from tests.support.clock import FakeClock
 from tests.support.wait import wait_until
@@ -45,8 +45,8 @@ class Harness:
             journal or self.journal,
             config,
             on_journaled=self.wake,
-            clock=self.clock,
-            wall_clock=lambda: 1_700_000_000.0,
+            monotonic=self.clock,
+            wall=lambda: 1_700_000_000.0,
             sleep=self.clock.sleep,
         )
 

@@ -14,50 +14,45 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kktd.kkt.protocol import (
-    ACK,
-    ENQ,
-    MAX_FRAME,
-    NAK,
+from kktd.kkt.commands import (
     NO_DATE,
-    STX,
-    Action,
-    ArmTimeout,
-    BadFrame,
     Command,
-    ControlByte,
     DeviceType,
-    Discarded,
     DocumentInfo,
-    Done,
     ErrorCode,
-    Event,
-    Exchange,
-    Failed,
     FnStatus,
     FoundDocument,
-    Frame,
-    FrameError,
-    FrameParser,
-    Noise,
     OfdStatus,
     PayloadError,
-    ProtocolError,
     Request,
     Response,
-    Send,
     answer_timeout,
     command_bytes,
     decode_request,
     decode_response,
-    encode_frame,
     encode_request,
     encode_response,
     error_name,
     fd_request,
-    leftover,
+)
+from kktd.kkt.frames import (
+    ACK,
+    ENQ,
+    MAX_FRAME,
+    NAK,
+    STX,
+    BadFrame,
+    ControlByte,
+    Event,
+    Frame,
+    FrameError,
+    FrameParser,
+    Noise,
+    ProtocolError,
+    encode_frame,
     lrc,
 )
+from kktd.kkt.handshake import Action, ArmTimeout, Discarded, Done, Exchange, Failed, Send, leftover
 from tests.kkt.vectors import ALL_VECTORS, Vector
 
 BY_LABEL = {v.label: v for v in ALL_VECTORS}

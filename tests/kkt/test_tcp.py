@@ -19,8 +19,9 @@ from structlog.testing import capture_logs
 from kktd.emulator.device import KktDevice
 from kktd.emulator.tcp import TcpEmulator
 from kktd.kkt import tcp
+from kktd.kkt.commands import FnStatus, encode_request
+from kktd.kkt.handshake import Discarded
 from kktd.kkt.link import KktLink
-from kktd.kkt.protocol import Discarded, FnStatus, encode_request
 from kktd.kkt.tcp import TcpTransport
 from kktd.kkt.transport import ExchangeError, LinkDown
 from tests.support.config import write_config

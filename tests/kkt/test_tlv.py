@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kktd.kkt import tlv
-from kktd.kkt.protocol import ProtocolError, decode_response
+from kktd.kkt.commands import decode_response
+from kktd.kkt.frames import ProtocolError
 from kktd.kkt.tlv import Tlv, TlvError, decode_document, encode_tlv, iter_tlv
 
 # "A whole receipt: the concatenated FF3B payloads of FD 163 (136 bytes)"

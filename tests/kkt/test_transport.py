@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from kktd.kkt.protocol import Discarded, Request, Response, encode_frame, encode_request
-from kktd.kkt.transport import ExchangeError, LinkDown, SerialTransport
+from kktd.kkt.commands import Request, Response, encode_request
+from kktd.kkt.frames import encode_frame
+from kktd.kkt.handshake import Discarded
+from kktd.kkt.serial_port import SerialTransport
+from kktd.kkt.transport import ExchangeError, LinkDown
 from tests.kkt import Peer, answer_with
 from tests.support.wait import wait_until
 

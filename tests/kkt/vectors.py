@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kktd.kkt.protocol import STX
+from kktd.kkt.frames import STX
 
 VECTORS_FILE = Path(__file__).with_name("shtrih.txt")
 

@@ -15,9 +15,9 @@ from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
 from kktd.emulator.ofd import FnArchive, FnOfd
 from kktd.emulator.pty import PtyEmulator
+from kktd.kkt.commands import Request
 from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand
-from kktd.kkt.protocol import Request
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.mock_ofd import MockOfd
 from kktd.ofd.relay import OfdRelay

@@ -6,6 +6,17 @@ import pytest
 
 from kktd.emulator.device import KktDevice
 from kktd.emulator.documents import DocumentGenerator
+from kktd.kkt.commands import (
+    Command,
+    ErrorCode,
+    FoundDocument,
+    OfdStatus,
+    Response,
+    decode_response,
+    encode_request,
+    fd_request,
+)
+from kktd.kkt.frames import ACK, encode_frame
 from kktd.kkt.ofd_protocol import (
     ANSWER_REJECTED,
     AnswerBlockSize,
@@ -18,18 +29,6 @@ from kktd.kkt.ofd_protocol import (
     blocks,
     session_message,
     split_session,
-)
-from kktd.kkt.protocol import (
-    ACK,
-    Command,
-    ErrorCode,
-    FoundDocument,
-    OfdStatus,
-    Response,
-    decode_response,
-    encode_frame,
-    encode_request,
-    fd_request,
 )
 
 PWD = 30

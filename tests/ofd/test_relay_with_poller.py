@@ -14,10 +14,10 @@ from kktd.config import KktConfig
 from kktd.emulator.device import KktDevice
 from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
+from kktd.kkt.commands import Command, Response
 from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand
 from kktd.kkt.poller import Poller
-from kktd.kkt.protocol import Command, Response
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.mock_ofd import MockOfd, receipt_for
 from tests.ofd.conftest import UNSENT, RelayFactory, unsent

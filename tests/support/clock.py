@@ -1,6 +1,6 @@
 """The suite's one fake clock: time that moves only when the test (or an injected sleep) moves it.
 
-It serves as a monotonic clock (`monotonic=`), a wall clock (`wall=`, `Journal.open(clock=)`)
+It serves as a monotonic clock (`monotonic=`), a wall clock (`wall=`)
 and a sleep (`sleep=clock.sleep`), which records each pause and moves the time by it, so code
 that waits out a backoff runs at once and the test reads what it waited.
 """
