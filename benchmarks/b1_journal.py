@@ -1,7 +1,7 @@
 """B1 journal throughput: kktd reading an FD archive, against the minimal reader of it.
 
-The emulator runs as its own process (`python -m kktd.emulator`) with an archive of N FDs. The
-baseline is the fastest simple thing that reads it: blocking select + os.read on the pty, the
+The emulator runs as its own process (`python -m kktd.testbed.emulator`) with an archive of N FDs.
+The baseline is the fastest simple thing that reads it: blocking select + os.read on the pty, the
 handshake inline (ENQ, frame, ACK + answer, ACK, for FF3A and each FF3B), frames and LRC built
 here, TLVs joined in a bytearray and kept nowhere; no asyncio, nothing of kktd's imported. It
 also counts the wire bytes per FD, which give the line's limit at 115200 baud: (baud / 10) /
@@ -54,7 +54,7 @@ def emulator(
     (`--tcp 0` serves a free TCP port instead, `--busy-every 11` answers busy now and then).
     """
     where = [] if "--tcp" in options else ["--link", str(directory / "kkt0")]
-    argv = [sys.executable, "-m", "kktd.emulator", *where, "--archive", str(fds), *options]
+    argv = [sys.executable, "-m", "kktd.testbed.emulator", *where, "--archive", str(fds), *options]
     if baud is not None:
         argv += ["--baud", str(baud)]
     # S603: our own interpreter and module

@@ -23,16 +23,16 @@ import aiohttp
 
 from benchmarks.common import SEED_RATE, Results, Row, Sizes
 from kktd.config import BackoffConfig, BreakerConfig, SyncConfig, UpstreamConfig
-from kktd.emulator.documents import DocumentGenerator
 from kktd.journal import Journal, JournalEntry
 from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from kktd.sync.client import UpstreamClient, request_body
 from kktd.sync.engine import SyncEngine
 from kktd.sync.lock import LocalSyncLock
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.mock_upstream import MockUpstream
 
 SAMPLE_EVERY = 0.1
 DRAIN_WITHIN = 900.0  # seconds: well past the slowest plausible drain, so a stall ends the run

@@ -20,11 +20,11 @@ from pathlib import Path
 from benchmarks.b2_drain import fill_journal
 from benchmarks.common import Results, Row, Sizes, cpu_seconds, rss_mb
 from benchmarks.daemon import ready_seconds, until_accepted, write_config
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.kktd_process import KktdProcess
 
 IMPORTS = "import asyncio, aiohttp, aiosqlite, structlog, redis, serial, prometheus_client"

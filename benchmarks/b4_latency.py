@@ -15,9 +15,9 @@ from pathlib import Path
 
 from benchmarks.common import Results, Row, Sizes, percentile
 from benchmarks.daemon import ready_seconds, until_accepted, write_config
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.kktd_process import KktdProcess
 
 RATE = 5.0

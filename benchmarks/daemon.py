@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.config import render_config
 from tests.support.kktd_process import READY_WITHIN, KktdProcess
 from tests.support.wait import wait_until

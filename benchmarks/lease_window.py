@@ -26,8 +26,8 @@ from typing import Any
 from benchmarks.common import quiet_logs
 from kktd.config import UpstreamConfig
 from kktd.journal import JournalEntry
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.client import UpstreamClient
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import make_entry
 
 

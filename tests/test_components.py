@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kktd.components import Components, StartupError, hold_instance_lock
 from kktd.config import JournalConfig
 from kktd.journal import Journal
+from kktd.lifecycle.components import Components, StartupError, hold_instance_lock
 from kktd.sync.client import UpstreamClient
 from tests.api.helpers import FN, build_daemon, journal_fds, make_config
 from tests.support.wait import wait_until

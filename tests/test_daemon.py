@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kktd.api.server import _remove_stale
 from kktd.config import UpstreamConfig, load_config
-from kktd.daemon import Daemon
-from kktd.systemd import Notifier
+from kktd.control.api.server import _remove_stale
+from kktd.lifecycle.daemon import Daemon
+from kktd.lifecycle.systemd import Notifier
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess
 

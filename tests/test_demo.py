@@ -18,7 +18,7 @@ SUMMARY = re.compile(
     r"^demo: printed (\d+), journaled (\d+), delivered (\d+), pending (\d+), dead (\d+) in \d+ s$",
     re.MULTILINE,
 )
-DEMO = [sys.executable, "-m", "kktd.demo"]
+DEMO = [sys.executable, "-m", "kktd.testbed.demo"]
 
 
 def summary(out: str) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import redis.asyncio
 from redis import Redis
 from structlog.testing import capture_logs
 
-from kktd.fleet import TTL_MS, Heartbeat, heartbeat_key, read_fleet
+from kktd.control.fleet import TTL_MS, Heartbeat, heartbeat_key, read_fleet
 from kktd.sync.redis_lock import redis_from_url
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.fn_health import FnHealthLog, assess, decode_flags
+from kktd.control.fn_health import FnHealthLog, assess, decode_flags
 
 NOW = datetime(2024, 5, 20, 12, 0, 0)
 

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.test_metrics import parse
 from tests.support.config import write_config
 from tests.support.faults import damage_table, fill, tmpfs

@@ -16,9 +16,9 @@ import pytest
 
 KKTD = Path(__file__).resolve().parent.parent / "kktd"
 CONTROL_SURFACE = [
-    *sorted((KKTD / "api").glob("*.py")),
-    KKTD / "status.py",
-    KKTD / "runtime.py",
+    *sorted((KKTD / "control" / "api").glob("*.py")),
+    KKTD / "control" / "status.py",
+    KKTD / "control" / "runtime.py",
     KKTD / "ofd" / "metrics.py",
 ]
 
@@ -41,11 +41,11 @@ def test_the_module_reader_sees_imports_under_type_checking_and_in_functions(
     source = tmp_path / "m.py"
     source.write_text(
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from kktd.daemon import Daemon\n"
+        "if TYPE_CHECKING:\n    from kktd.lifecycle.daemon import Daemon\n"
         "def f():\n    import kktd.cli.render\n",
         encoding="utf-8",
     )
-    assert {"kktd.daemon", "kktd.cli.render"} <= imported(source)
+    assert {"kktd.lifecycle.daemon", "kktd.cli.render"} <= imported(source)
 
 
 @pytest.mark.parametrize("path", CONTROL_SURFACE, ids=lambda p: str(p.relative_to(KKTD)))
@@ -53,13 +53,18 @@ def test_the_control_surface_does_not_import_the_daemon_or_the_client(path: Path
     wrong = {
         name
         for name in imported(path)
-        if name == "kktd.daemon" or name.startswith(("kktd.daemon.", "kktd.cli"))
+        if name == "kktd.lifecycle.daemon"
+        or name.startswith(("kktd.lifecycle.daemon.", "kktd.cli"))
     }
     assert wrong == set()
 
 
 def test_the_routes_do_not_import_the_server() -> None:
-    assert not {n for n in imported(KKTD / "api" / "routes.py") if n.startswith("kktd.api.server")}
+    assert not {
+        n
+        for n in imported(KKTD / "control" / "api" / "routes.py")
+        if n.startswith("kktd.control.api.server")
+    }
 
 
 def test_kktd_run_loads_no_client_tool_or_fleet_code_without_redis() -> None:
@@ -68,14 +73,14 @@ def test_kktd_run_loads_no_client_tool_or_fleet_code_without_redis() -> None:
         "import sys\n"
         "from kktd.cli.entry import build_parser\n"
         "build_parser().parse_args(['run'])\n"
-        "import kktd.daemon\n"
+        "import kktd.lifecycle.daemon\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     loaded = set(done.stdout.split())
-    assert "kktd.daemon" in loaded
+    assert "kktd.lifecycle.daemon" in loaded
     unwanted = {
         name
         for name in loaded
@@ -85,10 +90,10 @@ def test_kktd_run_loads_no_client_tool_or_fleet_code_without_redis() -> None:
                 "kktd.cli.client",
                 "kktd.cli.render",
                 "kktd.cli.csv_export",
-                "kktd.emulator",
-                "kktd.mock_upstream",
-                "kktd.demo",
-                "kktd.fleet",
+                "kktd.testbed.emulator",
+                "kktd.testbed.mock_upstream",
+                "kktd.testbed.demo",
+                "kktd.control.fleet",
             )
         )
     }
@@ -114,8 +119,8 @@ def test_kktd_run_without_a_redis_url_does_not_load_the_redis_client(tmp_path: P
         "import asyncio, sys\n"
         "from kktd.cli.entry import build_parser\n"
         "build_parser().parse_args(['run'])\n"
-        "import kktd.daemon\n"
-        "from kktd.components import Components\n"
+        "import kktd.lifecycle.daemon\n"
+        "from kktd.lifecycle.components import Components\n"
         "from kktd.config import load_config\n"
         "from pathlib import Path\n"
         f"config = load_config(Path({str(config)!r}))\n"
@@ -127,7 +132,7 @@ def test_kktd_run_without_a_redis_url_does_not_load_the_redis_client(tmp_path: P
         "asyncio.run(main())\n"
     )
     without = _modules_after(setup + build)
-    assert "kktd.components" in without
+    assert "kktd.lifecycle.components" in without
     redis_modules = {
         n for n in without if n == "redis" or n.startswith(("redis.", "kktd.sync.redis_lock"))
     }

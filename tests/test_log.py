@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import structlog
-    from kktd.log import configure_logging
+    from kktd.lifecycle.log import configure_logging
     renderer = configure_logging("info", sys.argv[1])
     log = structlog.get_logger("kktd.test")
     log.debug("test.hidden")

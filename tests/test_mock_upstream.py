@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kktd.mock_upstream import STALE_FENCE_STATUS, FaultError, Faults, MockUpstream
+from kktd.testbed.mock_upstream import STALE_FENCE_STATUS, FaultError, Faults, MockUpstream
 from tests.support.redis_server import free_port
 from tests.support.upstream import FN, running_mock
 from tests.support.wait import wait_until
@@ -325,7 +325,7 @@ def test_fault_switches_refuse_nonsense(changes: dict[str, Any]) -> None:
 async def test_runs_standalone_from_the_command_line() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kktd.mock_upstream", "--port", str(port),
+        sys.executable, "-m", "kktd.testbed.mock_upstream", "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

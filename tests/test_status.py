@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from kktd.cli.render import advice
-from kktd.daemon import Daemon
-from kktd.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.emulator.pty import PtyEmulator
+from kktd.control.runtime import ReloadResult
+from kktd.control.status import heartbeat, snapshot, status_line
 from kktd.journal import RecoveryRecord
 from kktd.kkt.commands import Command, ErrorCode, Request, fd_request
 from kktd.kkt.poller import Poller
-from kktd.mock_upstream import MockUpstream
-from kktd.runtime import ReloadResult
-from kktd.status import heartbeat, snapshot, status_line
+from kktd.lifecycle.daemon import Daemon
+from kktd.testbed.emulator.device import DEFAULT_DEVICE_TYPE, KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import (
     FN,
     build_daemon,

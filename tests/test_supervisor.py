@@ -8,7 +8,14 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.supervisor import HEALTHY_STRETCH, Beat, Supervisor, Wake, sleep_beating, watchdog
+from kktd.lifecycle.supervisor import (
+    HEALTHY_STRETCH,
+    Beat,
+    Supervisor,
+    Wake,
+    sleep_beating,
+    watchdog,
+)
 from tests.support.clock import FakeClock
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kktd.systemd import Notifier, watchdog_interval
+from kktd.lifecycle.systemd import Notifier, watchdog_interval
 
 
 @pytest.fixture

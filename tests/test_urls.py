@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from kktd.api.server import create_app
 from kktd.config import ConfigError, UpstreamConfig, load_config, redact_url
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.server import create_app
 from kktd.sync.client import UpstreamClient
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import ClientFactory, build_daemon, make_config, upstream
 from tests.support.redis_server import free_port
 from tests.support.upstream import make_entry

@@ -2,8 +2,8 @@
 
 It finds the daemon where the config says it listens (`api.listen`: host:port or unix:/path) and
 sends the API token, when one is configured, only on the requests that need it (POSTs and reads
-of receipts, `kktd.api.access`): whatever answers on the port while kktd is down must not collect
-it from a `kktd status`. Anything that keeps us from talking to the daemon is
+of receipts, `kktd.control.api.access`): whatever answers on the port while kktd is down must not
+collect it from a `kktd status`. Anything that keeps us from talking to the daemon is
 `DaemonUnreachable`, naming the address tried, so the command can exit 3 with a useful message.
 An answer that is not kktd's (an HTML page from some other server, JSON of another shape, a body
 cut short) is `BadAnswer`: the command exits 1 saying so, and never takes it for a success.
@@ -18,8 +18,8 @@ from typing import Any, Self
 
 import aiohttp
 
-from kktd.api.access import needs_token
 from kktd.config import ApiConfig
+from kktd.control.api.access import needs_token
 
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 30.0

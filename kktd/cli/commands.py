@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
-from kktd.api.access import OPERATOR_HEADER
 from kktd.cli import render
 from kktd.cli.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable, Shape
 from kktd.cli.csv_export import csv_header, csv_line
 from kktd.cli.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
 from kktd.config import Config, ConfigError, load_config, redact_url
 from kktd.contract import iso
+from kktd.control.api.access import OPERATOR_HEADER
 
 PROGRESS_EVERY = 0.2  # seconds between progress redraws on a terminal
 DLQ_PAGE = 200
@@ -36,8 +36,8 @@ SYNC_TIMEOUT = 300.0
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
-# What each command reads of a successful answer (kktd/api/routes.py, kktd/status.py): an answer
-# without it is not kktd's, and must not pass for a success.
+# What each command reads of a successful answer (kktd/control/api/routes.py,
+# kktd/control/status.py): an answer without it is not kktd's, and must not pass for a success.
 NUMBER = (int, float)
 STATUS_SHAPE: Shape = {
     "version": str,
@@ -306,7 +306,7 @@ async def cmd_fleet(args: argparse.Namespace, config: Config) -> int:
     # imported here: only this command needs Redis
     from redis.exceptions import RedisError  # noqa: PLC0415
 
-    from kktd.fleet import read_fleet  # noqa: PLC0415
+    from kktd.control.fleet import read_fleet  # noqa: PLC0415
     from kktd.sync.redis_lock import redis_from_url  # noqa: PLC0415
 
     if not config.lock.redis_url:

@@ -62,10 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     # Imported here: the daemon pulls in every component, which the other commands do not need.
-    from kktd.components import instance_id  # noqa: PLC0415
-    from kktd.daemon import Daemon  # noqa: PLC0415
-    from kktd.log import configure_logging  # noqa: PLC0415
-    from kktd.systemd import Notifier  # noqa: PLC0415
+    from kktd.lifecycle.components import instance_id  # noqa: PLC0415
+    from kktd.lifecycle.daemon import Daemon  # noqa: PLC0415
+    from kktd.lifecycle.log import configure_logging  # noqa: PLC0415
+    from kktd.lifecycle.systemd import Notifier  # noqa: PLC0415
 
     configure_logging(config.log.level, config.log.format)
     for warning in config.warnings:
@@ -82,13 +82,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_emulator(argv: list[str]) -> int:
-    from kktd.emulator.__main__ import main as emulator_main  # noqa: PLC0415
+    from kktd.testbed.emulator.__main__ import main as emulator_main  # noqa: PLC0415
 
     return emulator_main(argv)
 
 
 def run_mock_upstream(argv: list[str]) -> int:
-    from kktd.mock_upstream.__main__ import main as mock_main  # noqa: PLC0415
+    from kktd.testbed.mock_upstream.__main__ import main as mock_main  # noqa: PLC0415
 
     mock_main(argv)
     return EXIT_OK

@@ -38,7 +38,7 @@ from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.tlv import decode_document, doc_kind
 from kktd.kkt.transport import LinkDown, LinkError
-from kktd.supervisor import sleep_beating
+from kktd.lifecycle.supervisor import sleep_beating
 
 __all__ = ["DocumentReadError", "Poller", "PollerStatus", "StuckFd"]
 

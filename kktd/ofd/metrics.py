@@ -1,4 +1,5 @@
-"""The relay's Prometheus metrics, read from its status at scrape time (like kktd.api.metrics).
+"""The relay's Prometheus metrics, read from its status at scrape time (like
+kktd.control.api.metrics).
 
 The FN's backlog toward the OFD is already `kktd_fn_ofd_unsent` (the poller reads FF39); these
 say how the relay is doing at shrinking it.

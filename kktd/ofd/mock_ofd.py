@@ -23,8 +23,8 @@ from typing import Literal, Self
 import structlog
 
 from kktd.kkt.ofd_protocol import HEADER_SIZE, SessionError, SessionHeader, session_message
-from kktd.log import configure_logging
-from kktd.tools import stop_on_signals
+from kktd.lifecycle.log import configure_logging
+from kktd.testbed.tools import stop_on_signals
 
 log = structlog.get_logger(__name__)
 

@@ -28,10 +28,10 @@ from kktd.config import OfdConfig
 from kktd.kkt.commands import OfdStatus
 from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.ofd_protocol import SessionError, SessionHeader
+from kktd.lifecycle.supervisor import Beat, Wake, sleep_beating
 from kktd.ofd.audit import ExchangeRecord, OfdAudit, Outcome
 from kktd.ofd.client import OfdError, exchange
 from kktd.ofd.fn import BUSY_PAUSE, FN_TROUBLE, FnBuffer, KktOfdSettings
-from kktd.supervisor import Beat, Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 

@@ -27,7 +27,7 @@ import structlog
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalError
-from kktd.supervisor import Wake, sleep_beating
+from kktd.lifecycle.supervisor import Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused

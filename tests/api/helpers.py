@@ -14,8 +14,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from kktd.api.server import create_app
-from kktd.components import Components
 from kktd.config import (
     ApiConfig,
     BreakerConfig,
@@ -26,11 +24,13 @@ from kktd.config import (
     SyncConfig,
     UpstreamConfig,
 )
-from kktd.daemon import Daemon
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
-from kktd.mock_upstream import MockUpstream
-from kktd.systemd import Notifier
+from kktd.control.api.server import create_app
+from kktd.lifecycle.components import Components
+from kktd.lifecycle.daemon import Daemon
+from kktd.lifecycle.systemd import Notifier
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 
 FN = "9999078900005488"
 TOKEN = "api-s3cret"

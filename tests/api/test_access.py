@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.api.access import host_allowed, needs_token
-from kktd.api.server import ApiServer
 from kktd.config import ApiConfig
-from kktd.daemon import Daemon
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.access import host_allowed, needs_token
+from kktd.control.api.server import ApiServer
+from kktd.lifecycle.daemon import Daemon
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import FN, TOKEN, auth, build_daemon, journal_fds, make_config
 from tests.support.redis_server import free_port
 

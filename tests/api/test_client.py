@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from kktd.api.server import ApiServer
 from kktd.cli.client import ApiClient, ApiError, BadAnswer, DaemonUnreachable
 from kktd.config import ApiConfig, Secret
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.server import ApiServer
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import TOKEN, build_daemon, journal_fds, make_config
 from tests.support.redis_server import free_port
 

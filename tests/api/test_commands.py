@@ -24,15 +24,15 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from kktd.api.server import ApiServer
 from kktd.cli import main
 from kktd.cli.csv_export import csv_header, csv_line
-from kktd.components import Components
-from kktd.daemon import Daemon
-from kktd.fleet import Heartbeat
-from kktd.mock_upstream import MockUpstream
-from kktd.status import heartbeat
+from kktd.control.api.server import ApiServer
+from kktd.control.fleet import Heartbeat
+from kktd.control.status import heartbeat
+from kktd.lifecycle.components import Components
+from kktd.lifecycle.daemon import Daemon
 from kktd.sync.redis_lock import redis_from_url
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import FN, TOKEN, build_daemon, journal_fds, make_config
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess

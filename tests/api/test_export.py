@@ -8,9 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from kktd.api.export import record
 from kktd.cli.csv_export import CSV_COLUMNS, csv_header, csv_line
 from kktd.contract import parse_since
+from kktd.control.api.export import record
 from kktd.journal import JournalEntry
 
 ENTRY = JournalEntry(

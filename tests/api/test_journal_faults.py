@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from kktd.api.server import create_app
 from kktd.config import JournalConfig
-from kktd.daemon import Daemon
-from kktd.mock_upstream import MockUpstream
-from kktd.status import status_line
-from kktd.supervisor import CRASH_LOOP, Beat
+from kktd.control.api.server import create_app
+from kktd.control.status import status_line
+from kktd.lifecycle.daemon import Daemon
+from kktd.lifecycle.supervisor import CRASH_LOOP, Beat
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import (
     ClientFactory,
     Harness,

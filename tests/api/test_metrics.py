@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kktd.api.server import create_app
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.server import create_app
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import (
     ClientFactory,
     Harness,
@@ -115,7 +115,7 @@ async def test_reloads_are_counted_by_result(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a good reload reconfigures logging process-wide; the rest of the suite keeps its own
-    monkeypatch.setattr("kktd.daemon.configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr("kktd.lifecycle.daemon.configure_logging", lambda level, fmt: None)
     config_file = harness.daemon.config_path
     config_file.write_text("[sync]\nbatch_sise = 3\n", encoding="utf-8")
     assert not (await harness.daemon.reload()).ok

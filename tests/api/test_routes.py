@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from kktd.api.server import create_app
 from kktd.config import LockConfig
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.server import create_app
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import (
     FN,
     ClientFactory,
@@ -263,7 +263,7 @@ async def test_unknown_paths_and_methods_answer_json_errors(harness: Harness) ->
 
 
 def test_app_routes_cover_every_endpoint_of_the_spec() -> None:
-    from kktd.api.routes import table  # noqa: PLC0415
+    from kktd.control.api.routes import table  # noqa: PLC0415
 
     routes = {(r.method, r.path) for r in table if isinstance(r, web.RouteDef)}
     assert routes >= {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
-from kktd.api.server import SOCKET_MODE, ApiServer
 from kktd.config import ApiConfig, Secret
-from kktd.mock_upstream import MockUpstream
+from kktd.control.api.server import SOCKET_MODE, ApiServer
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import TOKEN, build_daemon, make_config
 from tests.support.redis_server import free_port
 

@@ -17,11 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from kktd.api.server import ApiServer, create_app
-from kktd.daemon import Daemon
-from kktd.emulator.device import KktDevice
+from kktd.control.api.server import ApiServer, create_app
 from kktd.journal.skips import list_skips
-from kktd.mock_upstream import MockUpstream
+from kktd.lifecycle.daemon import Daemon
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import (
     FN,
     ClientFactory,

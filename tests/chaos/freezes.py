@@ -36,7 +36,7 @@ from pathlib import Path
 
 import redis.asyncio
 
-from kktd.mock_upstream import Arrival, MockUpstream
+from kktd.testbed.mock_upstream import Arrival, MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import FN, Kktd, Report, read_journal
 from tests.support.redis_server import RedisServer

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kktd.cli.client import ApiClient, ApiError, DaemonUnreachable
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import Kktd, Report
 from tests.support.faults import damage_table, fill, tmpfs

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kktd.emulator.device import Ff3bShape
 from kktd.kkt.tlv import TAG_REQUISITE, iter_tlv
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import Ff3bShape
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.chaos.world import FN, Kktd, Report, check, drain, replace_file, watch
 from tests.support.faults import fill, tmpfs
 from tests.support.redis_server import RedisServer

@@ -16,7 +16,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.chaos.scenarios import Setup, run_scenario
 from tests.chaos.world import Kktd, Report, read_journal, replace_file
 from tests.support.wait import WaitTimeoutError, wait_until

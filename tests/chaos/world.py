@@ -17,12 +17,12 @@ from pathlib import Path
 
 from kktd.cli.client import ApiClient, ApiError, DaemonUnreachable
 from kktd.config import ApiConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.emulator.pty import PtyEmulator
-from kktd.emulator.serving import Serving
-from kktd.emulator.tcp import TcpEmulator
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.emulator.serving import Serving
+from kktd.testbed.emulator.tcp import TcpEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.config import render_config
 from tests.support.kktd_process import KktdProcess, has_line
 from tests.support.wait import WaitTimeoutError, wait_until

@@ -7,8 +7,6 @@ from datetime import datetime
 
 import pytest
 
-from kktd.emulator.device import MAX_PIECE, WRONG_PASSWORD, Faults, KktDevice, garbled
-from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
 from kktd.kkt.commands import (
     BUSY_ERRORS,
     Command,
@@ -26,6 +24,8 @@ from kktd.kkt.commands import (
 from kktd.kkt.frames import ACK, ENQ, NAK, encode_frame
 from kktd.kkt.handshake import ArmTimeout, Done, Exchange, Failed, Send
 from kktd.kkt.tlv import decode_document, encode_tlv, iter_tlv
+from kktd.testbed.emulator.device import MAX_PIECE, WRONG_PASSWORD, Faults, KktDevice, garbled
+from kktd.testbed.emulator.documents import DocumentGenerator, EmulatedDocument
 from tests.kkt.test_tlv import RECEIPT_163
 
 PWD = 30

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from kktd.emulator.documents import (
+from kktd.kkt.tlv import decode_document, iter_tlv
+from kktd.testbed.emulator.documents import (
     DocumentGenerator,
     EmulatedDocument,
     dump_fixtures,
     load_fixtures,
 )
-from kktd.kkt.tlv import decode_document, iter_tlv
 from tests.support.clock import FakeClock
 
 START = datetime(2024, 3, 1, 9, 0, 0)

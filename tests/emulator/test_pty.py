@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.commands import Command, ErrorCode, FnStatus, Response, encode_request, fd_request
 from kktd.kkt.handshake import ArmTimeout, Done, Exchange, Failed, Send
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.support.wait import WaitTimeoutError, wait_until
 
 PWD = 30
@@ -219,7 +219,7 @@ async def test_the_command_prints_the_path_and_exits_0_on_ctrl_c(tmp_path: Path)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "kktd.emulator",
+        "kktd.testbed.emulator",
         "--link",
         str(link),
         "--archive",

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.tcp import TcpEmulator
 from kktd.kkt.commands import FnStatus, encode_request
 from kktd.kkt.handshake import Discarded
 from kktd.kkt.tcp import TcpTransport
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.tcp import TcpEmulator
 
 FF01 = bytes.fromhex("02 06 FF 01 1E 00 00 00 E6")
 FN_STATUS = encode_request(0xFF01, 30)
@@ -136,7 +136,7 @@ async def test_periodic_faults_hit_every_nth_host_frame(emulator: TcpEmulator) -
 async def test_the_command_serves_tcp_and_prints_the_kkt_port() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "kktd.emulator", "--tcp", "0", "--archive", "3"),
+        *("-m", "kktd.testbed.emulator", "--tcp", "0", "--archive", "3"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kktd.emulator.documents import DocumentGenerator
 from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
 from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.ofd.audit import ExchangeRecord
 from kktd.sync.body import encode_body
+from kktd.testbed.emulator.documents import DocumentGenerator
 from tests.support.clock import T0, FakeClock
 
 FN = "9999078900005488"

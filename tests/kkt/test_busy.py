@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from kktd.config import KktConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
 from kktd.kkt.fd_read import BUSY_WAIT, FdReader
 from kktd.kkt.link import IDENTIFY_BUSY_WAIT, KktError, KktLink, busy_delays
 from kktd.kkt.poller import Poller
 from kktd.kkt.transport import LinkDown
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.support.clock import FakeClock
 
 SCHEDULE = [0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.2, 0.2]

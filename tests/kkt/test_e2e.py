@@ -22,13 +22,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from kktd.config import KktConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
-from kktd.emulator.serving import Serving
-from kktd.emulator.tcp import TcpEmulator
 from kktd.journal import Journal
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.emulator.serving import Serving
+from kktd.testbed.emulator.tcp import TcpEmulator
 from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

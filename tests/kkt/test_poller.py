@@ -14,15 +14,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from kktd.config import KktConfig, StartFd
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import EmulatedDocument
-from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal, JournalFullError
 from kktd.journal.rows import NewFd
 from kktd.kkt.commands import Command, ErrorCode, OfdStatus, Request, fd_request
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import GROUP_MAX, Poller
 from kktd.kkt.tlv import encode_tlv
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import EmulatedDocument
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.support.clock import FakeClock
 from tests.support.wait import wait_until
 

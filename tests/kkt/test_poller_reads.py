@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.emulator.device import Ff3bShape, KktDevice, garbled
-from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
 from kktd.journal.skips import Requester, SkipRefused, list_skips
 from kktd.kkt.commands import Command, DocumentInfo, ErrorCode, Request
 from kktd.kkt.tlv import TAG_REQUISITE, encode_string, encode_tlv, encode_u32, iter_tlv
+from kktd.testbed.emulator.device import Ff3bShape, KktDevice, garbled
+from kktd.testbed.emulator.documents import DocumentGenerator, EmulatedDocument
 from tests.kkt.test_poller import harness
 
 OTHER_FN = "9999078900001111"

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.tcp import TcpEmulator
 from kktd.kkt import tcp
 from kktd.kkt.commands import FnStatus, encode_request
 from kktd.kkt.handshake import Discarded
 from kktd.kkt.link import KktLink
 from kktd.kkt.tcp import TcpTransport
 from kktd.kkt.transport import ExchangeError, LinkDown
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.tcp import TcpEmulator
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess
 from tests.support.wait import wait_until_blocking
@@ -161,7 +161,7 @@ def test_kktd_run_reads_a_kkt_over_tcp_and_warns_of_a_baud_rate_that_does_not_ap
 ) -> None:
     """The whole daemon, a real process, against the emulator serving TCP in its own process."""
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "kktd.emulator", "--tcp", "0", "--archive", "5"],
+        [sys.executable, "-m", "kktd.testbed.emulator", "--tcp", "0", "--archive", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -11,10 +11,6 @@ from typing import Any
 import pytest
 
 from kktd.config import OfdConfig, OfdMode
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
-from kktd.emulator.ofd import FnArchive, FnOfd
-from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.commands import Request
 from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand
@@ -23,6 +19,10 @@ from kktd.ofd.mock_ofd import MockOfd
 from kktd.ofd.relay import OfdRelay
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
+from kktd.testbed.emulator.ofd import FnArchive, FnOfd
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.support.clock import FakeClock
 from tests.support.wait import wait_until
 

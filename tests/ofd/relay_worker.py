@@ -11,7 +11,7 @@ import sys
 
 from kktd.config import OfdConfig
 from kktd.kkt.link import KktLink
-from kktd.log import configure_logging
+from kktd.lifecycle.log import configure_logging
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.relay import OfdRelay
 

@@ -7,9 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
 from kktd.ofd.mock_ofd import MockOfd
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.ofd.conftest import UNSENT, Tripwire, unsent
 from tests.support.config import write_config
 from tests.support.kktd_process import KktdProcess

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DocumentGenerator
 from kktd.kkt.commands import (
     Command,
     ErrorCode,
@@ -30,6 +28,8 @@ from kktd.kkt.ofd_protocol import (
     session_message,
     split_session,
 )
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DocumentGenerator
 
 PWD = 30
 

@@ -13,8 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from kktd.config import OfdConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
 from kktd.kkt.link import KktLink
 from kktd.kkt.ofd_protocol import OfdCommand, TableField, split_session
 from kktd.ofd import relay as relay_module
@@ -22,6 +20,8 @@ from kktd.ofd.audit import ExchangeRecord, MemoryAudit, sha256
 from kktd.ofd.client import exchange as client_exchange
 from kktd.ofd.mock_ofd import Fault, MockOfd
 from kktd.ofd.relay import OfdRelay
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.ofd.conftest import UNSENT, RelayFactory, run_until, unsent
 from tests.support.clock import FakeClock
 from tests.support.wait import wait_until

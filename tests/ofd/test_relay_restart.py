@@ -16,9 +16,9 @@ from typing import Literal
 
 import pytest
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
 from kktd.ofd.mock_ofd import MockOfd
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.ofd.conftest import UNSENT, RelayFactory, Stop, Tripwire, run_until, unsent
 
 WORKER = Path(__file__).with_name("relay_worker.py")

@@ -11,8 +11,6 @@ import itertools
 from typing import Any
 
 from kktd.config import KktConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
 from kktd.journal import Journal
 from kktd.kkt.commands import Command, Response
 from kktd.kkt.link import KktLink
@@ -20,6 +18,8 @@ from kktd.kkt.ofd_protocol import OfdCommand
 from kktd.kkt.poller import Poller
 from kktd.ofd.audit import MemoryAudit
 from kktd.ofd.mock_ofd import MockOfd, receipt_for
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
 from tests.ofd.conftest import UNSENT, RelayFactory, unsent
 from tests.support.wait import wait_until
 

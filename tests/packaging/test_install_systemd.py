@@ -157,7 +157,9 @@ def test_live_install_and_uninstall_inside_a_private_mount_namespace(tmp_path: P
 
 def _daemon_code_present() -> bool:
     """Whether this checkout has the daemon yet (it is written alongside the packaging)."""
-    probe = run([REPO / ".venv/bin/python", "-c", "import kktd.components, kktd.daemon"])
+    probe = run(
+        [REPO / ".venv/bin/python", "-c", "import kktd.lifecycle.components, kktd.lifecycle.daemon"]
+    )
     return probe.returncode == 0
 
 
@@ -165,7 +167,10 @@ def test_staged_exec_start_and_reload_run_the_daemon_from_the_tree(
     staging: Staging, tmp_path: Path
 ) -> None:
     if not _daemon_code_present():
-        pytest.skip("the daemon (kktd.daemon, kktd.components) is not in this checkout yet")
+        pytest.skip(
+            "the daemon (kktd.lifecycle.daemon, kktd.lifecycle.components) is not in this checkout"
+            " yet"
+        )
     config = tmp_path / "kktd.toml"
     config.write_text(
         f'[kkt]\nport = "{tmp_path}/no-kkt"\n'

@@ -11,8 +11,8 @@ import signal
 import sys
 import time
 
-from kktd import daemon as daemon_module
 from kktd.cli import main
+from kktd.lifecycle import daemon as daemon_module
 
 _original_startup = daemon_module.Daemon.startup
 

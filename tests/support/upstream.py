@@ -17,12 +17,12 @@ import pytest
 
 from kktd.config import SyncConfig, UpstreamConfig
 from kktd.journal import Journal, JournalEntry
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import UpstreamClient
 from kktd.sync.engine import SyncEngine
 from kktd.sync.lock import LocalSyncLock, SyncLock
+from kktd.testbed.mock_upstream import MockUpstream
 
 FN = "9999078900005488"
 

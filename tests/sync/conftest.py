@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import running_mock
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from kktd.journal import Journal
 from kktd.journal.schema import MIGRATIONS, migrate
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.body import encode_body
 from kktd.sync.client import build_body, request_body
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import FN, engine_rig
 
 FIELDS = {"doc_kind": "receipt", "total": 20000, "items": [{"name": "Хлеб", "price": 4500}]}

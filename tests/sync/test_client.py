@@ -17,8 +17,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from kktd.config import Secret, UpstreamConfig
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.client import Delivery, Outcome, UpstreamClient, build_body
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.redis_server import free_port
 from tests.support.upstream import (
     FN,

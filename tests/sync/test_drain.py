@@ -10,7 +10,7 @@ import pytest
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import FN, engine_rig, running, store_fds
 from tests.support.wait import wait_until
 

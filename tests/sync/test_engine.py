@@ -10,11 +10,11 @@ import pytest
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal, JournalEntry, JournalFullError
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
 from kktd.sync.lock import Lease, LocalSyncLock
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.clock import T0, FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import (

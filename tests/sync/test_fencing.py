@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from kktd.config import UpstreamConfig
 from kktd.journal import Journal, JournalEntry
-from kktd.mock_upstream import Arrival, MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
+from kktd.testbed.mock_upstream import Arrival, MockUpstream
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, engine_rig, make_entry, store_fds

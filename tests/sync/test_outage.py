@@ -16,9 +16,9 @@ import redis.asyncio
 
 from kktd.config import OnUnavailable, SyncConfig
 from kktd.journal import Journal
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, Rig, engine_rig, running, store_fds
 from tests.support.wait import wait_until

@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 
 from kktd.config import SyncConfig
 from kktd.journal import Journal
-from kktd.mock_upstream import MockUpstream
 from kktd.sync.breaker import BreakerState
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.clock import T0, FakeClock
 from tests.support.upstream import FN, Rig, engine_rig, running, store_fds
 from tests.support.wait import wait_until

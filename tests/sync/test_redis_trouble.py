@@ -20,14 +20,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
-from kktd.api.server import create_app
 from kktd.config import LockConfig, OnUnavailable, Secret
+from kktd.control.api.server import create_app
+from kktd.control.status import status_line
 from kktd.journal import Journal
-from kktd.mock_upstream import MockUpstream
-from kktd.status import status_line
 from kktd.sync.lock import LockMisconfigured, LockUnavailable
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
 from kktd.sync.redis_trouble import classify
+from kktd.testbed.mock_upstream import MockUpstream
 from tests.api.helpers import ClientFactory, auth, build_daemon, journal_fds, make_config
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import FN, engine_rig, running_mock, store_fds

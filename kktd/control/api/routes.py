@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kktd.api.common import METRICS_KEY, RUNTIME_KEY, ParameterError, error
-from kktd.api.export import record
-from kktd.api.metrics import CONTENT_TYPE
-from kktd.api.skip import skip as skip_fd
 from kktd.contract import FD_MAX, FN_DIGITS, bounded, iso, parse_fd, parse_fn, parse_since
+from kktd.control.api.common import METRICS_KEY, RUNTIME_KEY, ParameterError, error
+from kktd.control.api.export import record
+from kktd.control.api.metrics import CONTENT_TYPE
+from kktd.control.api.skip import skip as skip_fd
+from kktd.control.status import health as daemon_health
+from kktd.control.status import snapshot
 from kktd.journal import JournalEntry
-from kktd.status import health as daemon_health
-from kktd.status import snapshot
 
 if TYPE_CHECKING:
-    from kktd.components import Components
+    from kktd.lifecycle.components import Components
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +182,8 @@ async def dlq_retry_all(request: web.Request) -> web.Response:
 
 @table.post("/v1/kkt/skip")
 async def kkt_skip(request: web.Request) -> web.Response:
-    """`kktd skip`: the FD the poller is stuck on, skipped and audited (kktd/api/skip.py)."""
+    """`kktd skip`: the FD the poller is stuck on, skipped and audited
+    (kktd/control/api/skip.py)."""
     return await skip_fd(request, _components(request).poller)
 
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from kktd.emulator.documents import DocumentGenerator, EmulatedDocument
-from kktd.emulator.ofd import OFD_COMMANDS, FnOfd
 from kktd.kkt.commands import (
     DEFAULT_PASSWORD,
     Command,
@@ -45,6 +43,8 @@ from kktd.kkt.frames import (
     encode_frame,
 )
 from kktd.kkt.tlv import encode_tlv, iter_tlv
+from kktd.testbed.emulator.documents import DocumentGenerator, EmulatedDocument
+from kktd.testbed.emulator.ofd import OFD_COMMANDS, FnOfd
 
 WRONG_PASSWORD = 0x4F  # Shtrih-M's "wrong password"; the host only needs its number
 STRAY = 0xFF

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import structlog
 
-from kktd.api.server import ApiServer
-from kktd.components import DEADLINES, DEFAULT_DEADLINE, Components, StartupError
 from kktd.config import Config, ConfigError, load_config, merge_for_reload
-from kktd.fn_health import FnHealthLog
-from kktd.log import configure_logging
-from kktd.runtime import ReloadResult, Runtime
-from kktd.status import read, status_line
-from kktd.supervisor import Supervisor, watchdog
-from kktd.systemd import Notifier, watchdog_interval
+from kktd.control.api.server import ApiServer
+from kktd.control.fn_health import FnHealthLog
+from kktd.control.runtime import ReloadResult, Runtime
+from kktd.control.status import read, status_line
+from kktd.lifecycle.components import DEADLINES, DEFAULT_DEADLINE, Components, StartupError
+from kktd.lifecycle.log import configure_logging
+from kktd.lifecycle.supervisor import Supervisor, watchdog
+from kktd.lifecycle.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
 

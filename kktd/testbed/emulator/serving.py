@@ -19,7 +19,7 @@ from typing import Self
 
 import structlog
 
-from kktd.emulator.device import KktDevice
+from kktd.testbed.emulator.device import KktDevice
 
 log = structlog.get_logger(__name__)
 

@@ -11,8 +11,8 @@ import os
 import tty
 from pathlib import Path
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.serving import Serving
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.serving import Serving
 
 
 class PtyEmulator(Serving):

@@ -8,7 +8,7 @@ SIGTERM should the demo be killed outright (PR_SET_PDEATHSIG). Once a second one
 counts; keys break the upstream or the serial line so the breaker, the backoff and the recovery
 can be watched.
 
-    python -m kktd.demo [--seconds N] [--no-keys] [--rate R] [--tcp]
+    python -m kktd.testbed.demo [--seconds N] [--no-keys] [--rate R] [--tcp]
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import structlog
 from kktd.cli.client import ApiClient, DaemonUnreachable
 from kktd.cli.render import clean
 from kktd.config import ApiConfig
-from kktd.emulator.device import KktDevice
-from kktd.emulator.pty import PtyEmulator
-from kktd.emulator.serving import Serving
-from kktd.emulator.tcp import TcpEmulator
-from kktd.mock_upstream import MockUpstream
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.emulator.serving import Serving
+from kktd.testbed.emulator.tcp import TcpEmulator
+from kktd.testbed.mock_upstream import MockUpstream
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 READY_WITHIN = 30.0

@@ -1,9 +1,9 @@
 """What the control surface (the API, the metrics, the status) may see of a running daemon.
 
 The daemon owns the lifecycle; this is the narrow, shared state it hands the control surface
-once the components exist (uvicorn's ``ServerState`` is the model): nothing in ``kktd.api`` or
-``kktd.status`` reaches into the daemon itself. The daemon keeps it current: a reload swaps
-``config`` and records ``last_reload`` and ``reloads``.
+once the components exist (uvicorn's ``ServerState`` is the model): nothing in ``kktd.control.api``
+or ``kktd.control.status`` reaches into the daemon itself. The daemon keeps it current: a reload
+swaps ``config`` and records ``last_reload`` and ``reloads``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kktd.components import Components
     from kktd.config import Config
-    from kktd.supervisor import Supervisor
+    from kktd.lifecycle.components import Components
+    from kktd.lifecycle.supervisor import Supervisor
 
 
 @dataclass(slots=True)

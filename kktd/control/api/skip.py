@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kktd.api.access import OPERATOR_HEADER
-from kktd.api.common import RUNTIME_KEY, ParameterError, error
 from kktd.contract import FD_MAX, FN_DIGITS, parse_fn
+from kktd.control.api.access import OPERATOR_HEADER
+from kktd.control.api.common import RUNTIME_KEY, ParameterError, error
 from kktd.journal import JournalError
 from kktd.journal.skips import REASON_LIMIT, Requester, SkipRefused
 

@@ -17,7 +17,7 @@ import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
-from kktd.supervisor import Beat, sleep_beating
+from kktd.lifecycle.supervisor import Beat, sleep_beating
 
 log = structlog.get_logger(__name__)
 

@@ -15,9 +15,9 @@ import socket
 
 import structlog
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.serving import Serving
 from kktd.kkt.address import TcpAddress
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.serving import Serving
 
 log = structlog.get_logger(__name__)
 

@@ -9,13 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kktd.emulator.device import KktDevice
-from kktd.emulator.documents import DEFAULT_FN, DocumentGenerator, load_fixtures
-from kktd.emulator.pty import PtyEmulator
-from kktd.emulator.serving import Serving
-from kktd.emulator.tcp import TcpEmulator
-from kktd.log import configure_logging
-from kktd.tools import stop_on_signals
+from kktd.lifecycle.log import configure_logging
+from kktd.testbed.emulator.device import KktDevice
+from kktd.testbed.emulator.documents import DEFAULT_FN, DocumentGenerator, load_fixtures
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.emulator.serving import Serving
+from kktd.testbed.emulator.tcp import TcpEmulator
+from kktd.testbed.tools import stop_on_signals
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from kktd import __version__
 from kktd.config import redact_url
 from kktd.contract import BREAKER_WORDS
-from kktd.fn_health import FnHealth, assess
+from kktd.control.fn_health import FnHealth, assess
 from kktd.journal import JournalCounts, JournalError, RecoveryRecord
 from kktd.journal.skips import list_skips, skipped_count
 from kktd.kkt.link import LinkState
@@ -26,8 +26,8 @@ from kktd.sync.engine import SyncStatus
 from kktd.sync.redis_trouble import LockProblem
 
 if TYPE_CHECKING:
-    from kktd.components import Components
-    from kktd.runtime import Runtime
+    from kktd.control.runtime import Runtime
+    from kktd.lifecycle.components import Components
 
 SKIPS_SHOWN = 5  # the newest skips in /v1/status; the journal keeps them all
 

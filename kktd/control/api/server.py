@@ -1,7 +1,7 @@
 """The local API (aiohttp on loopback or a unix socket). kktd owns the signals: an AppRunner.
 
 Every error leaves as JSON ``{"error", "detail"}``. A request from a web browser (a foreign
-`Host`, an `Origin`) is refused before anything else (`kktd.api.access`); POSTs and reads of
+`Host`, an `Origin`) is refused before anything else (`kktd.control.api.access`); POSTs and reads of
 receipts want the API token when `api.token_file` is set (read live from the daemon's config,
 so a SIGHUP can rotate it).
 """
@@ -17,21 +17,21 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from kktd.api import routes
-from kktd.api.access import needs_token, refusal
-from kktd.api.common import (
+from kktd.control.api import routes
+from kktd.control.api.access import needs_token, refusal
+from kktd.control.api.common import (
     METRICS_KEY,
     REFUSED_KEY,
     RUNTIME_KEY,
     ParameterError,
     error,
 )
-from kktd.api.metrics import Metrics
+from kktd.control.api.metrics import Metrics
 from kktd.journal import JournalError
 
 if TYPE_CHECKING:
     from kktd.config import ApiConfig
-    from kktd.runtime import Runtime
+    from kktd.control.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

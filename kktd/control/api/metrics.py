@@ -5,7 +5,7 @@ delivery counters, the daemon's reload counters), so a custom collector reads th
 time instead of mirroring them into gauges that could drift. The journal counts are the one
 awaited reading: `render` takes it first, then lets the registry collect. Only the round
 duration histogram is fed as events happen: `RoundHistogram` holds it, and the wiring
-(`kktd.components`) feeds it from the engine's `on_round` hook.
+(`kktd.lifecycle.components`) feeds it from the engine's `on_round` hook.
 """
 
 from __future__ import annotations
@@ -18,21 +18,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kktd import __version__
+from kktd.control.status import JOURNAL_STATES, Readings, journal_state, read
 from kktd.ofd.metrics import relay_metrics
-from kktd.status import JOURNAL_STATES, Readings, journal_state, read
 from kktd.sync.breaker import BreakerState
 from kktd.sync.engine import SyncReport
 
 if TYPE_CHECKING:
-    from kktd.components import Components
-    from kktd.runtime import Runtime
+    from kktd.control.runtime import Runtime
+    from kktd.lifecycle.components import Components
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class RoundHistogram:
-    """`kktd_sync_round_seconds`: fed by the engine's `on_round` hook (see kktd.components)."""
+    """`kktd_sync_round_seconds`: fed by the engine's `on_round` hook (see
+    kktd.lifecycle.components)."""
 
     def __init__(self) -> None:
         self.histogram = Histogram(

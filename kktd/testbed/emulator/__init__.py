@@ -57,16 +57,16 @@ commands executed) for tests to assert on.
 
 from __future__ import annotations
 
-from kktd.emulator.device import Faults, KktDevice
-from kktd.emulator.documents import (
+from kktd.testbed.emulator.device import Faults, KktDevice
+from kktd.testbed.emulator.documents import (
     DocumentGenerator,
     EmulatedDocument,
     dump_fixtures,
     load_fixtures,
 )
-from kktd.emulator.pty import PtyEmulator
-from kktd.emulator.serving import Serving
-from kktd.emulator.tcp import TcpEmulator
+from kktd.testbed.emulator.pty import PtyEmulator
+from kktd.testbed.emulator.serving import Serving
+from kktd.testbed.emulator.tcp import TcpEmulator
 
 __all__ = [
     "DocumentGenerator",

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from kktd import __version__
-from kktd.api.metrics import RoundHistogram
 from kktd.config import Config
+from kktd.control.api.metrics import RoundHistogram
+from kktd.control.status import heartbeat
 from kktd.journal import Journal, JournalError, JournalVersionError
 from kktd.kkt.link import KktLink
 from kktd.kkt.poller import Poller
+from kktd.lifecycle.supervisor import Beat, Runner, sleep_beating
 from kktd.ofd.relay import OfdRelay
-from kktd.status import heartbeat
-from kktd.supervisor import Beat, Runner, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
 from kktd.sync.client import UpstreamClient
@@ -35,7 +35,7 @@ from kktd.sync.lock import LocalSyncLock, SyncLock
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from kktd.fleet import Heartbeat
+    from kktd.control.fleet import Heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -242,7 +242,7 @@ def _fleet(redis: aioredis.Redis, components: Components) -> Heartbeat:
     """This instance's heartbeat in Redis (SPEC section 6), the status read at each beat."""
     # imported here: only a configured Redis has a fleet, and a `kktd run` without one does
     # not load the Redis client for it
-    from kktd.fleet import Heartbeat  # noqa: PLC0415
+    from kktd.control.fleet import Heartbeat  # noqa: PLC0415
 
     return Heartbeat(redis, components.instance, lambda: heartbeat(components))
 

@@ -1,4 +1,4 @@
-"""`python -m kktd.mock_upstream --port 8080`: the mock upstream until Ctrl-C or SIGTERM."""
+"""`python -m kktd.testbed.mock_upstream --port 8080`: the mock upstream until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import random
 
-from kktd.mock_upstream.server import MockUpstream
-from kktd.tools import stop_on_signals
+from kktd.testbed.mock_upstream.server import MockUpstream
+from kktd.testbed.tools import stop_on_signals
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m kktd.mock_upstream",
+        prog="python -m kktd.testbed.mock_upstream",
         description="A mock upstream receipt collector with fault switches (kktd SPEC section 8).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kktd.emulator.documents import EmulatedDocument
 from kktd.kkt.commands import ErrorCode, PayloadError, Request
 from kktd.kkt.ofd_protocol import (
     ANSWER_REJECTED,
@@ -34,6 +33,7 @@ from kktd.kkt.ofd_protocol import (
     session_message,
     split_session,
 )
+from kktd.testbed.emulator.documents import EmulatedDocument
 
 OFD_COMMANDS = frozenset(OfdCommand)
 DEFAULT_BLOCK_SIZE = 240

@@ -1,7 +1,7 @@
 """What the server and its endpoints share: the application's keys and the error answer.
 
-Its own module so that `kktd.api.server` imports the routes and the routes import none of the
-server: the keys and `error` are all either needs of the other.
+Its own module so that `kktd.control.api.server` imports the routes and the routes import none of
+the server: the keys and `error` are all either needs of the other.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from kktd.api.metrics import Metrics
-    from kktd.runtime import Runtime
+    from kktd.control.api.metrics import Metrics
+    from kktd.control.runtime import Runtime
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from kktd.mock_upstream.state import (
+from kktd.testbed.mock_upstream.state import (
     RECEIPTS_PATH,
     Answer,
     Faults,

@@ -1,0 +1,1 @@
+"""The daemon's lifecycle: startup, wiring, supervision, signals, logging, sd_notify."""
