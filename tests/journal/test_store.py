@@ -524,3 +524,24 @@ async def test_the_stored_body_is_the_body_of_the_fields_the_journal_gives_back(
         assert stored is not None
         assert stored.fields == doc.fields
         assert entry.body == encode_body(FN, doc.fd, doc.raw, stored.fields)
+
+
+async def test_the_synced_count_is_kept_through_marks_prunes_and_a_reopen(
+    journal: Journal, db_path: Path
+) -> None:
+    for fd in range(1, 7):
+        await journal.store(FN, fd, 1, b"\x01", {})
+    assert (await journal.counts()).synced == 0
+    await journal.mark_synced_many([(FN, 1), (FN, 2), (FN, 3)], T0)
+    await journal.mark_synced_many([(FN, 3), (FN, 4)], T0 + 10)  # FD 3 twice: counted once
+    counts = await journal.counts()
+    assert (counts.synced, counts.pending) == (4, 2)
+    assert await journal.prune(T0 + 5) == 3  # FDs 1-3: FD 3 kept its first synced_at
+    assert (await journal.counts()).synced == 1
+    await journal.close()
+    # what the count says is what the rows say, also for a journal opened afresh
+    reopened = await Journal.open(db_path)
+    try:
+        assert (await reopened.counts()).synced == 1
+    finally:
+        await reopened.close()
