@@ -1,18 +1,44 @@
-"""What the poller asks of a KKT: the FN's state, its OFD backlog, one FD read whole.
+"""What the poller asks of a KKT: the line to it kept up, and over it the FN's state, its OFD
+backlog, one FD read whole.
 
-Typing only. `kktd.kkt.fd_read.FdReader` is the Shtrih-M side; a second vendor's protocol
-would be another class with these methods, answering with the same dataclasses (`FnStatus`,
-`OfdStatus`) and raising the link's errors (`KktError`, `LinkError`, `ProtocolError`), so the
-poller, the journal and the sync loop stay as they are. Connecting, the link's state and
-`exclusive()` are still `KktLink`'s.
+Typing only. `KktConnection` is the line (Shtrih-M: `kktd.kkt.link.KktLink`, over a serial port
+or TCP); `Kkt` is the protocol spoken over it (Shtrih-M: `kktd.kkt.fd_read.FdReader`). A second
+vendor brings one of each, answering with the same dataclasses (`FnStatus`, `OfdStatus`) and
+raising the link's errors (`KktError`, `LinkError`, `ProtocolError`), and is handed to the
+poller by the wiring (`Poller(connection, ..., kkt=...)`): the poller, the journal and the sync
+loop stay as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
 
 from kktd.kkt.commands import FnStatus, OfdStatus
+
+if TYPE_CHECKING:
+    from kktd.kkt.link import LinkState
+
+
+class KktConnection(Protocol):
+    """The line to one KKT as the poller keeps it up: connected or not, why, one user at a time."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def state(self) -> LinkState:
+        """Connected or not, since when, the last error, the device, when to try again."""
+        ...
+
+    async def connect(self) -> object:
+        """Open the line and greet the KKT; raises the link's errors when it cannot."""
+        ...
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        """Hold the line for a sequence of requests nobody else may come between."""
+        ...
 
 
 class Kkt(Protocol):

@@ -33,7 +33,7 @@ from kktd.journal.skips import Requester, SkipRecord, SkipRefused, record_skip
 from kktd.kkt.commands import FnStatus, OfdStatus
 from kktd.kkt.fd_read import FdReader
 from kktd.kkt.frames import ProtocolError
-from kktd.kkt.interface import Kkt
+from kktd.kkt.interface import Kkt, KktConnection
 from kktd.kkt.link import KktError, KktLink
 from kktd.kkt.poller_state import DocumentReadError, PollerStatus, StuckFd
 from kktd.kkt.tlv import decode_document, doc_kind
@@ -62,11 +62,12 @@ class Poller:
 
     def __init__(
         self,
-        link: KktLink,
+        link: KktConnection,
         journal: Journal,
         kkt_config: KktConfig,
         *,
         on_journaled: Callable[[], None],
+        kkt: Kkt | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -78,7 +79,11 @@ class Poller:
         self._monotonic = monotonic
         self._wall = wall
         self._sleep = sleep  # None: real time (a test's fake clock brings its own)
-        self._kkt: Kkt = FdReader(link, sleep=sleep or asyncio.sleep)  # the Shtrih-M side
+        if kkt is None:  # Shtrih-M, the one vendor kktd speaks today
+            if not isinstance(link, KktLink):
+                raise TypeError("a connection other than KktLink needs its own Kkt (kkt=...)")
+            kkt = FdReader(link, sleep=sleep or asyncio.sleep)
+        self._kkt: Kkt = kkt
         self._beat: Callable[[], None] = _nothing
         self._fn_status: FnStatus | None = None
         self._cursor: int | None = None
