@@ -312,7 +312,7 @@ def dlq_table(items: Sequence[dict[str, Any]], now: float) -> str:
             str(item["fd"]),
             item["doc_kind"] or str(item["doc_type"]),
             str(item["attempts"]),
-            ago(now - item["journaled_at"]),
+            ago(now - _epoch(item["journaled_at"])),
             clip(item["reason"], 70),
         )
         for item in items

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -142,6 +142,8 @@ async def test_dlq_lists_dead_fds_with_the_upstream_reason(harness: Harness) -> 
     assert [(i["fn"], i["fd"]) for i in body["items"]] == [(FN, 2)]
     assert "FD 2 rejected" in body["items"][0]["reason"]
     assert body["items"][0]["attempts"] == 1
+    # the entry's time as /v1/documents and /v1/export send it: ISO 8601 with its offset
+    assert datetime.fromisoformat(body["items"][0]["journaled_at"]).tzinfo is not None
     assert body["next"] is None
 
 

@@ -129,7 +129,7 @@ def _dead(entry: JournalEntry) -> dict[str, Any]:
         "doc_kind": entry.fields.get("doc_kind"),
         "attempts": entry.attempts,
         "reason": entry.last_error,
-        "journaled_at": entry.journaled_at,
+        "journaled_at": iso(entry.journaled_at),  # as in /v1/documents and /v1/export
     }
 
 
