@@ -28,11 +28,11 @@ from kktd.config_schema import (
     LogFormat,
     LogLevel,
     OfdMode,
-    OnUnavailable,
     StartFd,
 )
 from kktd.kkt.address import TcpAddress, parse_address
 from kktd.sync.backoff import Jitter
+from kktd.sync.redis_trouble import OnUnavailable
 
 __all__ = [
     "DEFAULT_PATH",

@@ -22,9 +22,9 @@ from kktd.config_loader import (
 )
 from kktd.kkt.address import AddressError, parse_address
 from kktd.sync.backoff import Jitter
+from kktd.sync.redis_trouble import OnUnavailable
 
 StartFd = Literal["next", "first"] | int
-OnUnavailable = Literal["proceed", "skip"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "journal", "json", "console"]
 OfdMode = Literal["off", "relay"]

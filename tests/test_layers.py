@@ -146,7 +146,7 @@ def test_kktd_run_without_a_redis_url_does_not_load_the_redis_client(tmp_path: P
     assert {"redis", "kktd.sync.redis_lock"} <= with_url
 
 
-@pytest.mark.parametrize("name", ["backoff.py", "breaker.py"])
+@pytest.mark.parametrize("name", ["backoff.py", "breaker.py", "redis_trouble.py"])
 def test_the_sync_pure_cores_import_nothing_of_kktd(name: str) -> None:
     """Issue 15.5: a pure core takes its settings as plain values (`Jitter` lives in backoff)."""
     assert {n for n in imported(KKTD / "sync" / name) if n.startswith("kktd")} == set()

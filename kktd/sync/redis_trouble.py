@@ -26,7 +26,9 @@ from typing import Literal
 
 import structlog
 
-from kktd.config import OnUnavailable
+# what to do when Redis cannot be reached (`lock.on_unavailable`; the config takes it from here)
+OnUnavailable = Literal["proceed", "skip"]
+
 
 log = structlog.get_logger(__name__)
 
