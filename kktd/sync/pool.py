@@ -67,6 +67,7 @@ class SenderPool(Generic[T]):
         self._senders: list[asyncio.Task[None]] = []
         self._error: Exception | None = None
         self._sending = 0  # senders with a delivery in flight
+        self._closing = False  # left by an exception: a sender takes nothing more
 
     def add(self, batch: Batch[T]) -> None:
         """Queue a batch's FDs behind those already queued."""
@@ -101,8 +102,13 @@ class SenderPool(Generic[T]):
             for _ in self._senders:
                 self._queue.put_nowait(None)  # each sender still there ends at one
         else:
+            # On 3.11 a cancellation that lands as an HTTP timeout expires can be lost (the
+            # timeout's uncancel swallows it): such a sender finishes its delivery and comes
+            # back for more. It must find nothing, or the pool would wait for it forever.
+            self._closing = True
             for sender in self._senders:
                 sender.cancel()
+                self._queue.put_nowait(None)
             if self._sending == 0:
                 # idle senders hold nothing: their cancellation needs no wait, and the error
                 # reaches the caller with no loop turn in between
@@ -112,7 +118,7 @@ class SenderPool(Generic[T]):
             raise self._error
 
     async def _sender(self) -> None:
-        while (item := await self._queue.get()) is not None:
+        while not self._closing and (item := await self._queue.get()) is not None:
             batch, entry = item
             try:
                 if self._error is None and self._may_start(batch):

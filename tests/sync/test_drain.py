@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import suppress
 
 import pytest
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal
+from kktd.journal import Journal, JournalEntry
+from kktd.sync.lock import LeaseLost
+from kktd.sync.pool import Batch, SenderPool
 from kktd.testbed.mock_upstream import MockUpstream
-from tests.support.upstream import FN, engine_rig, running, store_fds
+from tests.support.upstream import FN, engine_rig, make_entry, running, store_fds
 from tests.support.wait import wait_until
 
 LOOP = SyncConfig(interval=60.0, batch_size=2, max_attempts=5)
@@ -126,3 +129,28 @@ async def test_the_senders_go_on_while_a_rounds_outcomes_wait_for_the_disk(
     assert sum(commits) == 12
     assert [r.synced for r in rig.reports] == [2] * 6  # still a round per batch
     assert mock.state.duplicates == 0
+
+
+async def test_a_sender_that_lost_its_cancellation_does_not_hold_the_pool() -> None:
+    """Python 3.11: a cancel that lands as an HTTP timeout expires can be swallowed. The sender
+    then finishes its delivery and asks for more; leaving the pool must not wait for it."""
+    sending = asyncio.Event()
+    sent: list[int] = []
+
+    async def send(batch: Batch[None], entry: JournalEntry) -> None:
+        sending.set()
+        with suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)  # the cancellation is lost here, as the timeout's would be
+        sent.append(entry.fd)
+
+    entries = [make_entry(fd) for fd in (1, 2, 3)]
+
+    async def a_pass_cancelled_mid_delivery() -> None:
+        async with SenderPool[None](1, may_start=lambda batch: True, send=send) as pool:
+            pool.add(Batch(0, entries, None, 0.0))
+            await sending.wait()
+            raise LeaseLost("the lease ended")
+
+    with pytest.raises(LeaseLost):
+        await asyncio.wait_for(a_pass_cancelled_mid_delivery(), timeout=10)
+    assert sent == [1]  # the one in flight finished; nothing more was taken
