@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -84,3 +85,18 @@ async def test_a_failed_build_closes_what_it_opened(
     monkeypatch.undo()
     again = await Components.build(config, "till-2")  # the instance lock was released too
     await again.close()
+
+
+@pytest.mark.parametrize(("redis_url", "gated"), [("", False), ("redis://127.0.0.1:1/0", True)])
+async def test_the_write_gate_is_wired_exactly_where_a_lease_can_end(
+    tmp_path: Path, redis_url: str, gated: bool
+) -> None:
+    """Issue 16: with a Redis lock every request asks the lease right before its first byte;
+    only the in-process lock, whose lease never ends, goes without that check (issue 14)."""
+    config = make_config(tmp_path, "http://127.0.0.1:9/v1/receipts")
+    config = dataclasses.replace(config, lock=dataclasses.replace(config.lock, redis_url=redis_url))
+    components = await Components.build(config, "till-1")
+    try:
+        assert components.client.gates_writes is gated
+    finally:
+        await components.close()

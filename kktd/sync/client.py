@@ -140,6 +140,11 @@ class UpstreamClient:
         )
 
     @property
+    def gates_writes(self) -> bool:
+        """Whether `may_write` is asked right before the first byte (else once, up front)."""
+        return self._gate_writes
+
+    @property
     def max_in_flight(self) -> int:
         """How many deliveries the engine may run at once (`upstream.max_in_flight`)."""
         return self._cfg.max_in_flight
