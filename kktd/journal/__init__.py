@@ -12,7 +12,7 @@ from kktd.journal.errors import (
     JournalVersionError,
 )
 from kktd.journal.recovery import RecoveryRecord
-from kktd.journal.rows import DocState, JournalCounts, JournalEntry
+from kktd.journal.rows import DocState, JournalCounts, JournalEntry, Outgoing
 from kktd.journal.store import Journal
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "JournalIOError",
     "JournalUnavailableError",
     "JournalVersionError",
+    "Outgoing",
     "RecoveryRecord",
 ]

@@ -86,29 +86,34 @@ class JournalEntry:
     last_error: str | None
     next_attempt_at: float
     synced_at: float | None
-    #: the request body stored when the FD was journaled (None: a row from before, or not read);
-    #: only `claim_due` reads it, and leaves `fields` empty when it does
-    body: bytes | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> JournalEntry:
-        """Build from a row in the journal's column order (a claim's row adds the body)."""
-        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row[:11]
-        body = row[11] if len(row) > 11 else None
+        """Build from a row in the journal's column order."""
+        fn, fd, doc_type, raw, fields, journaled_at, state, attempts, error, due, synced = row
         return cls(
             fn=fn,
             fd=fd,
             doc_type=doc_type,
             raw=bytes(raw),
-            fields={} if fields is None else json.loads(fields),
+            fields=json.loads(fields),
             journaled_at=journaled_at,
             state=cast(DocState, state),
             attempts=attempts,
             last_error=error,
             next_attempt_at=due,
             synced_at=synced,
-            body=None if body is None else bytes(body),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A pending FD as its delivery needs it (`Journal.claim_due`): its key and the request body
+    (SPEC section 4) as stored when it was journaled, sent as it is."""
+
+    fn: str
+    fd: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)

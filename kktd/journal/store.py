@@ -7,6 +7,7 @@ The statements of the journal; the connection, its failures and its recovery liv
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -26,8 +27,10 @@ from kktd.journal.rows import (
     JournalEntry,
     NewFd,
     OfdExchange,
+    Outgoing,
     insert_params,
 )
+from kktd.sync.body import encode_body
 
 log = structlog.get_logger(__name__)
 
@@ -38,12 +41,22 @@ _SELECT = (
     "SELECT fn, fd, doc_type, raw, fields, journaled_at, state, attempts, last_error,"
     " next_attempt_at, synced_at FROM documents "
 )
-# what a delivery needs: the row and its stored request body; the fields only for a row stored
-# without a body (they would be decoded for nothing: the body already holds them)
-_CLAIM = (
-    "SELECT fn, fd, doc_type, raw, CASE WHEN body IS NULL THEN fields END, journaled_at, state,"
-    " attempts, last_error, next_attempt_at, synced_at, body FROM documents "
+# A claim in one row: the bodies joined by newlines (JSON text holds none: the encoder escapes
+# control characters and indents nothing), the keys beside them in the same pass. SQLite runs an
+# aggregate in one step, and the connection's thread takes the GIL back after each step: a claim
+# of one row is one hand-over between that thread and the event loop, not one per FD (issue 14).
+_CLAIM_JOINED = (
+    "SELECT count(*), count(body), group_concat(fn), group_concat(fd),"
+    " CAST(group_concat(body, char(10)) AS BLOB) FROM (SELECT fn, fd, body FROM documents {where}"
+    " ORDER BY fn, fd LIMIT ?)"
 )
+# rows journaled before the body was stored (schema v4) have none: theirs is built at the claim
+_CLAIM_ROWS = "SELECT fn, fd, raw, fields, body FROM documents {where} ORDER BY fn, fd LIMIT ?"
+_MARK_SYNCED = (
+    "UPDATE documents SET state = 'synced', synced_at = ?, body = NULL"
+    " WHERE fn = ? AND fd IN ({marks}) AND state != 'synced'"
+)
+_MARK_CHUNK = 500  # FDs per statement: far below SQLite's limit of bound parameters
 _INSERT = (
     "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at,"
     " body) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (fn, fd) DO NOTHING"
@@ -235,10 +248,9 @@ class Journal(JournalFile):
         *,
         horizon: float = math.inf,
         after: int | None = None,
-    ) -> list[JournalEntry]:
+    ) -> list[Outgoing]:
         """Up to `limit` pending FDs due at `now` (due or not when `now` is None), lowest first,
-        each with its stored request body (and then with empty `fields`: what a delivery needs
-        of them is in the body; a row stored without one comes with its fields instead).
+        each as its delivery needs it: the key and the stored request body.
 
         An FD due later than `now + horizon`, further ahead than any schedule the caller makes,
         is due now: the wall clock has been stepped back since its attempt was scheduled.
@@ -257,8 +269,23 @@ class Journal(JournalFile):
             if after is not None:
                 where += " AND fd > ?"
                 params += (after,)
-        rows = await self._rows(_CLAIM + where + " ORDER BY fn, fd LIMIT ?", (*params, limit))
-        return [JournalEntry.from_row(row) for row in rows]
+        [(count, with_body, fns, fds, bodies)] = await self._rows(
+            _CLAIM_JOINED.format(where=where), (*params, limit)
+        )
+        if count == 0:
+            return []
+        if with_body == count:
+            split = bodies.split(b"\n")
+            if len(split) == count:
+                keys = zip(fns.split(","), map(int, fds.split(",")), strict=True)
+                claimed = [Outgoing(k, n, body) for (k, n), body in zip(keys, split, strict=True)]
+                claimed.sort(key=lambda out: (out.fn, out.fd))  # an aggregate's order is its own
+                return claimed
+        rows = await self._rows(_CLAIM_ROWS.format(where=where), (*params, limit))
+        return [
+            Outgoing(k, n, bytes(body) if body is not None else _built(k, n, raw, fields))
+            for k, n, raw, fields, body in rows
+        ]
 
     async def pending_fns(self) -> list[str]:
         rows = await self._rows("SELECT DISTINCT fn FROM documents WHERE state = 'pending'")
@@ -272,20 +299,26 @@ class Journal(JournalFile):
     async def mark_synced_many(self, keys: Sequence[tuple[str, int]], now: float) -> None:
         """Several FDs the upstream has, in one transaction (a batch's worth: one commit).
 
-        The stored request body goes: a synced FD is never sent again.
+        The stored request body goes: a synced FD is never sent again. The engine's FDs are of
+        one FN: then it is a single statement (`fd IN (...)`), committed on its own.
         """
-        if not keys:
+        statements = [
+            (_MARK_SYNCED.format(marks=", ".join("?" * len(fds))), (now, fn, *fds))
+            for fn, fds in _by_fn(keys)
+        ]
+        if not statements:
             return
+        if len(statements) == 1:
+            newly = await self._write_one(*statements[0])
+        else:
 
-        async def body(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.executemany(
-                "UPDATE documents SET state = 'synced', synced_at = ?, body = NULL"
-                " WHERE fn = ? AND fd = ? AND state != 'synced'",
-                [(now, fn, fd) for fn, fd in keys],
-            )
-            return cursor.rowcount
+            async def body(conn: aiosqlite.Connection) -> int:
+                changed = 0
+                for sql, params in statements:
+                    changed += (await conn.execute(sql, params)).rowcount
+                return changed
 
-        newly = await self._write(body)
+            newly = await self._write(body)
         if self._synced is not None:
             self._synced += newly
 
@@ -436,3 +469,20 @@ class Journal(JournalFile):
             rows = await self._rows(
                 _SELECT + "WHERE (journaled_at, fn, fd) > (?, ?, ?)" + order, (at, fn, fd, batch)
             )
+
+
+def _by_fn(keys: Sequence[tuple[str, int]]) -> list[tuple[str, list[int]]]:
+    """The keys grouped by FN, in chunks of at most `_MARK_CHUNK` FDs (each FD once)."""
+    fds: dict[str, list[int]] = {}
+    for fn, fd in dict.fromkeys(keys):
+        fds.setdefault(fn, []).append(fd)
+    return [
+        (fn, numbers[start : start + _MARK_CHUNK])
+        for fn, numbers in fds.items()
+        for start in range(0, len(numbers), _MARK_CHUNK)
+    ]
+
+
+def _built(fn: str, fd: int, raw: bytes, fields: str) -> bytes:
+    """The request body of a row journaled before bodies were stored."""
+    return encode_body(fn, fd, bytes(raw), json.loads(fields))

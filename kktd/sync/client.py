@@ -13,13 +13,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 import aiohttp
 import structlog
 
 from kktd.config import UpstreamConfig, redact_url
-from kktd.journal import JournalEntry
+from kktd.journal import Outgoing
 from kktd.sync.alerts import Alert
 from kktd.sync.answers import (
     FENCE_SUPERSEDED,
@@ -30,7 +29,6 @@ from kktd.sync.answers import (
     unexpected,
     verdict,
 )
-from kktd.sync.body import body_fields, encode_body
 
 __all__ = [
     "FENCE_SUPERSEDED",
@@ -39,8 +37,6 @@ __all__ = [
     "Outcome",
     "UpstreamClient",
     "WriteRefused",
-    "build_body",
-    "request_body",
     "superseded",
 ]
 
@@ -84,18 +80,6 @@ def _gate_tracing() -> aiohttp.TraceConfig:
     tracing.on_request_headers_sent.append(_check_gate)
     tracing.on_request_chunk_sent.append(_check_gate)
     return tracing
-
-
-def build_body(entry: JournalEntry) -> dict[str, Any]:
-    """The JSON body of SPEC section 4 for a journal row (`kktd.sync.body`)."""
-    return body_fields(entry.fn, entry.fd, entry.raw, entry.fields)
-
-
-def request_body(entry: JournalEntry) -> bytes:
-    """The bytes to POST: those stored with the row, or built now for a row stored without."""
-    if entry.body is not None:
-        return entry.body
-    return encode_body(entry.fn, entry.fd, entry.raw, entry.fields)
 
 
 class UpstreamClient:
@@ -162,7 +146,7 @@ class UpstreamClient:
         if session is not None:
             await session.close()
 
-    def _headers(self, entry: JournalEntry, fence: int | None) -> dict[str, str]:
+    def _headers(self, entry: Outgoing, fence: int | None) -> dict[str, str]:
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": f"{entry.fn}-{entry.fd}",
@@ -176,7 +160,7 @@ class UpstreamClient:
 
     async def deliver(
         self,
-        entry: JournalEntry,
+        entry: Outgoing,
         fence: int | None,
         *,
         may_write: Callable[[], bool] = lambda: True,
@@ -188,7 +172,7 @@ class UpstreamClient:
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
-        data = request_body(entry)
+        data = entry.body
         gate = _WriteGate(may_write)
         if not self._gate_writes:
             gate.check()  # no tracing to ask it later: now, before anything is sent
@@ -199,7 +183,7 @@ class UpstreamClient:
         return delivery
 
     async def _post(
-        self, entry: JournalEntry, fence: int | None, data: bytes, gate: _WriteGate
+        self, entry: Outgoing, fence: int | None, data: bytes, gate: _WriteGate
     ) -> Delivery:
         assert self._session is not None
         try:
@@ -228,7 +212,7 @@ class UpstreamClient:
             delivery = Delivery(Outcome.TRANSIENT, None, _describe(exc), None)
         return delivery
 
-    def _log(self, entry: JournalEntry, delivery: Delivery) -> None:
+    def _log(self, entry: Outgoing, delivery: Delivery) -> None:
         outcome = delivery.outcome
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and self._alert.active is None:
             return  # the common case: nothing to say

@@ -26,7 +26,7 @@ from typing import Literal
 import structlog
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal, JournalEntry, JournalError
+from kktd.journal import Journal, JournalError, Outgoing
 from kktd.lifecycle.supervisor import Wake, sleep_beating
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import BreakerState, CircuitBreaker
@@ -373,7 +373,7 @@ class SyncEngine:
             return False
         return True
 
-    async def _deliver(self, entry: JournalEntry, batch: Batch[Tally], run: Run) -> None:
+    async def _deliver(self, entry: Outgoing, batch: Batch[Tally], run: Run) -> None:
         try:
             delivery = await self._client.deliver(
                 entry, run.lease.fence, may_write=lambda: self._lock.lease_alive(run.lease)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from kktd.journal import JournalEntry
+from kktd.journal import Outgoing
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ class Batch(Generic[T]):
     """One claim's FDs, in (fn, fd) order, and what their deliveries say (`tally`)."""
 
     index: int  # 0, 1, ... within one hold of the lock
-    entries: list[JournalEntry]
+    entries: list[Outgoing]
     tally: T
     started_at: float
     sent: int = 0  # FDs the pool started (the rest were dropped)
@@ -58,12 +58,12 @@ class SenderPool(Generic[T]):
         width: int,
         *,
         may_start: Callable[[Batch[T]], bool],
-        send: Callable[[Batch[T], JournalEntry], Awaitable[None]],
+        send: Callable[[Batch[T], Outgoing], Awaitable[None]],
     ) -> None:
         self._width = max(1, width)
         self._may_start = may_start
         self._send = send
-        self._queue: asyncio.Queue[tuple[Batch[T], JournalEntry] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Batch[T], Outgoing] | None] = asyncio.Queue()
         self._senders: list[asyncio.Task[None]] = []
         self._error: Exception | None = None
         self._sending = 0  # senders with a delivery in flight

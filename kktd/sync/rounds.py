@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, Outgoing
 from kktd.sync.alerts import Alert
 from kktd.sync.backoff import RETRY_AFTER_CAP, Backoff
 from kktd.sync.breaker import CircuitBreaker
@@ -54,8 +54,8 @@ class Tally:
     failure: bool = False  # a delivery failed: the backoff grows
     delivered: bool = False  # the upstream answered something
     retry_after: float | None = None
-    transient: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
-    rejected: list[tuple[JournalEntry, Delivery]] = field(default_factory=list)
+    transient: list[tuple[Outgoing, Delivery]] = field(default_factory=list)
+    rejected: list[tuple[Outgoing, Delivery]] = field(default_factory=list)
     accepted: list[tuple[str, int]] = field(default_factory=list)
     superseded: Delivery | None = None  # a 412: another instance holds the FN now
 
@@ -121,7 +121,7 @@ class Rounds:
         # "the upstream rejects every FD": rejections are held until it accepts one again
         self._rejecting = Alert(monotonic=monotonic)
 
-    def record(self, entry: JournalEntry, delivery: Delivery, tally: Tally) -> None:
+    def record(self, entry: Outgoing, delivery: Delivery, tally: Tally) -> None:
         """The breaker at once; the journal row at the end of the round (`settle`)."""
         outcome = delivery.outcome
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
@@ -213,7 +213,7 @@ class Rounds:
             else:
                 tally.failed += 1
 
-    def _upstream_rejects_all(self, rejected: list[tuple[JournalEntry, Delivery]]) -> bool:
+    def _upstream_rejects_all(self, rejected: list[tuple[Outgoing, Delivery]]) -> bool:
         """In a round that accepted nothing: does it show the upstream rejecting every FD?
 
         Yes while it is known to (a rejected probe proves nothing new), or when the round saw
@@ -222,7 +222,7 @@ class Rounds:
         """
         return self._rejecting.active is not None or len(rejected) >= ALL_REJECTED_MIN
 
-    async def _hold(self, rejected: list[tuple[JournalEntry, Delivery]], tally: Tally) -> None:
+    async def _hold(self, rejected: list[tuple[Outgoing, Delivery]], tally: Tally) -> None:
         """Keep FDs the upstream rejects wholesale pending, and open the breaker.
 
         Held as far ahead as any schedule goes, so that the probes meanwhile try other FDs:
@@ -273,7 +273,7 @@ class Rounds:
             backoff=round(self._backoff.current_delay, 3),
         )
 
-    def supersede(self, entry: JournalEntry, delivery: Delivery, run: Run, tally: Tally) -> None:
+    def supersede(self, entry: Outgoing, delivery: Delivery, run: Run, tally: Tally) -> None:
         """A 412: another instance holds this FN now. End the run at once: the pool cancels the
         deliveries in flight and starts no more. Not the FD's fault and not the upstream's, so
         nothing is counted and the breaker is left alone (a half-open probe is freed)."""

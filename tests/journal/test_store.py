@@ -545,3 +545,22 @@ async def test_the_synced_count_is_kept_through_marks_prunes_and_a_reopen(
         assert (await reopened.counts()).synced == 1
     finally:
         await reopened.close()
+
+
+async def test_marking_many_fds_of_several_fns_marks_each_once_in_one_transaction(
+    journal: Journal, db_path: Path
+) -> None:
+    """One FN's FDs go in one statement; more FNs, or more FDs than one statement takes, in one
+    transaction of several: every FD marked, none twice, nothing else touched."""
+    await journal.store_many([NewFd(FN, fd, 1, b"\x01", {}) for fd in range(1, 1202)])
+    await journal.store_many([NewFd(FN2, fd, 1, b"\x01", {}) for fd in range(1, 4)])
+    keys = [(FN, fd) for fd in range(1, 1201)] + [(FN2, 2), (FN, 7), (FN2, 3)]
+    await journal.mark_synced_many(keys, T0)
+    counts = await journal.counts()
+    assert (counts.synced, counts.pending) == (1202, 2)  # FN's FD 1201 and FN2's FD 1
+    assert [(e.fn, e.fd) for e in await journal.claim_due(10, None)] == [(FN, 1201), (FN2, 1)]
+    with closing(sqlite3.connect(db_path)) as conn:
+        left = conn.execute("SELECT COUNT(*) FROM documents WHERE body IS NOT NULL").fetchone()
+    assert left == (2,)
+    await journal.mark_synced_many([(FN, 1201)], T0)
+    assert (await journal.counts()).synced == 1203

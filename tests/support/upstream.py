@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from kktd.config import SyncConfig, UpstreamConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, Outgoing
 from kktd.sync.backoff import Backoff
+from kktd.sync.body import encode_body
 from kktd.sync.breaker import BreakerState, CircuitBreaker
 from kktd.sync.client import UpstreamClient
 from kktd.sync.engine import SyncEngine
@@ -27,21 +28,17 @@ from kktd.testbed.mock_upstream import MockUpstream
 FN = "9999078900005488"
 
 
-def make_entry(fd: int, *, fn: str = FN, fields: dict[str, Any] | None = None) -> JournalEntry:
-    """A pending journal row as the engine would claim it (no journal needed)."""
-    return JournalEntry(
-        fn=fn,
-        fd=fd,
-        doc_type=3,
-        raw=b"\x01\x02" + fd.to_bytes(4, "little"),
-        fields=fields if fields is not None else {"doc_type": 3, "doc_kind": "receipt"},
-        journaled_at=0.0,
-        state="pending",
-        attempts=0,
-        last_error=None,
-        next_attempt_at=0.0,
-        synced_at=None,
-    )
+def entry_raw(fd: int) -> bytes:
+    """The TLV bytes of `make_entry`'s FD."""
+    return b"\x01\x02" + fd.to_bytes(4, "little")
+
+
+def make_entry(
+    fd: int, *, fn: str = FN, fields: dict[str, Any] | None = None, raw: bytes | None = None
+) -> Outgoing:
+    """A pending FD as the engine claims it (no journal needed): the body journaling builds."""
+    fields = fields if fields is not None else {"doc_type": 3, "doc_kind": "receipt"}
+    return Outgoing(fn, fd, encode_body(fn, fd, entry_raw(fd) if raw is None else raw, fields))
 
 
 @asynccontextmanager

@@ -7,10 +7,10 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from kktd.journal import Journal
+from kktd.journal import Journal, Outgoing
+from kktd.journal.rows import NewFd
 from kktd.journal.schema import MIGRATIONS, migrate
 from kktd.sync.body import encode_body
-from kktd.sync.client import build_body, request_body
 from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import FN, engine_rig
 
@@ -27,11 +27,33 @@ def test_the_body_is_the_json_of_the_body_fields_and_depends_on_the_fd_alone() -
 
 async def test_journaling_stores_the_body_and_a_claim_brings_it(journal: Journal) -> None:
     await journal.store(FN, 7, 3, RAW, FIELDS)
-    [claimed] = await journal.claim_due(10, None, fn=FN)
-    assert claimed.body == encode_body(FN, 7, RAW, FIELDS)
-    stored = await journal.get(FN, 7)
-    assert stored is not None
-    assert json.loads(request_body(claimed)) == build_body(stored)
+    assert await journal.claim_due(10, None, fn=FN) == [
+        Outgoing(FN, 7, encode_body(FN, 7, RAW, FIELDS))
+    ]
+
+
+async def test_a_claim_of_many_brings_each_body_with_its_own_key_in_order(journal: Journal) -> None:
+    """A claim joins the batch's bodies in one row and splits them again (issue 14): every FD
+    must get its own body back, whatever its fields hold (newlines and separators included)."""
+
+    def fields(fd: int) -> dict[str, object]:
+        return {**FIELDS, "items": [{"name": f"строка\n{fd},\n\\n", "price": fd}]}
+
+    other = "9999078900000001"
+    for fn in (FN, other):  # the other FN sorts first, and is journaled last
+        await journal.store_many(
+            [NewFd(fn, fd, 3, RAW + bytes([fd]), fields(fd)) for fd in range(1, 61)]
+        )
+    expected = [
+        Outgoing(fn, fd, encode_body(fn, fd, RAW + bytes([fd]), fields(fd)))
+        for fn in sorted((FN, other))
+        for fd in range(1, 61)
+    ]
+    assert await journal.claim_due(200, None) == expected
+    assert await journal.claim_due(25, None, fn=FN, after=30) == [
+        out for out in expected if out.fn == FN and 30 < out.fd <= 55
+    ]
+    assert await journal.claim_due(10, None, fn=FN, after=60) == []
 
 
 async def test_a_synced_fd_keeps_no_body(journal: Journal, tmp_path: Path) -> None:
@@ -55,11 +77,10 @@ async def test_a_row_journaled_before_bodies_were_stored_is_sent_with_the_same_b
             (FN, RAW, json.dumps(FIELDS, ensure_ascii=False)),
         )
     async with await Journal.open(path) as journal:
-        [claimed] = await journal.claim_due(10, None, fn=FN)
-        assert claimed.body is None
-        assert claimed.fields == FIELDS  # what the body is built from at delivery
-        assert request_body(claimed) == encode_body(FN, 5, RAW, FIELDS)
+        await journal.store(FN, 6, 3, RAW, FIELDS)  # one with a body, in the same claim
+        claimed = await journal.claim_due(10, None, fn=FN)
+        assert claimed == [Outgoing(FN, fd, encode_body(FN, fd, RAW, FIELDS)) for fd in (5, 6)]
         async with engine_rig(journal, mock.url) as rig:
             report = await rig.engine.sync_now()
-        assert report.synced == 1
+        assert report.synced == 2
     assert mock.state.accepted[(FN, 5)]["tlv"] == "AQID/w=="

@@ -17,11 +17,12 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from kktd.config import Secret, UpstreamConfig
-from kktd.sync.client import Delivery, Outcome, UpstreamClient, build_body
+from kktd.sync.client import Delivery, Outcome, UpstreamClient
 from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.redis_server import free_port
 from tests.support.upstream import (
     FN,
+    entry_raw,
     make_entry,
     running_mock,
     self_signed_cert,
@@ -87,12 +88,12 @@ async def deliver(client: UpstreamClient, fd: int = 7, fence: int | None = None)
 
 def test_body_has_identity_fields_and_base64_tlv_and_invents_nothing() -> None:
     entry = make_entry(7, fields={"doc_kind": "receipt", "total": 20000, "fd": 999, "tlv": "x"})
-    assert build_body(entry) == {
+    assert json.loads(entry.body) == {
         "fn": FN,
         "fd": 7,
         "doc_kind": "receipt",
         "total": 20000,
-        "tlv": base64.b64encode(entry.raw).decode(),
+        "tlv": base64.b64encode(entry_raw(7)).decode(),
     }
 
 
@@ -111,7 +112,7 @@ async def test_request_carries_every_header_of_the_contract(
     assert headers["Authorization"] == f"Bearer {TOKEN}"
     assert headers["X-Kktd-Fence"] == "42"
     assert headers["X-Kktd-Instance"] == "till-1"
-    assert json.loads(body) == build_body(entry)
+    assert body == entry.body  # the stored bytes, as they are
 
 
 async def test_no_authorization_or_fence_header_when_there_is_none(

@@ -10,7 +10,7 @@ from contextlib import suppress
 import pytest
 
 from kktd.config import SyncConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, Outgoing
 from kktd.sync.lock import LeaseLost
 from kktd.sync.pool import Batch, SenderPool
 from kktd.testbed.mock_upstream import MockUpstream
@@ -137,7 +137,7 @@ async def test_a_sender_that_lost_its_cancellation_does_not_hold_the_pool() -> N
     sending = asyncio.Event()
     sent: list[int] = []
 
-    async def send(batch: Batch[None], entry: JournalEntry) -> None:
+    async def send(batch: Batch[None], entry: Outgoing) -> None:
         sending.set()
         with suppress(asyncio.CancelledError):
             await asyncio.sleep(30)  # the cancellation is lost here, as the timeout's would be

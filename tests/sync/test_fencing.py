@@ -19,7 +19,7 @@ import redis.asyncio
 from structlog.testing import capture_logs
 
 from kktd.config import UpstreamConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal, Outgoing
 from kktd.sync.breaker import BreakerState
 from kktd.sync.client import Outcome, UpstreamClient, WriteRefused, superseded
 from kktd.sync.redis_lock import RedisSyncLock, redis_from_url
@@ -62,7 +62,7 @@ class HeldClient(UpstreamClient):
         super().__init__(*args, **kwargs)
         self.held: asyncio.Queue[asyncio.Event] = asyncio.Queue()
 
-    async def deliver(self, entry: JournalEntry, fence: int | None, **kwargs: Any) -> Any:
+    async def deliver(self, entry: Outgoing, fence: int | None, **kwargs: Any) -> Any:
         release = asyncio.Event()
         await self.held.put(release)
         await release.wait()
