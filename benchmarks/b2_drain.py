@@ -1,11 +1,12 @@
-"""B2 backlog drain: N pending FDs into the mock upstream, the SyncEngine against a bare client.
+"""B2 backlog drain: N pending FDs into a collector, the SyncEngine against a bare client.
 
 The journal (a real file) is filled with N realistic FDs from the emulator's generator, stored as
 the poller stores them. The engine runs with the daemon's default settings (batch 50,
 max_in_flight 4, a local lock). The bare client posts the same JSON bodies, built beforehand,
 with the same headers and the same concurrency, and touches no journal; it and the engine run
-in alternating rounds, and the fastest round of each counts. Both talk to one
-in-process mock upstream, reset between them; the accepted count is sampled for the plot.
+in alternating rounds, and the fastest round of each counts. Both talk to one collector
+(`benchmarks.collector`: no kktd code) in a process of its own, as an upstream is on a host of
+its own, reset between them; its accepted count is sampled for the plot.
 """
 
 from __future__ import annotations
@@ -13,26 +14,27 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import closing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import aiohttp
 
 from benchmarks.common import SEED_RATE, Results, Row, Sizes
 from kktd.config import BackoffConfig, BreakerConfig, SyncConfig, UpstreamConfig
-from kktd.journal import Journal, JournalEntry
+from kktd.journal import Journal
 from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.sync.backoff import Backoff
 from kktd.sync.breaker import CircuitBreaker
-from kktd.sync.client import UpstreamClient, request_body
+from kktd.sync.client import UpstreamClient
 from kktd.sync.engine import SyncEngine
 from kktd.sync.lock import LocalSyncLock
 from kktd.testbed.emulator.documents import DocumentGenerator
-from kktd.testbed.mock_upstream import MockUpstream
 
 SAMPLE_EVERY = 0.1
 DRAIN_WITHIN = 900.0  # seconds: well past the slowest plausible drain, so a stall ends the run
@@ -61,16 +63,51 @@ async def fill_journal(journal: Journal, fds: int, seed: int = 7) -> str:
 async def bodies(journal: Journal, fn: str, fds: int) -> list[tuple[dict[str, str], bytes]]:
     """(headers, JSON body) per FD, exactly as the engine's client would send them."""
     out = []
-    for fd in range(1, fds + 1):
-        entry = await journal.get(fn, fd)
-        assert isinstance(entry, JournalEntry)
+    for entry in await journal.claim_due(fds, None, fn=fn):
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": f"{fn}-{fd}",
+            "Idempotency-Key": f"{entry.fn}-{entry.fd}",
             "X-Kktd-Instance": INSTANCE,
         }
-        out.append((headers, request_body(entry)))
+        out.append((headers, entry.body))
     return out
+
+
+class Collector:
+    """`benchmarks.collector` in its own process: its URL, its counts, a reset."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+        self.url = f"{base}/v1/receipts"
+        self._base = base
+        self._session = session
+
+    async def counts(self) -> tuple[int, int]:
+        """(accepted, duplicates) so far."""
+        async with self._session.get(f"{self._base}/_count") as resp:
+            body = await resp.json()
+        return int(body["accepted"]), int(body["duplicates"])
+
+    async def reset(self) -> None:
+        async with self._session.post(f"{self._base}/_reset") as resp:
+            resp.raise_for_status()
+
+
+@asynccontextmanager
+async def collector() -> AsyncIterator[Collector]:
+    """Start the collector, wait for its port, stop it on the way out."""
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
+        [sys.executable, "-m", "benchmarks.collector"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)  # "port <n>", once it listens
+        if not line.startswith("port "):
+            raise RuntimeError(f"the collector did not start: {line!r}")
+        async with aiohttp.ClientSession() as session:
+            yield Collector(f"http://127.0.0.1:{int(line.split()[1])}", session)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
 
 
 async def bare_client(url: str, requests: list[tuple[dict[str, str], bytes]], width: int) -> None:
@@ -93,26 +130,26 @@ async def _nothing_more() -> bool:
 
 
 async def timed_drain(
-    mock: MockUpstream,
+    upstream: Collector,
     fds: int,
     work: Callable[[], Awaitable[None]],
     finished: Callable[[], Awaitable[bool]] = _nothing_more,
 ) -> tuple[float, list[tuple[float, int]]]:
-    """Run `work` until the mock holds `fds` accepted FDs and `finished()` says the sender's own
-    bookkeeping is done too: (seconds, samples of the accepted count)."""
-    mock.state.reset()
+    """Run `work` until the collector holds `fds` accepted FDs and `finished()` says the
+    sender's own bookkeeping is done too: (seconds, samples of the accepted count)."""
+    await upstream.reset()
     samples: list[tuple[float, int]] = [(0.0, 0)]
     started = time.perf_counter()
     task = asyncio.ensure_future(work())
     try:
-        while (done := len(mock.state.accepted)) < fds or not await finished():
+        while (done := (await upstream.counts())[0]) < fds or not await finished():
             if task.done():
                 task.result()  # raises what stopped it
                 raise RuntimeError(f"the sender stopped at {done} of {fds}")
             if time.perf_counter() - started > DRAIN_WITHIN:
                 raise RuntimeError(f"no drain within {DRAIN_WITHIN:.0f} s: {done} of {fds}")
             await asyncio.sleep(SAMPLE_EVERY)
-            samples.append((time.perf_counter() - started, len(mock.state.accepted)))
+            samples.append((time.perf_counter() - started, done))
         elapsed = time.perf_counter() - started
     finally:
         task.cancel()
@@ -140,7 +177,7 @@ def checkpoint(path: Path) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
-async def engine_round(mock: MockUpstream, upstream: UpstreamConfig, path: Path, n: int) -> Drain:
+async def engine_round(upstream: Collector, path: Path, n: int) -> Drain:
     """One drain by the engine of a journal filled afresh (a synced FD keeps no body)."""
     journal = await Journal.open(path)
     try:
@@ -149,7 +186,12 @@ async def engine_round(mock: MockUpstream, upstream: UpstreamConfig, path: Path,
         # seconds, so its whole WAL would be checkpointed inside the timed drain.
         await asyncio.to_thread(checkpoint, path)
         # as the daemon builds it without lock.redis_url: a local lease never ends, no gate
-        client = UpstreamClient(upstream, instance_id=INSTANCE, version="bench", gate_writes=False)
+        client = UpstreamClient(
+            UpstreamConfig(url=upstream.url),
+            instance_id=INSTANCE,
+            version="bench",
+            gate_writes=False,
+        )
         await client.start()
         engine = make_engine(journal, client)
         try:
@@ -157,12 +199,13 @@ async def engine_round(mock: MockUpstream, upstream: UpstreamConfig, path: Path,
             async def all_synced() -> bool:
                 return (await journal.counts()).synced == n  # every FD marked in the journal
 
-            drain = await timed_drain(mock, n, lambda: engine.run(lambda: None), all_synced)
+            drain = await timed_drain(upstream, n, lambda: engine.run(lambda: None), all_synced)
         finally:
             await client.close()
         counts = await journal.counts()
-        if counts.synced != n or mock.state.duplicates:
-            raise RuntimeError(f"drain left {counts}, {mock.state.duplicates} duplicates")
+        accepted, duplicates = await upstream.counts()
+        if counts.synced != n or accepted != n or duplicates:
+            raise RuntimeError(f"drain left {counts}; {accepted} accepted, {duplicates} twice")
     finally:
         await journal.close()
     return drain
@@ -170,12 +213,9 @@ async def engine_round(mock: MockUpstream, upstream: UpstreamConfig, path: Path,
 
 async def run(sizes: Sizes, results: Results) -> None:
     n = sizes.b2_fds
+    width = UpstreamConfig(url="http://127.0.0.1/").max_in_flight
     with tempfile.TemporaryDirectory(prefix="kktd-b2-") as tmp:
-        mock = MockUpstream()
-        await mock.start()
-        try:
-            upstream = UpstreamConfig(url=mock.url)
-            width = upstream.max_in_flight
+        async with collector() as upstream:
             source = await Journal.open(Path(tmp) / "bodies.db")
             try:
                 requests = await bodies(source, await fill_journal(source, n), n)
@@ -188,12 +228,12 @@ async def run(sizes: Sizes, results: Results) -> None:
             ours_runs: list[Drain] = []
             for index in range(sizes.b2_rounds):
                 bare_runs.append(
-                    await timed_drain(mock, n, lambda: bare_client(mock.url, requests, width))
+                    await timed_drain(
+                        upstream, n, lambda: bare_client(upstream.url, requests, width)
+                    )
                 )
                 path = Path(tmp) / f"kktd-{index}.db"
-                ours_runs.append(await engine_round(mock, upstream, path, n))
-        finally:
-            await mock.stop()
+                ours_runs.append(await engine_round(upstream, path, n))
     (bare_s, bare_samples), (ours_s, ours_samples) = min(bare_runs), min(ours_runs)
     ours, bare = n / ours_s, n / bare_s
     results.add(Row("B2", f"FDs/s drained ({n} pending)", ours, "FD/s",
@@ -203,7 +243,8 @@ async def run(sizes: Sizes, results: Results) -> None:
     results.drain["kktd SyncEngine"] = ours_samples
     results.drain["bare aiohttp client"] = bare_samples
     results.facts["b2"] = (
-        f"{n} FDs, max_in_flight {width}, batch_size {SyncConfig().batch_size};"
+        f"{n} FDs, max_in_flight {width}, batch_size {SyncConfig().batch_size}; the collector"
+        " in a process of its own;"
         f" {sizes.b2_rounds} alternating rounds, the fastest of each counts: drained in"
         f" {', '.join(f'{s:.1f}' for s, _ in ours_runs)} s by the engine and"
         f" {', '.join(f'{s:.1f}' for s, _ in bare_runs)} s by the bare client"

@@ -20,12 +20,12 @@ import statistics
 import time
 from asyncio import selector_events
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import quiet_logs
 from kktd.config import UpstreamConfig
-from kktd.journal import JournalEntry
+from kktd.journal import Outgoing
 from kktd.sync.client import UpstreamClient
 from kktd.testbed.mock_upstream import MockUpstream
 from tests.support.upstream import make_entry
@@ -55,10 +55,10 @@ class Stamps:
         return stamped
 
 
-def entry(fd: int) -> JournalEntry:
+def entry(fd: int) -> Outgoing:
     """A pending FD of a receipt's size (the tests' row, with 160 bytes of TLV)."""
     fields = {"doc_type": 3, "doc_kind": "receipt", "total": 20000}
-    return replace(make_entry(fd, fields=fields), raw=b"\x01\x02" + fd.to_bytes(4, "little") * 40)
+    return make_entry(fd, fields=fields, raw=b"\x01\x02" + fd.to_bytes(4, "little") * 40)
 
 
 async def measure(requests: int) -> Stamps:
