@@ -57,10 +57,14 @@ _MARK_SYNCED = (
     " WHERE fn = ? AND fd IN ({marks}) AND state != 'synced'"
 )
 _MARK_CHUNK = 500  # FDs per statement: far below SQLite's limit of bound parameters
+# Several rows in one statement: one SQLite step for a group, where executemany steps once per
+# row and the connection's thread takes the GIL back from the reading event loop after each.
 _INSERT = (
     "INSERT INTO documents (fn, fd, doc_type, raw, fields, journaled_at, state, next_attempt_at,"
-    " body) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (fn, fd) DO NOTHING"
+    " body) VALUES {rows} ON CONFLICT (fn, fd) DO NOTHING"
 )
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+_INSERT_CHUNK = 200  # rows per statement: 1,600 parameters, far below SQLite's limit
 _EXISTING = "SELECT fd FROM documents WHERE fn = ? AND fd BETWEEN ? AND ?"
 _ADVANCE_CURSOR = (
     "INSERT INTO cursors (fn, last_fd, updated_at) VALUES (?, ?, ?)"
@@ -207,7 +211,11 @@ class Journal(JournalFile):
             # wakes the event loop, taken while the poller reads the next FDs.
             there = await _already_there(conn, rows)
             inserted = [(row[0], row[1]) not in there for row in rows]
-            await conn.executemany(_INSERT, [row for row in rows if (row[0], row[1]) not in there])
+            new = [row for row in rows if (row[0], row[1]) not in there]
+            for start in range(0, len(new), _INSERT_CHUNK):
+                chunk = new[start : start + _INSERT_CHUNK]
+                sql = _INSERT.format(rows=", ".join([_INSERT_ROW] * len(chunk)))
+                await conn.execute(sql, [value for row in chunk for value in row])
             await conn.executemany(_ADVANCE_CURSOR, [(fn, fd, now) for fn, fd in last.items()])
             return inserted
 
