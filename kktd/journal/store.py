@@ -316,17 +316,22 @@ class Journal(JournalFile):
         ]
         if not statements:
             return
-        if len(statements) == 1:
-            newly = await self._write_one(*statements[0])
-        else:
 
-            async def body(conn: aiosqlite.Connection) -> int:
-                changed = 0
-                for sql, params in statements:
-                    changed += (await conn.execute(sql, params)).rowcount
-                return changed
+        async def body(conn: aiosqlite.Connection) -> int:
+            changed = 0
+            for sql, params in statements:
+                changed += (await conn.execute(sql, params)).rowcount
+            return changed
 
-            newly = await self._write(body)
+        try:
+            newly = await (
+                self._write_one(*statements[0]) if len(statements) == 1 else self._write(body)
+            )
+        except BaseException:
+            # cancelled while the statement ran on SQLite's thread, it may have committed all
+            # the same: the synced count is taken afresh the next time it is asked for
+            self._synced = None
+            raise
         if self._synced is not None:
             self._synced += newly
 
