@@ -108,6 +108,8 @@ async def collector() -> AsyncIterator[Collector]:
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def bare_client(url: str, requests: list[tuple[dict[str, str], bytes]], width: int) -> None:
