@@ -12,6 +12,7 @@ its own, reset between them; its accepted count is sampled for the plot.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 import subprocess
@@ -179,14 +180,27 @@ def checkpoint(path: Path) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
-async def engine_round(upstream: Collector, path: Path, n: int) -> Drain:
-    """One drain by the engine of a journal filled afresh (a synced FD keeps no body)."""
+async def backlog(path: Path, n: int) -> None:
+    """A journal of `n` pending FDs at `path`, as a backlog is when a drain starts.
+
+    A backlog builds up over hours, checkpointed and written back as it grows; this one is
+    written in seconds, so its WAL is checkpointed and its pages written back here, not behind
+    the commits of the timed drain. All rounds' backlogs are built before any round is timed:
+    a minute of filling just before a drain would leave it the machine's slower moments.
+    """
     journal = await Journal.open(path)
     try:
         await fill_journal(journal, n)
-        # A backlog builds up over hours, checkpointed as it grows; this one was written in
-        # seconds, so its whole WAL would be checkpointed inside the timed drain.
-        await asyncio.to_thread(checkpoint, path)
+    finally:
+        await journal.close()
+    await asyncio.to_thread(checkpoint, path)
+    await asyncio.to_thread(os.sync)
+
+
+async def engine_round(upstream: Collector, path: Path, n: int) -> Drain:
+    """One drain by the engine of a backlog built by `backlog` (a synced FD keeps no body)."""
+    journal = await Journal.open(path)
+    try:
         # as the daemon builds it without lock.redis_url: a local lease never ends, no gate
         client = UpstreamClient(
             UpstreamConfig(url=upstream.url),
@@ -228,13 +242,15 @@ async def run(sizes: Sizes, results: Results) -> None:
             # few rounds is the least disturbed (the same rule as B1's readers).
             bare_runs: list[Drain] = []
             ours_runs: list[Drain] = []
-            for index in range(sizes.b2_rounds):
+            paths = [Path(tmp) / f"kktd-{index}.db" for index in range(sizes.b2_rounds)]
+            for path in paths:
+                await backlog(path, n)
+            for path in paths:
                 bare_runs.append(
                     await timed_drain(
                         upstream, n, lambda: bare_client(upstream.url, requests, width)
                     )
                 )
-                path = Path(tmp) / f"kktd-{index}.db"
                 ours_runs.append(await engine_round(upstream, path, n))
     (bare_s, bare_samples), (ours_s, ours_samples) = min(bare_runs), min(ours_runs)
     ours, bare = n / ours_s, n / bare_s

@@ -63,7 +63,7 @@ How each figure was taken:
 
 ![drain](bench-drain.png)
 
-FDs accepted by the mock upstream (y, 0 to {y_max}, ticks every {y_max / 10:g}) against
+FDs accepted by the collector (y, 0 to {y_max}, ticks every {y_max / 10:g}) against
 seconds since the drain started (x, 0 to {x_max:.1f} s, ticks every {x_max / 10:.2f} s).
 {legend}.
 
