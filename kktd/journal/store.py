@@ -283,10 +283,13 @@ class Journal(JournalFile):
         if count == 0:
             return []
         if with_body == count:
-            split = bodies.split(b"\n")
-            if len(split) == count:
-                keys = zip(fns.split(","), map(int, fds.split(",")), strict=True)
-                claimed = [Outgoing(k, n, body) for (k, n), body in zip(keys, split, strict=True)]
+            # each list must come out `count` long: an FN as the KKT sent it might hold a comma
+            fn_list, fd_list, body_list = fns.split(","), fds.split(","), bodies.split(b"\n")
+            if len(fn_list) == len(fd_list) == len(body_list) == count:
+                claimed = [
+                    Outgoing(k, int(n), body)
+                    for k, n, body in zip(fn_list, fd_list, body_list, strict=True)
+                ]
                 claimed.sort(key=lambda out: (out.fn, out.fd))  # an aggregate's order is its own
                 return claimed
         rows = await self._rows(_CLAIM_ROWS.format(where=where), (*params, limit))

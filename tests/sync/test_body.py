@@ -84,3 +84,13 @@ async def test_a_row_journaled_before_bodies_were_stored_is_sent_with_the_same_b
             report = await rig.engine.sync_now()
         assert report.synced == 2
     assert mock.state.accepted[(FN, 5)]["tlv"] == "AQID/w=="
+
+
+async def test_an_fn_holding_the_claims_separator_is_claimed_whole(journal: Journal) -> None:
+    """The joined claim splits the keys on commas: an FN that holds one (as garbled as a KKT may
+    send it) must not shift them, it takes the row by row claim."""
+    odd = "9999,0789"
+    await journal.store_many([NewFd(odd, fd, 3, RAW, FIELDS) for fd in (1, 2)])
+    assert await journal.claim_due(10, None) == [
+        Outgoing(odd, fd, encode_body(odd, fd, RAW, FIELDS)) for fd in (1, 2)
+    ]
