@@ -208,28 +208,6 @@ class JournalFile:
 
         return await self._write(body)
 
-    async def _write_one(self, sql: str, params: Sequence[Any]) -> int:
-        """One write statement as its own transaction (SQLite's autocommit: the statement is
-        atomic, and committed before this returns); the rows it changed.
-
-        One trip to the connection's thread instead of `_write`'s three (BEGIN, the statement,
-        COMMIT): where a batch's work fits one statement, the thread takes the GIL a third as
-        often from the event loop (issue 14).
-        """
-        async with self._lock:
-            conn = self._connection()
-            try:
-                # not closed: its statement ran to the end, and a close is another trip
-                cursor = await conn.execute(sql, params)
-            except sqlite3.Error as exc:
-                # a failed statement rolled its own transaction back
-                if (error := await self._failed(exc)) is not None:
-                    self.write_failure = error
-                    raise error from exc
-                raise
-            self.write_failure = None
-            return cursor.rowcount
-
     async def _write(self, body: _Body[_T]) -> _T:
         """Run `body` in one BEGIN IMMEDIATE transaction: all of it commits, or none of it."""
         async with self._lock:

@@ -310,8 +310,8 @@ class Journal(JournalFile):
     async def mark_synced_many(self, keys: Sequence[tuple[str, int]], now: float) -> None:
         """Several FDs the upstream has, in one transaction (a batch's worth: one commit).
 
-        The stored request body goes: a synced FD is never sent again. The engine's FDs are of
-        one FN: then it is a single statement (`fd IN (...)`), committed on its own.
+        The stored request body goes: a synced FD is never sent again. One statement per FN
+        (`fd IN (...)`, one SQLite step for the batch, where executemany stepped once per FD).
         """
         statements = [
             (_MARK_SYNCED.format(marks=", ".join("?" * len(fds))), (now, fn, *fds))
@@ -327,12 +327,10 @@ class Journal(JournalFile):
             return changed
 
         try:
-            newly = await (
-                self._write_one(*statements[0]) if len(statements) == 1 else self._write(body)
-            )
+            newly = await self._write(body)
         except BaseException:
-            # cancelled while the statement ran on SQLite's thread, it may have committed all
-            # the same: the synced count is taken afresh the next time it is asked for
+            # cancelled while SQLite's thread ran the COMMIT, it may have committed all the
+            # same: the synced count is taken afresh the next time it is asked for
             self._synced = None
             raise
         if self._synced is not None:

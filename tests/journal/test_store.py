@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from contextlib import closing, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -566,18 +567,27 @@ async def test_marking_many_fds_of_several_fns_marks_each_once_in_one_transactio
     assert (await journal.counts()).synced == 1203
 
 
-async def test_a_mark_cancelled_while_sqlite_runs_it_leaves_the_synced_count_true(
-    journal: Journal,
+async def test_a_mark_cancelled_while_sqlite_commits_it_leaves_the_synced_count_true(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The statement runs on SQLite's thread whatever happens to its caller: a mark cancelled
-    there may commit all the same, and the synced count must say what the rows say."""
+    """SQLite's thread runs a COMMIT whatever happens to its caller: a mark cancelled then has
+    committed all the same, and the synced count must say what the rows say."""
     await journal.store_many([NewFd(FN, fd, 1, b"\x01", {}) for fd in range(1, 4)])
     assert (await journal.counts()).synced == 0  # the count is kept from here on
-    marking = asyncio.create_task(journal.mark_synced_many([(FN, 1), (FN, 2), (FN, 3)], T0))
-    await asyncio.sleep(0)  # on its way to SQLite's thread
-    marking.cancel()
-    with suppress(asyncio.CancelledError):
-        await marking
+    conn = journal._conn
+    assert conn is not None
+    execute = conn.execute
+
+    def cancelled_at_commit(sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+        return execute(sql, *args)
+
+    monkeypatch.setattr(conn, "execute", cancelled_at_commit)
+    with pytest.raises(asyncio.CancelledError):
+        await journal.mark_synced_many([(FN, 1), (FN, 2), (FN, 3)], T0)
+    monkeypatch.undo()
     pending = len(await journal.claim_due(10, None))  # what the rows say
     counts = await journal.counts()
-    assert (counts.synced, counts.pending) == (3 - pending, pending)
+    assert pending == 0  # the COMMIT went through
+    assert (counts.synced, counts.pending) == (3, 0)
