@@ -15,7 +15,6 @@ import asyncio
 import json
 import signal
 import socket
-import sys
 
 from aiohttp import web
 
@@ -75,4 +74,3 @@ async def serve() -> None:
 
 if __name__ == "__main__":
     asyncio.run(serve())
-    sys.exit(0)

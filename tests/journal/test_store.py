@@ -591,3 +591,40 @@ async def test_a_mark_cancelled_while_sqlite_commits_it_leaves_the_synced_count_
     counts = await journal.counts()
     assert pending == 0  # the COMMIT went through
     assert (counts.synced, counts.pending) == (3, 0)
+
+
+async def test_every_write_the_journal_makes_runs_inside_begin_immediate(journal: Journal) -> None:
+    """SPEC section 2: write transactions are `BEGIN IMMEDIATE`. A write in SQLite's autocommit,
+    or in a deferred transaction, can meet SQLITE_BUSY_SNAPSHOT, which no busy timeout retries;
+    every statement that changes a row must come between BEGIN IMMEDIATE and its COMMIT."""
+    statements: list[str] = []
+    conn = journal._conn  # SQLite's own trace of what the journal sends
+    assert conn is not None
+    await conn.set_trace_callback(statements.append)
+    await journal.store_many([NewFd(FN, fd, 1, b"\x01", {}) for fd in range(1, 7)])
+    await journal.store(FN2, 1, 1, b"\x01", {})
+    await journal.set_cursor(FN2, 5)
+    await journal.mark_synced_many([(FN, 1), (FN, 2)], T0)  # one FN: one statement
+    await journal.mark_synced_many([(FN, 3), (FN2, 1)], T0)  # two FNs: two statements
+    await journal.mark_failed(FN, 4, "502", T0 + 30, max_attempts=20)
+    await journal.defer(FN, 4, T0 + 60, "503")
+    await journal.mark_dead(FN, 5, "422")
+    assert await journal.retry_dead(FN, 5)
+    await journal.mark_dead(FN, 6, "422")
+    assert await journal.retry_all_dead() == 1
+    assert await journal.prune(T0 + 1) == 4
+    statements = list(statements)  # what the calls above sent, not the fixture's close
+    writes = [
+        s for s in statements if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
+    ]
+    assert len(writes) >= 12  # each call above wrote something
+    open_transaction = False
+    for statement in statements:
+        keyword = statement.split(None, 1)[0].upper()
+        if statement.upper().startswith("BEGIN"):
+            assert statement == "BEGIN IMMEDIATE", statement
+            open_transaction = True
+        elif keyword in ("COMMIT", "ROLLBACK"):
+            open_transaction = False
+        elif keyword in ("INSERT", "UPDATE", "DELETE"):
+            assert open_transaction, f"outside BEGIN IMMEDIATE: {statement[:80]}"
