@@ -76,6 +76,7 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     drain: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # name -> (s, done)
     facts: dict[str, str] = field(default_factory=dict)  # how a figure was taken
+    taken_at: str | None = None  # when the run ended (UTC); kept when the docs are re-rendered
 
     def add(self, row: Row) -> None:
         self.rows.append(row)

@@ -41,7 +41,8 @@ def write(results: Results, docs: Path, command: str, notes: str) -> None:
     x_max, y_max = line_chart([results.drain[n] for n in names], docs / "bench-drain.png")
     legend = ", ".join(f"{COLOR_NAMES[i % len(COLORS)]}: {n}" for i, n in enumerate(names))
     facts = "\n".join(f"- {key.upper()}: {text}" for key, text in sorted(results.facts.items()))
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # the run's own time: docs re-rendered from its --json file later still name the run
+    stamp = results.taken_at or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     (docs / "BENCHMARKS.md").write_text(
         f"""# kktd benchmarks
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import b1_journal, b2_drain, b3_footprint, b4_latency, b5_link, report
@@ -37,6 +38,7 @@ async def run_all(mode: Mode, only: Sequence[str]) -> Results:
         started = time.perf_counter()
         await BENCHES[name](sizes, results)
         print(f"{name} took {time.perf_counter() - started:.0f} s", flush=True)
+    results.taken_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return results
 
 
@@ -47,7 +49,7 @@ def load(path: Path) -> tuple[Mode, Results]:
         Row(**{k: v for k, v in row.items() if k not in {"ratio", "met"}}) for row in data["rows"]
     ]
     drain = {name: [(x, y) for x, y in points] for name, points in data["drain"].items()}
-    return data["mode"], Results(rows, drain, data["facts"])
+    return data["mode"], Results(rows, drain, data["facts"], data.get("taken_at"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = asyncio.run(run_all(mode, only))
     if args.json is not None:
         rows = [{**asdict(row), "ratio": row.ratio, "met": row.met} for row in results.rows]
-        data = {"mode": mode, "rows": rows, "drain": results.drain, "facts": results.facts}
+        data = {
+            "mode": mode,
+            "rows": rows,
+            "drain": results.drain,
+            "facts": results.facts,
+            "taken_at": results.taken_at,
+        }
         args.json.write_text(json.dumps(data, indent=1), encoding="utf-8")
     if args.write_docs:
         notes = NOTES.read_text(encoding="utf-8") if NOTES.exists() else ""

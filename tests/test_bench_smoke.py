@@ -6,6 +6,7 @@ and every row has a finite value and baseline does.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zlib
@@ -57,3 +58,26 @@ def test_chart_is_a_valid_png_with_the_series_drawn(tmp_path: Path) -> None:
     pixels = zlib.decompress(data[41 : 41 + length])
     assert len(pixels) == height * (1 + 3 * width)
     assert bytes((31, 119, 180)) in pixels  # the first series' color is on the canvas
+
+
+def test_docs_rendered_again_from_a_runs_json_keep_the_runs_time(tmp_path: Path) -> None:
+    run_json = tmp_path / "run.json"
+    row = {"bench": "B2", "metric": "FDs/s drained", "value": 80.0, "unit": "FD/s",
+           "baseline": "bare", "baseline_value": 100.0, "target": ">= 0.8"}  # fmt: skip
+    run_json.write_text(
+        json.dumps(
+            {
+                "mode": "full",
+                "rows": [row],
+                "drain": {"kktd SyncEngine": [[0.0, 0], [1.0, 80]]},
+                "facts": {"b2": "one round"},
+                "taken_at": "2026-01-02 03:04 UTC",
+            }
+        ),
+        encoding="utf-8",
+    )
+    code = run.main(["--from-json", str(run_json), "--write-docs", "--docs", str(tmp_path)])
+    assert code == 0
+    doc = (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "This run: 2026-01-02 03:04 UTC" in doc
+    assert "- B2: one round" in doc
