@@ -81,6 +81,19 @@ _FAIL = (
     " WHERE fn = ? AND fd = ? AND state = 'pending'"
 )
 
+# The oldest pending FD: the lowest pending FD of each FN (the poller journals an FN's FDs in FD
+# order, each group's time after the one before), found by a seek per FN in the state index, the
+# FNs by a skip over it. MIN(journaled_at) over the pending range looked up every pending row:
+# 78 ms at 100,000 pending, asked every second by STATUS= all through an upstream outage.
+_OLDEST_PENDING = (
+    "WITH RECURSIVE fns(fn) AS ("
+    " SELECT (SELECT MIN(fn) FROM documents WHERE state = 'pending')"
+    " UNION ALL SELECT (SELECT MIN(fn) FROM documents WHERE state = 'pending' AND fn > fns.fn)"
+    " FROM fns WHERE fns.fn IS NOT NULL)"
+    " SELECT MIN((SELECT journaled_at FROM documents WHERE state = 'pending' AND fn = fns.fn"
+    " ORDER BY fd LIMIT 1)) FROM fns WHERE fns.fn IS NOT NULL"
+)
+
 # rowid batches: SQLite (as Debian builds it) has no DELETE ... LIMIT
 _PRUNE = (
     "DELETE FROM ofd_exchanges WHERE rowid IN"
@@ -386,7 +399,7 @@ class Journal(JournalFile):
         if self._synced is None:
             rows = await self._rows("SELECT COUNT(*) FROM documents WHERE state = 'synced'")
             self._synced = int(rows[0][0])
-        oldest = await self._rows("SELECT MIN(journaled_at) FROM documents WHERE state = 'pending'")
+        oldest = await self._rows(_OLDEST_PENDING)
         return JournalCounts(
             pending=by_state.get("pending", 0),
             synced=self._synced,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError
+from kktd.journal import Journal, JournalCounts, JournalError, JournalFullError, store
 from kktd.journal.rows import NewFd
 from kktd.kkt.tlv import decode_document
 from kktd.ofd.audit import ExchangeRecord
@@ -260,6 +260,54 @@ async def test_counts_and_oldest_pending(journal: Journal, clock: FakeClock) -> 
     assert await journal.counts() == JournalCounts(
         pending=2, synced=1, dead=1, oldest_pending_journaled_at=T0 + 3
     )
+
+
+async def test_oldest_pending_is_the_oldest_first_pending_fd_of_any_fn(
+    journal: Journal, clock: FakeClock
+) -> None:
+    for fn, fd, at in [(FN2, 1, 5), (FN, 1, 10), (FN, 2, 20), (FN2, 2, 30), (FN2, 3, 40)]:
+        clock.now = T0 + at
+        await journal.store(fn, fd, 3, b"raw", FIELDS)
+    assert (await journal.counts()).oldest_pending_journaled_at == T0 + 5
+
+    await journal.mark_synced(FN2, 1, T0 + 50)
+    await journal.mark_dead(FN, 1, "422")
+    assert (await journal.counts()).oldest_pending_journaled_at == T0 + 20
+
+    await journal.retry_dead(FN, 1)  # an old FD pending again is the oldest again
+    assert (await journal.counts()).oldest_pending_journaled_at == T0 + 10
+
+    await journal.mark_synced_many([(FN, 1), (FN, 2), (FN2, 2), (FN2, 3)], T0 + 60)
+    assert (await journal.counts()).oldest_pending_journaled_at is None
+
+
+async def test_oldest_pending_seeks_rather_than_reading_every_pending_row(
+    journal: Journal, db_path: Path
+) -> None:
+    """STATUS= asks every second: through an outage the pending range grows without bound, and
+    the answer must not cost a look at each of its rows (SQLite's VM steps counted, no clock)."""
+    pending = 3000
+    await journal.store_many([NewFd(FN, fd, 3, b"raw", FIELDS) for fd in range(1, pending + 1)])
+    await journal.store_many([NewFd(FN2, fd, 3, b"raw", FIELDS) for fd in range(1, 11)])
+
+    def steps(sql: str) -> tuple[int, Any]:
+        count = 0
+
+        def tick() -> int:
+            nonlocal count
+            count += 1
+            return 0
+
+        with closing(sqlite3.connect(db_path)) as db:
+            db.set_progress_handler(tick, 1)
+            answer = db.execute(sql).fetchone()[0]
+        return count, answer
+
+    seek, answer = steps(store._OLDEST_PENDING)
+    walk, expected = steps("SELECT MIN(journaled_at) FROM documents WHERE state = 'pending'")
+    assert answer == expected == (await journal.counts()).oldest_pending_journaled_at
+    assert walk > pending  # the old query: steps for every pending row
+    assert seek < 1000 < pending  # a few steps per FN, however many FDs are pending
 
 
 async def test_list_dead_pages_in_fn_fd_order(journal: Journal) -> None:
