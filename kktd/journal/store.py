@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -142,6 +142,20 @@ class Journal(JournalFile):
 
     def _forget_synced(self) -> None:
         self._synced = None
+
+    async def _moving_synced(self, write: Awaitable[int], sign: int) -> int:
+        """Await a write that changes the synced count by `sign` per row it changes; the count
+        kept follows. A write that fails or is cancelled may have committed all the same
+        (SQLite's thread runs a COMMIT whatever happens to its caller): the count is then taken
+        afresh the next time it is asked for."""
+        try:
+            changed = await write
+        except BaseException:
+            self._synced = None
+            raise
+        if self._synced is not None:
+            self._synced += sign * changed
+        return changed
 
     @classmethod
     async def open(cls, path: Path, *, wall: Callable[[], float] = time.time) -> Journal:
@@ -339,15 +353,7 @@ class Journal(JournalFile):
                 changed += (await conn.execute(sql, params)).rowcount
             return changed
 
-        try:
-            newly = await self._write(body)
-        except BaseException:
-            # cancelled while SQLite's thread ran the COMMIT, it may have committed all the
-            # same: the synced count is taken afresh the next time it is asked for
-            self._synced = None
-            raise
-        if self._synced is not None:
-            self._synced += newly
+        await self._moving_synced(self._write(body), +1)
 
     async def mark_failed(
         self, fn: str, fd: int, error: str, next_attempt_at: float, max_attempts: int
@@ -445,12 +451,12 @@ class Journal(JournalFile):
         total = 0
         for sql in _PRUNE:
             while True:
-                deleted = await self._execute(sql, (before, batch))
-                progress()
-                if sql is _PRUNE[1]:
+                if sql is _PRUNE[1]:  # synced FDs
+                    deleted = await self._moving_synced(self._execute(sql, (before, batch)), -1)
                     total += deleted
-                    if self._synced is not None:
-                        self._synced -= deleted
+                else:
+                    deleted = await self._execute(sql, (before, batch))
+                progress()
                 if deleted < batch:
                     break
                 await asyncio.sleep(0)  # let a task queued on the lock in before the next batch

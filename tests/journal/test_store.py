@@ -641,6 +641,33 @@ async def test_a_mark_cancelled_while_sqlite_commits_it_leaves_the_synced_count_
     assert (counts.synced, counts.pending) == (3, 0)
 
 
+async def test_a_prune_cancelled_while_sqlite_commits_it_leaves_the_synced_count_true(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a prune batch: its DELETE committed, the count must drop with it."""
+    await journal.store_many([NewFd(FN, fd, 1, b"\x01", {}) for fd in range(1, 4)])
+    await journal.mark_synced_many([(FN, 1), (FN, 2), (FN, 3)], T0)
+    assert (await journal.counts()).synced == 3  # the count is kept from here on
+    conn = journal._conn
+    assert conn is not None
+    execute = conn.execute
+    deleting = False
+
+    def cancelled_at_commit(sql: str, *args: Any) -> Any:
+        nonlocal deleting
+        deleting = deleting or sql.startswith("DELETE FROM documents")
+        if sql == "COMMIT" and deleting:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+        return execute(sql, *args)
+
+    monkeypatch.setattr(conn, "execute", cancelled_at_commit)
+    with pytest.raises(asyncio.CancelledError):
+        await journal.prune(before=T0 + 1)
+    monkeypatch.undo()
+    assert await journal.get(FN, 1) is None  # the COMMIT went through
+    assert (await journal.counts()).synced == 0
+
+
 async def test_every_write_the_journal_makes_runs_inside_begin_immediate(journal: Journal) -> None:
     """SPEC section 2: write transactions are `BEGIN IMMEDIATE`. A write in SQLite's autocommit,
     or in a deferred transaction, can meet SQLITE_BUSY_SNAPSHOT, which no busy timeout retries;
